@@ -1,0 +1,14 @@
+from transformers import AutoProcessor
+
+from explainer.phantom.build import TinyGemma3Spec, build_processor, build_tokenizer, gemma3_config
+
+
+def test_processor_round_trips_offline(tmp_path):
+    tokenizer = build_tokenizer(["Where is the nodule? The nodule is in the right upper zone."], 120)
+    processor = build_processor(tokenizer, image_size=32, mm_tokens_per_image=4)
+    processor.save_pretrained(tmp_path)
+    reloaded = AutoProcessor.from_pretrained(tmp_path)
+    assert reloaded.image_seq_length == 4
+    config = gemma3_config(TinyGemma3Spec(), tokenizer)
+    assert reloaded.tokenizer.convert_tokens_to_ids("<image_soft_token>") == config.image_token_id
+    assert tokenizer.pad_token_id == 0 and tokenizer.eos_token_id == 1 and tokenizer.bos_token_id == 2
