@@ -34,14 +34,23 @@ SPECIAL_TOKENS = (
 TEMPLATE_CORPUS = ("user\n", "model\n", "\n\n", "system\n")
 
 
-def build_tokenizer(corpus: Iterable[str], vocab_size: int = 256) -> PreTrainedTokenizerFast:
+def build_tokenizer(
+    corpus: Iterable[str], vocab_size: int = 256, *, split_newlines: bool = False
+) -> PreTrainedTokenizerFast:
     """Train a small SentencePiece-style BPE tokenizer (Metaspace, like Gemma's) on `corpus`.
 
     Deterministic for a given corpus and vocabulary size. The specials come first, so their ids
-    are fixed: pad 0, eos 1, bos 2, unk 3.
+    are fixed: pad 0, eos 1, bos 2, unk 3. `split_newlines` makes every newline its own token, so no
+    merge crosses a chat-template line break (e.g. "model", newline, then an answer word); Gemma's
+    real tokenizer also keeps newlines apart from words.
     """
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    metaspace = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    tokenizer.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Split("\n", behavior="isolated"), metaspace])
+        if split_newlines
+        else metaspace
+    )
     tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first", split=True)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False
@@ -103,6 +112,7 @@ class TinyGemma3Spec:
     vision_layers: int = 2
     vision_heads: int = 2
     mm_tokens_per_image: int = 4
+    initializer_range: float = 0.02
 
 
 def gemma3_config(spec: TinyGemma3Spec, tokenizer: PreTrainedTokenizerFast) -> Gemma3Config:
@@ -119,6 +129,7 @@ def gemma3_config(spec: TinyGemma3Spec, tokenizer: PreTrainedTokenizerFast) -> G
         "query_pre_attn_scalar": spec.head_dim,
         "sliding_window": spec.sliding_window,
         "max_position_embeddings": 2048,
+        "initializer_range": spec.initializer_range,
         "pad_token_id": tokenizer.pad_token_id,
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": [tokenizer.eos_token_id, ids("<end_of_turn>")],
@@ -137,6 +148,7 @@ def gemma3_config(spec: TinyGemma3Spec, tokenizer: PreTrainedTokenizerFast) -> G
         text_config=text_config,
         vision_config=vision_config,
         mm_tokens_per_image=spec.mm_tokens_per_image,
+        initializer_range=spec.initializer_range,
         image_token_id=ids("<image_soft_token>"),
         boi_token_id=ids("<start_of_image>"),
         eoi_token_id=ids("<end_of_image>"),

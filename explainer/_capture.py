@@ -1,0 +1,111 @@
+"""Put a model into relevance mode and record its language-model attention maps; undo everything after.
+
+Every side effect has its undo: eval mode, frozen parameters, eager attention on the language
+model and the recording hooks are all restored in a `finally`, on success and on error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+class AttentionUnavailable(RuntimeError):
+    """The model cannot return attention probabilities (for example SDPA or flash attention only)."""
+
+
+def language_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of the language model of a Gemma3-style VLM (transformers 5.x and 4.5x)."""
+    for path in ("model.language_model.layers", "language_model.layers", "model.language_model.model.layers"):
+        module = model
+        for name in path.split("."):
+            module = getattr(module, name, None)
+            if module is None:
+                break
+        if isinstance(module, nn.ModuleList):
+            return module
+    raise AttentionUnavailable(
+        f"cannot find the language model's decoder layers in {type(model).__name__}; "
+        "expected a Gemma3ForConditionalGeneration-like model with model.language_model.layers"
+    )
+
+
+def _text_attn_implementation(model: nn.Module) -> str | None:
+    text_config = model.config.get_text_config()
+    return getattr(text_config, "_attn_implementation", None)
+
+
+def use_eager_attention(model: nn.Module) -> None:
+    """Switch the language model to eager attention (the only one that returns probabilities)."""
+    if _text_attn_implementation(model) == "eager":
+        return
+    try:
+        model.set_attn_implementation({"text_config": "eager"})
+    except Exception as error:  # transformers raises several types here
+        raise AttentionUnavailable(
+            f"could not switch {type(model).__name__} to eager attention ({error}); load it with "
+            "attn_implementation='eager', e.g. Gemma3ForConditionalGeneration.from_pretrained(path, "
+            "attn_implementation='eager'), or use Explainer.from_pretrained(path)"
+        ) from error
+    if _text_attn_implementation(model) != "eager":
+        raise AttentionUnavailable(
+            f"{type(model).__name__} kept attention '{_text_attn_implementation(model)}'; load it with "
+            "attn_implementation='eager' or use Explainer.from_pretrained(path)"
+        )
+
+
+class AttentionRecorder:
+    """Collects the post-softmax attention of every language-model layer during one forward.
+
+    `maps[l]` is the tensor the layer multiplied by V: [batch, heads, L, L], on that layer's device,
+    part of the autograd graph when the forward ran with gradients.
+    """
+
+    def __init__(self) -> None:
+        self.maps: list[torch.Tensor] = []
+        self.active = False
+
+    def _record(self, _module: nn.Module, _inputs: tuple, output: tuple) -> None:
+        if not self.active:
+            return
+        weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+        if weights is None:
+            raise AttentionUnavailable(
+                "an attention layer returned no weights: the language model is not using eager attention"
+            )
+        self.maps.append(weights)
+
+    def clear(self) -> None:
+        self.maps = []
+        self.active = False
+
+
+@contextmanager
+def relevance_mode(model: nn.Module) -> Iterator[AttentionRecorder]:
+    """Eval mode, frozen parameters, eager language attention and recording hooks, all undone on exit."""
+    was_training = model.training
+    requires_grad = [parameter.requires_grad for parameter in model.parameters()]
+    attn_implementation = _text_attn_implementation(model)
+    recorder = AttentionRecorder()
+    handles = []
+    try:
+        model.eval()
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        use_eager_attention(model)
+        handles = [
+            layer.self_attn.register_forward_hook(recorder._record) for layer in language_layers(model)
+        ]
+        yield recorder
+    finally:
+        for handle in handles:
+            handle.remove()
+        recorder.clear()
+        if attn_implementation is not None and _text_attn_implementation(model) != attn_implementation:
+            model.set_attn_implementation({"text_config": attn_implementation})
+        for parameter, flag in zip(model.parameters(), requires_grad, strict=True):
+            parameter.requires_grad_(flag)
+        model.train(was_training)

@@ -1,0 +1,21 @@
+"""Raw attention: the last language layer's head-mean attention, row p-1."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from explainer.methods.base import ExplainContext, RelevanceMethod
+from explainer.targets import Target, start_rows
+
+
+class RawAttention(RelevanceMethod):
+    name = "raw_attention"
+
+    def relevance(self, context: ExplainContext, targets: Sequence[Target]) -> torch.Tensor:
+        rows = start_rows(targets, context.layout.seq_len)
+        with torch.no_grad(), context.recording() as maps:
+            context.logits(context.embeddings())
+            last = maps[-1][0].float().mean(dim=0)  # [L, L]
+            return (rows.to(last.device) @ last).cpu()

@@ -1,0 +1,69 @@
+"""Relevance leaves nothing behind on the model: no gradients, hooks, flags or settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from explainer import Explainer
+from explainer.phantom.build import TinyGemma3Spec
+from tests.models import TinyVLM, random_image
+
+
+def model_state(model):
+    hooks = [
+        (name, len(module._forward_hooks), len(module._forward_pre_hooks), len(module._backward_hooks))
+        for name, module in model.named_modules()
+    ]
+    return {
+        "hooks": hooks,
+        "requires_grad": [parameter.requires_grad for parameter in model.parameters()],
+        "training": model.training,
+        "attention": model.config.get_text_config()._attn_implementation,
+        "output_attentions": model.config.get_text_config().output_attentions,
+    }
+
+
+def assert_no_gradients(model):
+    assert all(parameter.grad is None for parameter in model.parameters())
+
+
+@pytest.mark.parametrize("method", ["chefer", "rollout", "raw_attention", "occlusion"])
+def test_relevance_leaves_the_model_as_it_found_it(tiny, method):
+    explainer = Explainer(tiny.model, tiny.processor)
+    inputs = tiny.inputs([random_image(0)], "Where is the nodule?", "right upper zone")
+    before = model_state(tiny.model)
+    explainer.relevance(inputs, [inputs["input_ids"].shape[1] - 1], method=method)
+    assert model_state(tiny.model) == before
+    assert_no_gradients(tiny.model)
+
+
+def test_relevance_restores_the_model_when_it_raises(tiny, monkeypatch):
+    explainer = Explainer(tiny.model, tiny.processor)
+    inputs = tiny.inputs([random_image(0)], "Where is the nodule?", "right upper zone")
+    tiny.model.train()  # a state that relevance changes (to eval) and must restore
+    before = model_state(tiny.model)
+
+    def broken_grad(*args, **kwargs):
+        raise RuntimeError("injected failure in the backward pass")
+
+    monkeypatch.setattr(torch.autograd, "grad", broken_grad)
+    try:
+        with pytest.raises(RuntimeError, match="injected failure"):
+            explainer.relevance(inputs, [inputs["input_ids"].shape[1] - 1])
+        assert model_state(tiny.model) == before
+        assert_no_gradients(tiny.model)
+    finally:
+        tiny.model.eval()
+
+
+def test_wrapping_an_sdpa_model_switches_to_eager_and_relevance_works():
+    vlm = TinyVLM(TinyGemma3Spec(initializer_range=0.2), seed=3)
+    vlm.model.set_attn_implementation("sdpa")
+    assert vlm.model.config.get_text_config()._attn_implementation == "sdpa"
+    explainer = Explainer(vlm.model, vlm.processor)
+    assert vlm.model.config.get_text_config()._attn_implementation == "eager"
+    assert not any(parameter.requires_grad for parameter in vlm.model.parameters())
+    inputs = vlm.inputs([random_image(0)], "Where is the nodule?", "right upper zone")
+    row = explainer.relevance(inputs, [inputs["input_ids"].shape[1] - 1])[0]
+    assert torch.isfinite(row).all() and row.sum() > 1.0
