@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+from PIL import Image
 from torch import nn
 
+from explainer import _explain
 from explainer._capture import relevance_mode, use_eager_attention
 from explainer._sequence import (
     SequenceLayout,
@@ -15,6 +17,7 @@ from explainer._sequence import (
     sequence_layout,
     token_type_ids_for,
 )
+from explainer.explanation import Explanation
 from explainer.loading import ModelInfo, check_vision_language_model, freeze, load_pretrained, model_info
 from explainer.methods import ExplainContext, get_method
 from explainer.targets import Target
@@ -119,3 +122,36 @@ class Explainer:
         seq_len = inputs["input_ids"].shape[1]
         targets = [Target((p,)) for p in check_target_positions(target_positions, seq_len)]
         return self.relevance_for_targets(inputs, targets, method)
+
+    def explain(
+        self,
+        images: Image.Image | list[Image.Image],
+        question: str,
+        *,
+        max_new_tokens: int = 64,
+        targets: str | list[str] = "all",
+        method: str = "chefer",
+        system_prompt: str | None = None,
+        generation_kwargs: dict | None = None,
+    ) -> Explanation:
+        """Answer `question` about `images` with the chat template, then explain the answer.
+
+        Generation is greedy unless `generation_kwargs` say otherwise. Every target is explained from
+        one teacher-forced forward over prompt + answer, gradients batched within the memory budget.
+
+        Args:
+            targets: "all" (every answer token, every answer word and the whole answer), "answer"
+                (the whole answer only) or a list of words (those answer words, never prompt words,
+                plus the whole answer).
+            method: "chefer", "rollout", "raw_attention" or "occlusion".
+        """
+        return _explain.explain(
+            self,
+            images,
+            question,
+            max_new_tokens=max_new_tokens,
+            targets=targets,
+            method=method,
+            system_prompt=system_prompt,
+            generation_kwargs=generation_kwargs,
+        )

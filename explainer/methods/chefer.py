@@ -70,7 +70,7 @@ class Chefer(RelevanceMethod):
                 gradients = torch.autograd.grad(
                     chunk_scores, maps, grad_outputs=basis, is_grads_batched=True, retain_graph=True
                 )
-                cams = [gradient_weighted_attention(g, a) for g, a in zip(gradients, maps, strict=True)]
+                cams = [gradient_weighted_attention(g, a.detach()) for g, a in zip(gradients, maps, strict=True)]
                 del gradients
                 rows.append(propagate_rows(start[first : first + chunk], cams))
         return torch.cat(rows)

@@ -1,0 +1,107 @@
+"""`Explanation`: the answer, its tokens, and the relevance of image cells and prompt words for each target."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from explainer.map_stats import normalised_entropy, peak_cell, top_fraction_mass
+from explainer.overlay import heatmap_overlay
+from explainer.regions import mass_shares, standard_regions
+from explainer.targets import Target
+
+
+@dataclass(frozen=True)
+class AnswerToken:
+    """One generated token: id, decoded text, position in the full sequence, answer word (or None)."""
+
+    id: int
+    text: str
+    position: int
+    word: str | None
+
+
+@dataclass
+class Explanation:
+    """What one answer was computed from, per target (answer tokens, answer words, the whole answer).
+
+    `image_maps[k]` is [n_targets, rows, cols] raw relevance of image k's token grid (row-major, no
+    normalisation); `text_relevance` is [n_targets, n_prompt_text_tokens] over `prompt_tokens`,
+    whose `prompt_token_roles` say "question", "system", "template" or "special".
+    """
+
+    question: str
+    answer: str
+    tokens: list[AnswerToken]
+    targets: list[Target]
+    image_maps: list[np.ndarray]
+    text_relevance: np.ndarray
+    prompt_tokens: list[str]
+    prompt_token_roles: list[str]
+    images: list[Image.Image]
+    method: str
+    model_id: str
+    model_revision: str | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.image_maps[0].shape[1:]) if self.image_maps else (0, 0)
+
+    @property
+    def words(self) -> list[str]:
+        """Answer words that have a target of their own, in answer order."""
+        return [target.label for target in self.targets if target.kind == "word"]
+
+    def target_index(self, target: str | int = "answer") -> int:
+        """Index of a target: "answer", an answer word, or an answer token's index (int)."""
+        if isinstance(target, int):
+            for index, candidate in enumerate(self.targets):
+                if candidate.kind == "token" and candidate.positions == (self.tokens[target].position,):
+                    return index
+            raise KeyError(f"answer token {target} has no target; explain with targets='all'")
+        wanted = ("answer", "") if target == "answer" else ("word", target.lower())
+        for index, candidate in enumerate(self.targets):
+            if (candidate.kind, candidate.label.lower() if candidate.kind == "word" else "") == wanted:
+                return index
+        raise KeyError(f"no target {target!r}: the answer {self.answer!r} has targets for words {self.words}")
+
+    def map(self, target: str | int = "answer", image: int = 0) -> np.ndarray:
+        """float32 [rows, cols] raw relevance of image `image` for a target."""
+        if not 0 <= image < len(self.image_maps):
+            raise IndexError(f"image {image} out of range: the prompt has {len(self.image_maps)} image(s)")
+        return self.image_maps[image][self.target_index(target)]
+
+    def answer_map(self, image: int = 0) -> np.ndarray:
+        """float32 [rows, cols] raw relevance for the whole answer (y = Σ answer-token logits)."""
+        return self.map("answer", image)
+
+    def word_map(self, word: str, image: int = 0) -> np.ndarray:
+        """float32 [rows, cols] raw relevance for the tokens of an answer word (never a prompt word)."""
+        return self.map(word, image)
+
+    def overlay(self, target: str | int = "answer", image: int = 0, *, caption: bool = True) -> Image.Image:
+        """Heatmap of a target over the original image, at the original size."""
+        label = target if isinstance(target, str) else self.tokens[target].text.strip()
+        return heatmap_overlay(
+            self.images[image],
+            self.map(target, image),
+            caption=f"{self.method}: {label}" if caption else None,
+        )
+
+    def region_scores(self, target: str | int = "answer", image: int = 0) -> dict[str, float]:
+        """Relevance mass share (positive part) per standard region; lung zones named by patient side."""
+        return mass_shares(self.map(target, image), standard_regions(self.grid))
+
+    def map_summary(self, target: str | int = "answer", image: int = 0) -> dict[str, float]:
+        """Concentration and peak of a map: normalised entropy, top-10% mass, peak row and column."""
+        cell_map = self.map(target, image)
+        row, col = peak_cell(cell_map)
+        return {
+            "entropy": normalised_entropy(cell_map),
+            "top10_mass": top_fraction_mass(cell_map),
+            "peak_row": row,
+            "peak_col": col,
+        }

@@ -1,0 +1,87 @@
+"""Prompting and greedy answer generation with the model's own chat template."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """The rendered chat prompt and the processor's tensors for it (batch 1)."""
+
+    text: str
+    inputs: dict[str, torch.Tensor]
+    question: str
+    system_prompt: str | None
+
+    @property
+    def length(self) -> int:
+        return self.inputs["input_ids"].shape[1]
+
+
+def build_prompt(
+    processor, images: Sequence[Image.Image], question: str, system_prompt: str | None = None
+) -> Prompt:
+    """One user turn with every image, then the question; the generation prompt opens the model's turn."""
+    if not question or not question.strip():
+        raise ValueError("the question is empty; pass the text the model should answer")
+    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]
+    messages = [{"role": "user", "content": content}]
+    if system_prompt:
+        messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system_prompt}]})
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=text, images=list(images) or None, return_tensors="pt")
+    return Prompt(text=text, inputs=dict(inputs), question=question, system_prompt=system_prompt)
+
+
+def stop_token_ids(model: nn.Module) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = model.config.get_text_config().eos_token_id
+    return set(eos if isinstance(eos, list) else [eos]) - {None}
+
+
+def generate_answer(
+    model: nn.Module, prompt: Prompt, *, max_new_tokens: int, generation_kwargs: dict | None = None
+) -> torch.Tensor:
+    """Answer token ids [n] (greedy unless `generation_kwargs` say otherwise), without the stop token.
+
+    Image and begin-of-image tokens are suppressed: a model that emitted them would ask for image
+    features that do not exist ("Image features and image tokens do not match").
+    """
+    config = model.config
+    suppress = [config.image_token_id, getattr(config, "boi_token_id", None)]
+    kwargs = {"do_sample": False, **(generation_kwargs or {})}
+    device = model.get_input_embeddings().weight.device
+    inputs = {key: value.to(device) for key, value in prompt.inputs.items()}
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    with torch.no_grad():
+        output = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            suppress_tokens=[token for token in suppress if token is not None],
+            **kwargs,
+        )
+    answer = output[0, prompt.length :].cpu()
+    stops = stop_token_ids(model) | {config.get_text_config().pad_token_id}
+    ends = [index for index, token in enumerate(answer.tolist()) if token in stops]
+    return answer[: ends[0]] if ends else answer
+
+
+def full_sequence(prompt: Prompt, answer_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Prompt + answer as one batch-1 input for the teacher-forced explanation forward."""
+    answer = answer_ids.unsqueeze(0).to(prompt.inputs["input_ids"].device)
+    inputs = dict(prompt.inputs)
+    inputs["input_ids"] = torch.cat([prompt.inputs["input_ids"], answer], dim=1)
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    if "token_type_ids" in prompt.inputs:
+        inputs["token_type_ids"] = torch.cat(
+            [prompt.inputs["token_type_ids"], torch.zeros_like(answer)], dim=1
+        )
+    return inputs

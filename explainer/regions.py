@@ -1,0 +1,99 @@
+"""Named regions over an image's token grid, and relevance mass shares in them.
+
+A region is a weight per grid cell: the fraction of the cell's area inside the region, so region
+edges need not fall on cell edges (thirds of a 16×16 grid) and a partition's shares sum to 1.
+Coordinates are fractions of the image, which the processor resizes plainly (aspect not kept), so
+a box in original pixels maps onto the grid by dividing by the original width and height.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+Grid = tuple[int, int]
+
+
+def rect_weights(grid: Grid, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    """[rows, cols] fraction of each cell covered by the rectangle (image fractions, 0..1)."""
+    rows, cols = grid
+
+    def overlap(lo: float, hi: float, n: int) -> np.ndarray:
+        edges = np.arange(n + 1) / n
+        return np.clip(np.minimum(edges[1:], hi) - np.maximum(edges[:-1], lo), 0, None) * n
+
+    return np.outer(overlap(y0, y1, rows), overlap(x0, x1, cols)).astype(np.float32)
+
+
+def quadrants(grid: Grid) -> dict[str, np.ndarray]:
+    return {
+        "q_top_left": rect_weights(grid, 0.0, 0.0, 0.5, 0.5),
+        "q_top_right": rect_weights(grid, 0.5, 0.0, 1.0, 0.5),
+        "q_bottom_left": rect_weights(grid, 0.0, 0.5, 0.5, 1.0),
+        "q_bottom_right": rect_weights(grid, 0.5, 0.5, 1.0, 1.0),
+    }
+
+
+def grid3(grid: Grid) -> dict[str, np.ndarray]:
+    return {
+        f"g_r{row}c{col}": rect_weights(grid, col / 3, row / 3, (col + 1) / 3, (row + 1) / 3)
+        for row in range(3)
+        for col in range(3)
+    }
+
+
+@dataclass(frozen=True)
+class LungFieldLayout:
+    """Where the lung fields sit on a PA chest radiograph, as image fractions.
+
+    PA view: the patient faces the detector, so the image's left half shows the patient's RIGHT lung.
+    """
+
+    top: float = 0.12
+    bottom: float = 0.88
+    right_lung: tuple[float, float] = (0.08, 0.47)  # image-left
+    left_lung: tuple[float, float] = (0.53, 0.92)  # image-right
+
+
+def lung_zones(grid: Grid, layout: LungFieldLayout = LungFieldLayout()) -> dict[str, np.ndarray]:
+    """Upper/middle/lower zone of each lung, named by the PATIENT's side."""
+    height = (layout.bottom - layout.top) / 3
+    zones = {}
+    for side, (x0, x1) in (("right", layout.right_lung), ("left", layout.left_lung)):
+        for index, level in enumerate(("upper", "middle", "lower")):
+            y0 = layout.top + index * height
+            zones[f"lung_{side}_{level}"] = rect_weights(grid, x0, y0, x1, y0 + height)
+    return zones
+
+
+def border_band(grid: Grid) -> dict[str, np.ndarray]:
+    """The outermost ring of cells, where burned-in text and laterality markers live."""
+    band = np.ones(grid, dtype=np.float32)
+    band[1:-1, 1:-1] = 0.0
+    return {"border": band}
+
+
+def standard_regions(grid: Grid) -> dict[str, np.ndarray]:
+    """Quadrants, 3×3 grid, lung zones (patient sides) and the border band."""
+    return {**quadrants(grid), **grid3(grid), **lung_zones(grid), **border_band(grid)}
+
+
+def box_region(box: tuple[float, float, float, float], image_size: tuple[int, int], grid: Grid) -> np.ndarray:
+    """Cell weights of a box (x0, y0, x1, y1) in original-image pixels; `image_size` is (width, height)."""
+    width, height = image_size
+    x0, y0, x1, y1 = box
+    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        raise ValueError(f"box {box} must satisfy 0 <= x0 < x1 <= {width} and 0 <= y0 < y1 <= {height}")
+    return rect_weights(grid, x0 / width, y0 / height, x1 / width, y1 / height)
+
+
+def mass_share(cell_map: np.ndarray, weights: np.ndarray) -> float:
+    """Share of the map's positive relevance inside the region (0 when the map has none)."""
+    positive = np.clip(cell_map, 0, None)
+    total = float(positive.sum())
+    return float((positive * weights).sum() / total) if total > 0 else 0.0
+
+
+def mass_shares(cell_map: np.ndarray, regions: dict[str, np.ndarray]) -> dict[str, float]:
+    return {name: mass_share(cell_map, weights) for name, weights in regions.items()}

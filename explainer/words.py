@@ -1,0 +1,70 @@
+"""Aligning tokens with the words and roles they belong to, from decoded character spans."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+WORD = re.compile(r"\w+", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str
+    start: int
+    end: int
+    token_indices: tuple[int, ...]
+
+
+def token_char_spans(tokenizer, token_ids: Sequence[int]) -> tuple[str, list[tuple[int, int]]]:
+    """Decoded text of `token_ids` and each token's [start, end) span in it.
+
+    Spans come from decoding growing prefixes, which respects SentencePiece-style leading spaces
+    and byte fallback (where a prefix is not a prefix of the longer decode, the common part counts).
+    """
+    spans = []
+    previous = ""
+    for count in range(1, len(token_ids) + 1):
+        text = tokenizer.decode(
+            list(token_ids[:count]), skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
+        common = len(previous) if text.startswith(previous) else _common_prefix(previous, text)
+        spans.append((common, len(text)))
+        previous = text
+    return previous, spans
+
+
+def _common_prefix(a: str, b: str) -> int:
+    length = 0
+    for char_a, char_b in zip(a, b, strict=False):
+        if char_a != char_b:
+            break
+        length += 1
+    return length
+
+
+def words_of(text: str, spans: Sequence[tuple[int, int]]) -> list[Word]:
+    """Words of `text` with the indices of the tokens whose spans overlap them."""
+    words = []
+    for match in WORD.finditer(text):
+        indices = tuple(
+            index for index, (start, end) in enumerate(spans) if start < match.end() and end > match.start()
+        )
+        words.append(Word(match.group(), match.start(), match.end(), indices))
+    return words
+
+
+def span_roles(
+    spans: Sequence[tuple[int, int]], regions: dict[str, tuple[int, int]], default: str
+) -> list[str]:
+    """Role of every token: the name of the first character region it overlaps, else `default`."""
+    roles = []
+    for start, end in spans:
+        role = default
+        for name, (region_start, region_end) in regions.items():
+            if start < region_end and end > region_start:
+                role = name
+                break
+        roles.append(role)
+    return roles
