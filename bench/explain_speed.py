@@ -1,0 +1,170 @@
+"""Explaining every answer token: vlm-audit's engine against the obvious implementation.
+
+Both run in this process, on the same model and the same inputs. The obvious implementation is
+what a notebook does per target token: a full forward with output_attentions, retain_grad on every
+map, a backward with parameter gradients, then the full R matrix. The engine runs one forward and
+batched activation-only vector-Jacobian products, propagating only row p-1.
+
+    python bench/explain_speed.py                       # CPU: MedGemma's layer pattern, reduced width
+    python bench/explain_speed.py --device cuda --medgemma   # GPU: random MedGemma-1.5-4B-sized model
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import Gemma3ForConditionalGeneration
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._memory import peak_memory
+from explainer import Explainer
+from explainer.phantom.build import TinyGemma3Spec, build_processor, build_tokenizer, gemma3_config
+
+CORPUS = ["Where is the nodule? The nodule is in the right upper zone, no effusion, no pneumothorax."]
+
+REDUCED = TinyGemma3Spec(  # MedGemma 1.5's pattern (34 layers, 5 full, 8/4 heads, 16×16 grid), narrower
+    hidden_size=256,
+    intermediate_size=1024,
+    num_hidden_layers=34,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=32,
+    sliding_window=1024,
+    image_size=224,
+    patch_size=14,
+    vision_hidden_size=64,
+    vision_intermediate_size=128,
+    vision_layers=2,
+    vision_heads=2,
+    mm_tokens_per_image=256,
+    initializer_range=0.1,
+)
+MEDGEMMA = TinyGemma3Spec(  # google/medgemma-1.5-4b-it sizes (vocabulary aside), random weights
+    hidden_size=2560,
+    intermediate_size=10240,
+    num_hidden_layers=34,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=256,
+    sliding_window=1024,
+    image_size=896,
+    patch_size=14,
+    vision_hidden_size=1152,
+    vision_intermediate_size=4304,
+    vision_layers=27,
+    vision_heads=16,
+    mm_tokens_per_image=256,
+)
+
+
+def obvious_relevance(model, inputs, position: int) -> torch.Tensor:
+    """Row p-1 of R, the way a notebook does it (forward + backward with parameter gradients + full R)."""
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    output = model(**inputs, output_attentions=True, use_cache=False)
+    for attention in output.attentions:
+        attention.retain_grad()
+    output.logits[0, position - 1, inputs["input_ids"][0, position]].backward()
+    seq_len = inputs["input_ids"].shape[1]
+    relevance = torch.eye(seq_len, device=output.logits.device)
+    for attention in output.attentions:
+        cam = (attention.grad * attention).clamp(min=0).mean(dim=1)[0].float()
+        relevance = relevance + cam @ relevance
+    model.zero_grad(set_to_none=True)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return relevance[position - 1].detach().cpu()
+
+
+def build(spec: TinyGemma3Spec, device: torch.device, dtype: torch.dtype):
+    tokenizer = build_tokenizer(CORPUS, vocab_size=200)
+    processor = build_processor(
+        tokenizer, image_size=spec.image_size, mm_tokens_per_image=spec.mm_tokens_per_image
+    )
+    torch.manual_seed(0)
+    model = Gemma3ForConditionalGeneration._from_config(
+        gemma3_config(spec, tokenizer), attn_implementation="eager"
+    )
+    torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.5)
+    return model.to(device=device, dtype=dtype).eval(), processor, tokenizer
+
+
+def timed(fn, device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return result, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--medgemma", action="store_true", help="MedGemma-1.5-4B-sized random model (GPU)")
+    parser.add_argument("--answer-tokens", type=int, default=16)
+    parser.add_argument("--obvious-tokens", type=int, default=None, help="time the obvious way on this many")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if args.medgemma else torch.float32
+    spec = MEDGEMMA if args.medgemma else REDUCED
+    model, processor, _tokenizer = build(spec, device, dtype)
+    explainer = Explainer(model, processor)
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray((rng.random((512, 512, 3)) * 255).astype("uint8"))
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Where is the nodule?"}]}
+    ]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    answer = " ".join(["right upper zone nodule"] * 8)
+    inputs = processor(text=prompt + answer, images=[image], return_tensors="pt")
+    inputs = explainer.prepare_inputs(inputs)
+    seq_len = inputs["input_ids"].shape[1]
+    positions = list(range(seq_len - args.answer_tokens, seq_len))
+    n_obvious = args.obvious_tokens or len(positions)
+    params = sum(parameter.numel() for parameter in model.parameters())
+    print(
+        f"model: {'MedGemma-1.5-4B-sized' if args.medgemma else 'reduced MedGemma pattern'}, {params / 1e6:.1f}M params,"
+        f" {dtype}, device {device}; sequence {seq_len} tokens, {len(positions)} answer tokens explained"
+    )
+
+    with torch.no_grad():
+        model(**inputs, use_cache=False)  # warm-up
+        _, forward_seconds = timed(lambda: model(**inputs, use_cache=False), device)
+    explainer.relevance(inputs, positions[:2])  # warm-up
+    with peak_memory(device) as engine_memory:
+        fast, engine_seconds = timed(lambda: explainer.relevance(inputs, positions), device)
+    with peak_memory(device) as obvious_memory:
+        slow, obvious_seconds = timed(
+            lambda: torch.stack([obvious_relevance(model, inputs, p) for p in positions[:n_obvious]]), device
+        )
+    obvious_seconds *= len(positions) / n_obvious
+
+    engine_rate = len(positions) / engine_seconds
+    obvious_rate = len(positions) / obvious_seconds
+    per_token = engine_seconds / len(positions)
+    print(f"one forward pass:            {forward_seconds * 1e3:9.1f} ms")
+    print(
+        f"obvious implementation:      {obvious_rate:9.2f} tokens/s   peak memory {obvious_memory['peak_bytes'] / 2**20:8.1f} MiB"
+    )
+    print(
+        f"vlm-audit engine:            {engine_rate:9.2f} tokens/s   peak memory {engine_memory['peak_bytes'] / 2**20:8.1f} MiB"
+    )
+    print(f"speed-up:                    {engine_rate / obvious_rate:9.2f}x  (goal >= 3.5x)")
+    print(f"cost per explained token:    {per_token / forward_seconds:9.2f} x one forward  (goal <= 1.3x)")
+    print(f"max |engine - obvious|:      {(fast[:n_obvious] - slow).abs().max().item():9.2e}")
+
+
+if __name__ == "__main__":
+    main()
