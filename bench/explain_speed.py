@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._memory import peak_memory
 from explainer import Explainer
 from explainer.phantom.build import TinyGemma3Spec, build_processor, build_tokenizer, gemma3_config
+from explainer.runtime import keep_freed_memory
 
 CORPUS = ["Where is the nodule? The nodule is in the right upper zone, no effusion, no pneumothorax."]
 
@@ -115,6 +116,7 @@ def main() -> None:
     parser.add_argument("--answer-tokens", type=int, default=16)
     parser.add_argument("--obvious-tokens", type=int, default=None, help="time the obvious way on this many")
     args = parser.parse_args()
+    allocator_tuned = keep_freed_memory()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.medgemma else torch.float32
     spec = MEDGEMMA if args.medgemma else REDUCED
@@ -136,7 +138,8 @@ def main() -> None:
     params = sum(parameter.numel() for parameter in model.parameters())
     print(
         f"model: {'MedGemma-1.5-4B-sized' if args.medgemma else 'reduced MedGemma pattern'}, {params / 1e6:.1f}M params,"
-        f" {dtype}, device {device}; sequence {seq_len} tokens, {len(positions)} answer tokens explained"
+        f" {dtype}, device {device}; sequence {seq_len} tokens, {len(positions)} answer tokens explained;"
+        f" glibc keeps freed memory: {allocator_tuned}"
     )
 
     with torch.no_grad():

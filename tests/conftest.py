@@ -12,7 +12,10 @@ import pytest
 from PIL import Image
 
 from explainer.phantom.build import TinyGemma3Spec
+from explainer.runtime import keep_freed_memory
 from tests.models import TinyVLM, random_image
+
+keep_freed_memory()  # page faults on fresh mmap pages dominate autograd on VMs (explainer/runtime.py)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,68 @@
+"""Named exceptions of the storage layer.
+
+Every message says what happened, with which value, and what is allowed. None of them ever carries a
+secret: S3 errors name the setting to check (``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE`` ...), never its value.
+The flow turns these into error rows; ``type(exc).__name__`` is the ``error_type`` column.
+"""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base class of every error raised by ``storage``."""
+
+
+class InvalidURIError(StorageError, ValueError):
+    """A URI or object key is malformed, escapes its root, or uses an unsupported scheme."""
+
+
+class ObjectNotFound(StorageError):
+    """The object (or its bucket) does not exist."""
+
+
+class CredentialsError(StorageError):
+    """The object store rejected or could not find credentials."""
+
+
+class StorageConnectionError(StorageError):
+    """The object store endpoint could not be reached."""
+
+
+class ManifestError(StorageError):
+    """The manifest as a whole is unusable (unreadable, unknown format, missing required columns)."""
+
+
+class SchemaError(StorageError, ValueError):
+    """Rows or a table do not match an output table's schema."""
+
+
+class DuckDBExtensionError(StorageError):
+    """A DuckDB extension needed for the URI (httpfs for s3://) cannot be loaded."""
+
+
+class ImageDecodeError(StorageError):
+    """An image could not be turned into pixels; ``name`` is the file it came from."""
+
+    def __init__(self, message: str, *, name: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+class UnsupportedImageFormat(ImageDecodeError):
+    """The file's extension or encoding is not one we decode."""
+
+
+class CorruptImage(ImageDecodeError):
+    """The bytes are truncated or not a valid image of the claimed format."""
+
+
+class ImageTooLarge(ImageDecodeError):
+    """The header announces more pixels than allowed (decompression-bomb guard)."""
+
+
+class MultiFrameImage(ImageDecodeError):
+    """A multi-frame DICOM was given without choosing a frame, or the frame is out of range."""
+
+
+class MissingPixelData(ImageDecodeError):
+    """A DICOM file has no pixel data element."""

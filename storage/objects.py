@@ -1,0 +1,258 @@
+"""Object stores: one small interface over a local folder and an S3 prefix.
+
+Keys are relative and '/'-separated. ``write_bytes`` is atomic on both: locally a temporary file in
+the same folder is renamed over the target (``os.replace``); on S3 one ``put_object`` either stores the
+whole object or nothing. Readers therefore never see a half-written object. ``delete`` of a missing
+key is a no-op on both, as on S3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+from typing import Any
+
+from storage import _s3
+from storage.errors import ObjectNotFound, StorageError
+from storage.uri import ParsedURI, join_key, parse_uri, validate_key
+
+# temp files are hidden (leading '.') so pyarrow datasets and '*.parquet' globs skip them
+_TEMP_NAME = re.compile(r"^\..+\.tmp$")
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_current_umask()  # mkstemp creates 0600; finished files get the usual mode
+
+
+class ObjectStore(ABC):
+    """A flat namespace of byte objects under a root URI."""
+
+    root: str
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes:
+        """Return the object's bytes; ``ObjectNotFound`` if it does not exist."""
+
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> str:
+        """Store ``data`` atomically under ``key`` (replacing any object) and return its URI."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """True when an object exists at ``key``."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> list[str]:
+        """All keys under ``prefix`` (recursive), sorted; the prefix is a plain string prefix."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object; a missing object is not an error."""
+
+    @abstractmethod
+    def size(self, key: str) -> int:
+        """Size in bytes; ``ObjectNotFound`` if it does not exist."""
+
+    @abstractmethod
+    def uri(self, key: str = "") -> str:
+        """The absolute URI of ``key`` (of the root for '')."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.root!r})"
+
+
+class LocalStore(ObjectStore):
+    """Objects as files under a local folder (created on first write)."""
+
+    def __init__(self, root: str) -> None:
+        parsed = parse_uri(root)
+        if parsed.scheme != "file":
+            raise StorageError(f"LocalStore needs a local path or file:// URI, got {root!r}")
+        self.root = parsed.path
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, *validate_key(key).split("/"))
+
+    def read_bytes(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as handle:
+                return handle.read()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise ObjectNotFound(f"no such object: {path}") from exc
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        path = self._path(key)
+        folder, name = os.path.split(path)
+        os.makedirs(folder, exist_ok=True)
+        # same folder as the target, so os.replace is a rename within one file system (atomic on POSIX)
+        fd, temp_path = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(temp_path, _FILE_MODE)
+            os.replace(temp_path, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(temp_path)
+            raise
+        return path
+
+    def exists(self, key: str) -> bool:
+        return os.path.isfile(self._path(key))
+
+    def list(self, prefix: str = "") -> list[str]:
+        # walk only the deepest folder the prefix names, not the whole root
+        folder_key = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = os.path.join(self.root, *validate_key(folder_key).split("/")) if folder_key else self.root
+        if not os.path.isdir(start):
+            return []
+        keys = []
+        for folder, _dirs, files in os.walk(start):
+            relative = os.path.relpath(folder, self.root)
+            for name in files:
+                if _TEMP_NAME.match(name):
+                    continue  # an in-flight atomic write, not an object yet
+                key = name if relative == "." else f"{relative.replace(os.sep, '/')}/{name}"
+                if key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self._path(key))
+
+    def size(self, key: str) -> int:
+        path = self._path(key)
+        if not os.path.isfile(path):
+            raise ObjectNotFound(f"no such object: {path}")
+        return os.path.getsize(path)
+
+    def uri(self, key: str = "") -> str:
+        return self._path(key) if key else self.root
+
+
+class S3Store(ObjectStore):
+    """Objects under ``s3://bucket/prefix`` through boto3 (settings from the standard AWS chain)."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        client: Any = None,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.root = str(ParsedURI("s3", bucket, self.prefix))
+        self._client = client if client is not None else _s3.make_client(endpoint_url, region)
+        self.endpoint_url = _s3.client_endpoint(self._client)
+        self.region = self._client.meta.region_name
+
+    def _key(self, key: str) -> str:
+        return join_key(self.prefix, validate_key(key)) if self.prefix else validate_key(key)
+
+    def _errors(self, action: str, key: str = "") -> AbstractContextManager[None]:
+        # plain concatenation: the key may be a list prefix, which is not a valid object key
+        return _s3.translate_errors(action, f"{self.root}/{key}" if key else self.root, self.endpoint_url)
+
+    def read_bytes(self, key: str) -> bytes:
+        with self._errors("read", key):
+            return self._client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        # one PutObject request: S3 stores the whole body or nothing (never a multipart remnant)
+        with self._errors("write", key):
+            self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=bytes(data))
+        return self.uri(key)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.size(key)
+        except ObjectNotFound:
+            return False
+        return True
+
+    def list(self, prefix: str = "") -> list[str]:
+        root = f"{self.prefix}/" if self.prefix else ""
+        paginator = self._client.get_paginator("list_objects_v2")
+        keys = []
+        with self._errors("list", prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=root + prefix):
+                keys.extend(entry["Key"][len(root) :] for entry in page.get("Contents", []))
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        with self._errors("delete", key):
+            self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def size(self, key: str) -> int:
+        with self._errors("stat", key):
+            return int(self._client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+
+    def uri(self, key: str = "") -> str:
+        return str(ParsedURI("s3", self.bucket, self._key(key))) if key else self.root
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.root!r}, endpoint_url={self.endpoint_url!r})"
+
+
+def open_store(uri: str, *, endpoint_url: str | None = None, region: str | None = None) -> ObjectStore:
+    """Open the store rooted at ``uri`` (local folder, ``file://`` or ``s3://bucket/prefix``).
+
+    >>> store = open_store("s3://audits/out")          # endpoint/credentials from AWS config
+    >>> store.write_bytes("runs/run_id=r1/run.json", b"{}")
+    's3://audits/out/runs/run_id=r1/run.json'
+    """
+    parsed = parse_uri(uri)
+    if parsed.scheme == "s3":
+        return S3Store(parsed.bucket, parsed.path, endpoint_url=endpoint_url, region=region)
+    return LocalStore(parsed.path)
+
+
+class StoreCache:
+    """Reads objects by absolute URI, reusing one boto3 client for every bucket.
+
+    Building a boto3 client costs tens of milliseconds; a worker reading thousands of images keeps one
+    ``StoreCache`` instead of calling ``open_store`` per image.
+    """
+
+    def __init__(self, *, endpoint_url: str | None = None, region: str | None = None) -> None:
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self._client: Any = None
+
+    def locate(self, uri: str) -> tuple[ObjectStore, str]:
+        """Split ``uri`` into a store (bucket root or parent folder) and the key inside it."""
+        parsed = parse_uri(uri)
+        if parsed.scheme == "s3":
+            if not parsed.path:
+                raise StorageError(f"{uri!r} names a bucket, not an object; expected s3://bucket/key")
+            if self._client is None:
+                self._client = _s3.make_client(self.endpoint_url, self.region)
+            return S3Store(parsed.bucket, client=self._client), parsed.path
+        folder, name = os.path.split(parsed.path)
+        return LocalStore(folder), name
+
+    def read_uri(self, uri: str) -> bytes:
+        """Return the bytes of the object at ``uri``."""
+        store, key = self.locate(uri)
+        return store.read_bytes(key)
+
+
+def read_uri(uri: str, *, endpoint_url: str | None = None, region: str | None = None) -> bytes:
+    """Return the bytes at ``uri`` (one-off; use ``StoreCache`` in loops)."""
+    return StoreCache(endpoint_url=endpoint_url, region=region).read_uri(uri)

@@ -1,0 +1,199 @@
+"""The output layout, atomic Parquet/JSON writers, readers and the run ledger.
+
+```
+<out>/runs/run_id=<id>/run.json
+<out>/answers/run_id=<id>/part-<shard:05d>.parquet
+<out>/tokens/run_id=<id>/part-<shard:05d>.parquet
+<out>/errors/run_id=<id>/part-<shard:05d>.parquet     (manifest-stage errors: part-manifest.parquet)
+<out>/overlays/run_id=<id>/<item_id>/<target>.png
+```
+
+A shard writes tokens and errors first and its answers part last: the answers part is the commit
+marker (``completed_shards``). A rerun rewrites the unfinished shards' parts under the same names, so
+no row is duplicated. Every write is atomic (``ObjectStore.write_bytes``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from storage import _s3
+from storage.engines import arrow_filesystem
+from storage.errors import CredentialsError, InvalidURIError, StorageError
+from storage.objects import ObjectStore, S3Store
+from storage.tables import table_schema, to_arrow
+from storage.uri import join_key, join_uri, normalize_uri
+
+MANIFEST_PART = "part-manifest"
+SAFE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
+_PART_PATTERN = re.compile(r"^part-[A-Za-z0-9_-]{1,64}$")
+_SHARD_PART = re.compile(r"^part-(\d{5,})\.parquet$")
+# how pyarrow's C++ S3 client spells refused credentials in its OSError messages
+_ARROW_CREDENTIAL_CODES = (
+    "ACCESS_DENIED",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "HTTP response code: 403",
+)
+
+
+def _safe_id(kind: str, value: str) -> str:
+    if not isinstance(value, str) or not SAFE_ID_PATTERN.match(value):
+        raise InvalidURIError(
+            f"{kind} {value!r} is unsafe in a path; allowed: 1-128 characters of [A-Za-z0-9._-], "
+            "not starting with '.'"
+        )
+    return value
+
+
+def part_name(shard_index: int) -> str:
+    """``part-00007`` for shard 7."""
+    if isinstance(shard_index, bool) or not isinstance(shard_index, int) or shard_index < 0:
+        raise ValueError(f"shard index must be a non-negative integer, got {shard_index!r}")
+    return f"part-{shard_index:05d}"
+
+
+def part_key(table_name: str, run_id: str, part: int | str) -> str:
+    """Key of one part file: ``<table>/run_id=<id>/<part>.parquet`` (``part`` = shard index or name)."""
+    table_schema(table_name)  # validates the table name
+    name = part_name(part) if isinstance(part, int) else part
+    if not _PART_PATTERN.match(name):
+        raise InvalidURIError(f"part name {name!r} must look like 'part-00007' or 'part-manifest'")
+    return join_key(table_name, f"run_id={_safe_id('run_id', run_id)}", f"{name}.parquet")
+
+
+def run_json_key(run_id: str) -> str:
+    """``runs/run_id=<id>/run.json``."""
+    return join_key("runs", f"run_id={_safe_id('run_id', run_id)}", "run.json")
+
+
+def overlay_key(run_id: str, item_id: str, target: str) -> str:
+    """``overlays/run_id=<id>/<item_id>/<target>.png``; ``target`` is made a safe file name.
+
+    A target that had to be changed gets 8 hex chars of its hash, so 'word:a b' and 'word/a_b' differ.
+    """
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", target).lstrip(".")[:100] or "_"
+    if safe != target:
+        safe = f"{safe}-{hashlib.sha256(target.encode()).hexdigest()[:8]}"
+    return join_key(
+        "overlays", f"run_id={_safe_id('run_id', run_id)}", _safe_id("item_id", item_id), f"{safe}.png"
+    )
+
+
+def write_part(
+    store: ObjectStore,
+    table_name: str,
+    run_id: str,
+    part: int | str,
+    rows_or_table: pa.Table | Iterable[Mapping[str, Any]],
+) -> str:
+    """Validate rows against the table's schema and write one Parquet part atomically; return its URI.
+
+    >>> write_part(store, "answers", "r1", 0, [{"item_id": "a1", "status": "ok", "answer": "left"}])
+    's3://audits/out/answers/run_id=r1/part-00000.parquet'
+    """
+    key = part_key(table_name, run_id, part)
+    table = to_arrow(table_name, rows_or_table)
+    table = table.replace_schema_metadata({**table.schema.metadata, b"vlm_audit.run_id": run_id.encode()})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    # the whole file is built in memory, then committed in one atomic write: no reader sees half a part
+    return store.write_bytes(key, sink.getvalue().to_pybytes())
+
+
+def completed_shards(store: ObjectStore, run_id: str) -> set[int]:
+    """Shard indices whose answers part exists (the answers part is written last: it marks a shard done)."""
+    prefix = f"answers/run_id={_safe_id('run_id', run_id)}/"
+    done = set()
+    for key in store.list(prefix):
+        match = _SHARD_PART.match(key[len(prefix) :])
+        if match:
+            done.add(int(match.group(1)))
+    return done
+
+
+def _hive_schema(table_name: str) -> pa.Schema:
+    return table_schema(table_name).append(pa.field("run_id", pa.string()))
+
+
+def read_table(
+    out: str | ObjectStore,
+    table_name: str,
+    run_id: str | None = None,
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+) -> pa.Table:
+    """Read every part of ``table_name`` under the output root (one run or all); adds a ``run_id`` column.
+
+    ``out`` is the output root URI or its store. Returns an empty table with the schema if nothing exists.
+    """
+    if isinstance(out, S3Store):  # read with the same endpoint and region the store writes to
+        endpoint_url, region = endpoint_url or out.endpoint_url, region or out.region
+    out_uri = out.root if isinstance(out, ObjectStore) else normalize_uri(out)
+    schema = _hive_schema(table_name)
+    filesystem, base = arrow_filesystem(
+        join_uri(out_uri, table_name), endpoint_url=endpoint_url, region=region
+    )
+    source = f"{base}/run_id={_safe_id('run_id', run_id)}" if run_id is not None else base
+    partitioning = ds.partitioning(pa.schema([("run_id", pa.string())]), flavor="hive")
+    try:
+        dataset = ds.dataset(
+            source,
+            schema=schema,
+            format="parquet",
+            filesystem=filesystem,
+            partitioning=partitioning,
+            partition_base_dir=base,
+        )
+        return dataset.to_table()
+    except FileNotFoundError:
+        return schema.empty_table()
+    except OSError as exc:  # pyarrow's S3 errors (access denied, unreachable endpoint)
+        if any(code in str(exc) for code in _ARROW_CREDENTIAL_CODES):
+            raise CredentialsError(
+                f"S3 refused reading {table_name} parts under {out_uri} ({exc}); {_s3.CREDENTIAL_HINT}"
+            ) from exc
+        raise StorageError(f"cannot read {table_name} parts under {out_uri}: {exc}") from exc
+
+
+def write_json(store: ObjectStore, key: str, obj: Any) -> str:
+    """Write ``obj`` as indented, key-sorted JSON atomically; return its URI. NaN/inf are refused."""
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise StorageError(f"cannot write {key}: content is not plain JSON ({exc})") from exc
+    return store.write_bytes(key, (text + "\n").encode())
+
+
+def read_json(store: ObjectStore, key: str) -> Any:
+    """Read JSON written by ``write_json`` (``ObjectNotFound`` if absent)."""
+    data = store.read_bytes(key)
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise StorageError(f"{store.uri(key)} is not valid JSON ({exc})") from exc
+
+
+def write_run(store: ObjectStore, run_id: str, info: Mapping[str, Any]) -> str:
+    """Write ``runs/run_id=<id>/run.json``; ``info`` must not hold secrets (it is stored as is)."""
+    return write_json(store, run_json_key(run_id), dict(info))
+
+
+def read_run(store: ObjectStore, run_id: str) -> dict[str, Any]:
+    """Read ``runs/run_id=<id>/run.json``."""
+    return read_json(store, run_json_key(run_id))
+
+
+def list_runs(store: ObjectStore) -> list[str]:
+    """Run ids that have a run.json, sorted."""
+    pattern = re.compile(r"^runs/run_id=([^/]+)/run\.json$")
+    return sorted(match.group(1) for key in store.list("runs/") if (match := pattern.match(key)))

@@ -1,0 +1,207 @@
+"""Explicit Arrow schemas of the output tables, and validation of rows against them.
+
+``docs/outputs.md`` documents every column. ``run_id`` is not a column in the files: it is the hive
+partition in the path (``<table>/run_id=<id>/``) and appears as a column when a reader asks for hive
+partitioning.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from storage.errors import SchemaError
+from storage.records import STAGES
+
+SCHEMA_VERSION = "1"
+ANSWER_STATUSES = ("ok", "error")
+TARGET_KINDS = ("token", "word", "answer")
+
+# lung zones are PATIENT sides: on a frontal radiograph the patient's right is the image's left
+REGION_NAMES = (
+    "q_top_left",
+    "q_top_right",
+    "q_bottom_left",
+    "q_bottom_right",
+    *(f"g_r{row}c{col}" for row in range(3) for col in range(3)),
+    "lung_right_upper",
+    "lung_right_middle",
+    "lung_right_lower",
+    "lung_left_upper",
+    "lung_left_middle",
+    "lung_left_lower",
+    "border",
+)
+REGION_SHARES_TYPE = pa.struct([(name, pa.float32()) for name in REGION_NAMES])
+
+ANSWERS_SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        ("row_number", pa.int64()),
+        ("image_uri", pa.string()),
+        ("question", pa.string()),
+        ("answer", pa.string()),
+        ("status", pa.string()),
+        ("n_targets", pa.int32()),
+        ("prompt_tokens", pa.list_(pa.string())),
+        ("prompt_token_special", pa.list_(pa.bool_())),
+        ("image_width", pa.int32()),
+        ("image_height", pa.int32()),
+        ("roi_box", pa.list_(pa.float32())),
+        ("model_id", pa.string()),
+        ("model_revision", pa.string()),
+        ("method", pa.string()),
+        ("generate_seconds", pa.float32()),
+        ("explain_seconds", pa.float32()),
+        ("metadata", pa.map_(pa.string(), pa.string())),
+    ]
+)
+
+TOKENS_SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        ("image_index", pa.int16()),
+        ("target_kind", pa.string()),
+        ("target_text", pa.string()),
+        ("word", pa.string()),
+        ("token_id", pa.int64()),
+        ("token_position", pa.int32()),
+        ("method", pa.string()),
+        ("grid_h", pa.int16()),
+        ("grid_w", pa.int16()),
+        ("image_relevance", pa.list_(pa.float32())),
+        ("text_relevance", pa.list_(pa.float32())),
+        ("image_mass", pa.float32()),
+        ("text_mass", pa.float32()),
+        ("image_share", pa.float32()),
+        ("region_shares", REGION_SHARES_TYPE),
+        ("entropy", pa.float32()),
+        ("top10_mass", pa.float32()),
+        ("peak_row", pa.int16()),
+        ("peak_col", pa.int16()),
+        ("roi_share", pa.float32()),
+        ("roi_hit", pa.bool_()),
+        ("explain_seconds", pa.float32()),
+    ]
+)
+
+ERRORS_SCHEMA = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("row_number", pa.int64()),
+        ("image_uri", pa.string()),
+        ("stage", pa.string()),
+        ("error_type", pa.string()),
+        ("message", pa.string()),
+        ("occurred_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+SCHEMAS: dict[str, pa.Schema] = {"answers": ANSWERS_SCHEMA, "tokens": TOKENS_SCHEMA, "errors": ERRORS_SCHEMA}
+_ALLOWED_VALUES = {
+    ("answers", "status"): ANSWER_STATUSES,
+    ("tokens", "target_kind"): TARGET_KINDS,
+    ("errors", "stage"): STAGES,
+}
+
+
+def code_version() -> str:
+    """The installed vlm-audit version, or '0+unknown' when running from an uninstalled tree."""
+    try:
+        return importlib.metadata.version("vlm-audit")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def table_schema(table_name: str) -> pa.Schema:
+    """The schema of ``table_name`` with schema and code versions in its key-value metadata."""
+    if table_name not in SCHEMAS:
+        raise SchemaError(f"unknown table {table_name!r}; allowed: {', '.join(SCHEMAS)}")
+    return SCHEMAS[table_name].with_metadata(
+        {
+            "vlm_audit.table": table_name,
+            "vlm_audit.schema_version": SCHEMA_VERSION,
+            "vlm_audit.code_version": code_version(),
+        }
+    )
+
+
+def _columns_from_rows(
+    table_name: str, rows: Iterable[Mapping[str, Any]]
+) -> tuple[dict[str, list[Any]], int]:
+    rows = list(rows)
+    for index, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise SchemaError(f"{table_name}: row {index} is a {type(row).__name__}, expected a mapping")
+    names = dict.fromkeys(name for row in rows for name in row)
+    return {name: [row.get(name) for row in rows] for name in names}, len(rows)
+
+
+def _check_struct_keys(table_name: str, field: pa.Field, values: list[Any]) -> None:
+    allowed = {child.name for child in field.type}
+    for index, value in enumerate(values):
+        if isinstance(value, Mapping) and not set(value) <= allowed:
+            unknown = sorted(set(value) - allowed)
+            raise SchemaError(
+                f"{table_name}.{field.name}: row {index} has unknown key(s) {unknown}; allowed: {sorted(allowed)}"
+            )
+
+
+def to_arrow(table_name: str, data: pa.Table | Iterable[Mapping[str, Any]]) -> pa.Table:
+    """Validate rows (mappings) or a table against ``table_name``'s schema and return a conforming table.
+
+    Missing nullable columns become nulls; unknown columns, wrong types, nulls in non-null columns and
+    values outside an enumeration (status, target_kind, stage) raise ``SchemaError`` naming the column.
+    """
+    schema = table_schema(table_name)
+    if isinstance(data, pa.Table):
+        columns: dict[str, Any] = {name: data.column(name) for name in data.column_names}
+        n_rows = data.num_rows
+    else:
+        columns, n_rows = _columns_from_rows(table_name, data)
+    unknown = [name for name in columns if name not in schema.names]
+    if unknown:
+        hint = " (run_id is the path partition run_id=<id>/, not a column)" if "run_id" in unknown else ""
+        raise SchemaError(
+            f"{table_name}: unknown column(s) {unknown}{hint}; allowed: {', '.join(schema.names)}"
+        )
+    arrays = []
+    for field in schema:
+        values = columns.get(field.name)
+        if values is None:
+            if not field.nullable:
+                raise SchemaError(f"{table_name}.{field.name}: required column is missing")
+            arrays.append(pa.nulls(n_rows, field.type))
+            continue
+        if isinstance(values, list) and pa.types.is_struct(field.type):
+            _check_struct_keys(table_name, field, values)
+        try:
+            if isinstance(values, pa.ChunkedArray | pa.Array):
+                array = values.cast(field.type)
+            else:
+                array = pa.array(values, type=field.type)
+        except (
+            pa.ArrowInvalid,
+            pa.ArrowTypeError,
+            pa.ArrowNotImplementedError,
+            TypeError,
+            ValueError,
+        ) as exc:
+            raise SchemaError(f"{table_name}.{field.name}: values do not fit {field.type} ({exc})") from exc
+        if not field.nullable and array.null_count:
+            first = pc.index(pc.is_null(array), True).as_py()
+            raise SchemaError(f"{table_name}.{field.name}: null in a non-null column at row {first}")
+        allowed = _ALLOWED_VALUES.get((table_name, field.name))
+        if allowed is not None:
+            present = pc.drop_null(array)  # null means "unknown", which every column allows
+            bad = pc.filter(present, pc.invert(pc.is_in(present, value_set=pa.array(allowed))))
+            if len(bad):
+                raise SchemaError(
+                    f"{table_name}.{field.name}: value {bad[0].as_py()!r} not allowed; allowed: {', '.join(allowed)}"
+                )
+        arrays.append(array)
+    return pa.Table.from_arrays(arrays, schema=schema)
