@@ -1,0 +1,73 @@
+"""Removal curves, model randomisation and map agreement, against direct computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from explainer import Explainer, Target
+from explainer._forward import embed_inputs, forward_embeddings
+from explainer._sequence import sequence_layout
+from explainer.faithfulness import randomized_top_layers, removal_curves, target_log_probability
+from explainer.map_stats import average_ranks, spearman, top_cell_agreement
+from tests.models import random_image
+
+
+def test_removal_curves_match_a_direct_computation(tiny_grid4):
+    explainer = Explainer(tiny_grid4.model, tiny_grid4.processor)
+    inputs = explainer.prepare_inputs(
+        tiny_grid4.inputs([random_image(0)], "Where is the nodule?", "right upper zone")
+    )
+    seq_len = inputs["input_ids"].shape[1]
+    target = Target((seq_len - 2, seq_len - 1), "word", "upper zone")
+    row = explainer.relevance(inputs, [seq_len - 1], method="occlusion")[0]
+    curves = removal_curves(explainer, inputs, target, row, steps=4)
+
+    layout = sequence_layout(inputs["input_ids"], tiny_grid4.config)
+    image = layout.image_positions
+    ranked = image[torch.argsort(row[image], descending=True, stable=True)]
+    with torch.no_grad():
+        embeddings = embed_inputs(tiny_grid4.model, inputs)
+        variant = embeddings.clone()
+        variant[0, ranked[:8]] = embeddings[0, image].mean(dim=0)  # half of the 16 tokens: step 2 of 4
+        expected = target_log_probability(
+            forward_embeddings(tiny_grid4.model, variant, inputs), inputs["input_ids"][0], target
+        )
+        untouched = target_log_probability(
+            forward_embeddings(tiny_grid4.model, embeddings, inputs), inputs["input_ids"][0], target
+        )
+    assert curves.most_relevant_first[2] == pytest.approx(expected.item(), abs=1e-4)
+    assert curves.most_relevant_first[0] == pytest.approx(untouched.item(), abs=1e-4)
+    assert curves.least_relevant_first[0] == pytest.approx(untouched.item(), abs=1e-4)
+    assert curves.most_relevant_first[-1] == pytest.approx(curves.least_relevant_first[-1], abs=1e-4)
+    assert curves.auc_gap == pytest.approx(curves.lerf_auc - curves.morf_auc)
+    assert (
+        curves.most_relevant_first[1] < curves.least_relevant_first[1]
+    )  # occlusion's top token matters most
+
+
+def test_randomized_top_layers_changes_the_model_and_restores_it(tiny):
+    inputs = tiny.inputs([random_image(0)], "Where is the nodule?", "right upper zone")
+    before = {name: p.clone() for name, p in tiny.model.named_parameters()}
+    with torch.no_grad():
+        original = tiny.model(**inputs).logits
+        with randomized_top_layers(tiny.model, 2, seed=1):
+            randomized = tiny.model(**inputs).logits
+            changed = [n for n, p in tiny.model.named_parameters() if not torch.equal(p, before[n])]
+        after = tiny.model(**inputs).logits
+    assert not torch.allclose(original, randomized)
+    assert changed and all(".layers.4." in n or ".layers.5." in n for n in changed)
+    assert torch.equal(original, after)
+    assert all(torch.equal(p, before[n]) for n, p in tiny.model.named_parameters())
+
+
+def test_spearman_and_agreement_on_known_maps():
+    a = np.array([[1.0, 2.0], [3.0, 4.0]])
+    assert spearman(a, a * 10 + 1) == pytest.approx(1.0)
+    assert spearman(a, -a) == pytest.approx(-1.0)
+    assert list(average_ranks(np.array([5.0, 1.0, 5.0, 2.0]))) == [3.5, 1.0, 3.5, 2.0]
+    # ties: ranks (1, 2.5, 2.5, 4) against (1, 2, 3, 4) → r = 4.5 / sqrt(4.5 · 5)
+    assert spearman(np.array([0.0, 1.0, 1.0, 2.0]), np.arange(4.0)) == pytest.approx(4.5 / np.sqrt(4.5 * 5))
+    assert spearman(np.ones(4), np.arange(4.0)) == 0.0
+    assert top_cell_agreement(a, a) and not top_cell_agreement(a, -a)
