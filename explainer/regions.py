@@ -74,9 +74,16 @@ def border_band(grid: Grid) -> dict[str, np.ndarray]:
     return {"border": band}
 
 
+def corners(grid: Grid, size: float = 1 / 6) -> dict[str, np.ndarray]:
+    """The four corner blocks (`size` of the width and height each): laterality markers, burned-in tags."""
+    far = 1.0 - size
+    blocks = [rect_weights(grid, x, y, x + size, y + size) for x in (0.0, far) for y in (0.0, far)]
+    return {"corners": np.clip(sum(blocks), 0.0, 1.0)}
+
+
 def standard_regions(grid: Grid) -> dict[str, np.ndarray]:
-    """Quadrants, 3×3 grid, lung zones (patient sides) and the border band."""
-    return {**quadrants(grid), **grid3(grid), **lung_zones(grid), **border_band(grid)}
+    """Quadrants, 3×3 grid, lung zones (patient sides), the border band and the corner blocks."""
+    return {**quadrants(grid), **grid3(grid), **lung_zones(grid), **border_band(grid), **corners(grid)}
 
 
 def box_region(box: tuple[float, float, float, float], image_size: tuple[int, int], grid: Grid) -> np.ndarray:

@@ -35,6 +35,7 @@ REGION_NAMES = (
     "lung_left_middle",
     "lung_left_lower",
     "border",
+    "corners",
 )
 REGION_SHARES_TYPE = pa.struct([(name, pa.float32()) for name in REGION_NAMES])
 

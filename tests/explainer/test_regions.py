@@ -9,6 +9,7 @@ from explainer.map_stats import normalised_entropy, peak_cell, pointing_hit, top
 from explainer.regions import (
     border_band,
     box_region,
+    corners,
     grid3,
     lung_zones,
     mass_shares,
@@ -44,6 +45,12 @@ def test_border_band_is_the_outer_ring():
     assert band.sum() == 8 * 4 - 4 and band[0].all() and band[:, -1].all() and band[3, 3] == 0
 
 
+def test_corner_blocks_cover_a_sixth_of_each_side():
+    weights = corners((12, 12))["corners"]
+    assert weights[:2, :2].min() == 1.0 and weights[-2:, -2:].min() == 1.0 and weights[:2, -2:].min() == 1.0
+    assert weights.sum() == pytest.approx(4 * 2 * 2) and weights[2:-2].sum() == 0
+
+
 def test_box_in_original_pixels_maps_through_the_plain_resize():
     # 400×200 image, box over the right half's top half: in a 4×4 grid, rows 0-1, cols 2-3
     weights = box_region((200, 0, 400, 100), (400, 200), (4, 4))
@@ -60,7 +67,7 @@ def test_mass_shares_use_the_positive_part():
     assert shares == pytest.approx(
         {"q_top_left": 0.75, "q_top_right": 0.0, "q_bottom_left": 0.25, "q_bottom_right": 0.0}
     )
-    assert set(standard_regions((8, 8))) >= {"border", "lung_left_lower", "g_r2c2", "q_top_left"}
+    assert set(standard_regions((8, 8))) >= {"border", "corners", "lung_left_lower", "g_r2c2", "q_top_left"}
 
 
 def test_map_summaries_on_toy_maps():

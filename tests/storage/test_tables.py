@@ -23,7 +23,7 @@ def test_schemas_carry_versions():
     assert metadata[b"vlm_audit.schema_version"] == SCHEMA_VERSION.encode()
     assert metadata[b"vlm_audit.code_version"] == code_version().encode() == version("vlm-audit").encode()
     assert "run_id" not in ANSWERS_SCHEMA.names and "run_id" not in TOKENS_SCHEMA.names
-    assert len(REGION_NAMES) == 4 + 9 + 6 + 1
+    assert len(REGION_NAMES) == 4 + 9 + 6 + 1 + 1  # quadrants, 3×3, lung zones, border, corners
 
 
 def test_rows_convert_with_exact_types():
