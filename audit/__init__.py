@@ -1,0 +1,26 @@
+"""Cohort statistics, comparisons, flags and faithfulness summaries: pure functions over the Parquet tables."""
+
+from audit.aggregate import DEFAULT_FINDINGS, Aggregate, AggregateConfig, aggregate, aggregate_run
+from audit.bootstrap import difference_ci, mean_ci
+from audit.cohorts import StatsConfig, cohort_stats, item_level
+from audit.compare import cohort_vs_rest, compare_runs
+from audit.flags import FlagThresholds
+from audit.load import join_targets, load_targets
+
+__all__ = [
+    "DEFAULT_FINDINGS",
+    "Aggregate",
+    "AggregateConfig",
+    "FlagThresholds",
+    "StatsConfig",
+    "aggregate",
+    "aggregate_run",
+    "cohort_stats",
+    "cohort_vs_rest",
+    "compare_runs",
+    "difference_ci",
+    "item_level",
+    "join_targets",
+    "load_targets",
+    "mean_ci",
+]

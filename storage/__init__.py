@@ -1,6 +1,7 @@
 """Storage layer of vlm-audit: URIs and object stores (local, s3://), manifests, image decoding,
 Parquet output tables and the run ledger. Imports no torch and no prefect."""
 
+from storage.audit_schemas import COHORT_METRICS
 from storage.engines import arrow_filesystem, duckdb_connect, load_httpfs, parquet_source, table_glob
 from storage.errors import (
     CorruptImage,
@@ -46,10 +47,10 @@ from storage.outputs import (
     write_run,
 )
 from storage.records import STAGES, ErrorRecord
+from storage.region_names import REGION_NAMES
 from storage.tables import (
     ANSWERS_SCHEMA,
     ERRORS_SCHEMA,
-    REGION_NAMES,
     SCHEMA_VERSION,
     TOKENS_SCHEMA,
     code_version,
@@ -60,6 +61,7 @@ from storage.uri import is_s3_uri, join_key, join_uri, normalize_uri, parent_uri
 
 __all__ = [
     "ANSWERS_SCHEMA",
+    "COHORT_METRICS",
     "DEFAULT_MAX_PIXELS",
     "ERRORS_SCHEMA",
     "MANIFEST_PART",

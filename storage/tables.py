@@ -14,30 +14,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from storage.audit_schemas import AUDIT_SCHEMAS
 from storage.errors import SchemaError
 from storage.records import STAGES
+from storage.region_names import REGION_SHARES_TYPE
 
 SCHEMA_VERSION = "1"
 ANSWER_STATUSES = ("ok", "error")
 TARGET_KINDS = ("token", "word", "answer")
-
-# lung zones are PATIENT sides: on a frontal radiograph the patient's right is the image's left
-REGION_NAMES = (
-    "q_top_left",
-    "q_top_right",
-    "q_bottom_left",
-    "q_bottom_right",
-    *(f"g_r{row}c{col}" for row in range(3) for col in range(3)),
-    "lung_right_upper",
-    "lung_right_middle",
-    "lung_right_lower",
-    "lung_left_upper",
-    "lung_left_middle",
-    "lung_left_lower",
-    "border",
-    "corners",
-)
-REGION_SHARES_TYPE = pa.struct([(name, pa.float32()) for name in REGION_NAMES])
 
 ANSWERS_SCHEMA = pa.schema(
     [
@@ -102,7 +86,12 @@ ERRORS_SCHEMA = pa.schema(
     ]
 )
 
-SCHEMAS: dict[str, pa.Schema] = {"answers": ANSWERS_SCHEMA, "tokens": TOKENS_SCHEMA, "errors": ERRORS_SCHEMA}
+SCHEMAS: dict[str, pa.Schema] = {
+    "answers": ANSWERS_SCHEMA,
+    "tokens": TOKENS_SCHEMA,
+    "errors": ERRORS_SCHEMA,
+    **AUDIT_SCHEMAS,
+}
 _ALLOWED_VALUES = {
     ("answers", "status"): ANSWER_STATUSES,
     ("tokens", "target_kind"): TARGET_KINDS,

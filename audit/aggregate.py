@@ -1,0 +1,118 @@
+"""`aggregate_run`: cohort statistics, comparisons and flags of one run, from its Parquet outputs alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from audit.cohorts import StatsConfig, cohort_stats, item_level
+from audit.compare import cohort_vs_rest
+from audit.faithfulness import faithfulness_items, trust_flags, trust_summary
+from audit.flags import FlagThresholds, as_frame, off_anatomy_flags, roi_flags, shortcut_flags
+from audit.load import SHARE_COLUMNS, join_targets
+from storage import open_store, read_table, write_part
+
+# Answer words that name findings, sides and zones; override per audit.
+DEFAULT_FINDINGS = (
+    "nodule", "mass", "pneumonia", "consolidation", "opacity", "effusion", "pneumothorax", "cardiomegaly",
+    "edema", "atelectasis", "fracture", "device", "catheter", "marker", "right", "left", "upper", "middle",
+    "lower", "yes", "no",
+)  # fmt: skip
+AGGREGATE_PART = "part-aggregate"
+
+
+@dataclass(frozen=True)
+class AggregateConfig:
+    """What to group by, which answer words are findings, and the flag thresholds."""
+
+    group_by: tuple[str, ...] = ()
+    findings: tuple[str, ...] | None = DEFAULT_FINDINGS
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    thresholds: FlagThresholds = field(default_factory=FlagThresholds)
+
+    def with_groups(self) -> StatsConfig:
+        return StatsConfig(**{**self.stats.__dict__, "group_by": self.group_by})
+
+
+@dataclass
+class Aggregate:
+    """Everything `aggregate` derives; each frame is one output table."""
+
+    items: pd.DataFrame
+    cohort_stats: pd.DataFrame
+    cohort_regions: pd.DataFrame
+    comparisons: pd.DataFrame
+    flags: pd.DataFrame
+    trust: pd.DataFrame
+
+
+def aggregate(
+    tokens: pd.DataFrame,
+    answers: pd.DataFrame,
+    config: AggregateConfig,
+    faithfulness: pd.DataFrame | None = None,
+) -> Aggregate:
+    """Cohort statistics, cohort-vs-rest comparisons and flags from the tokens and answers tables.
+
+    The explanation method of the run's maps raises the map-based flags; where a faithfulness sample
+    exists, the same shortcut rules run on each method's sample maps (occlusion included), and trust
+    flags say which cohorts' maps disagree with occlusion.
+    """
+    stats_config = config.with_groups()
+    targets = join_targets(tokens, answers, findings=config.findings)
+    items = item_level(targets, stats_config.common_grid)
+    stats, regions = cohort_stats(items, stats_config)
+    comparisons = pd.concat(
+        [cohort_vs_rest(items, grouping, resamples=stats_config.resamples) for grouping in config.group_by],
+        ignore_index=True,
+    )
+    method = str(tokens["method"].iloc[0]) if len(tokens) else "unknown"
+    flags = shortcut_flags(comparisons, config.thresholds, method) if len(comparisons) else []
+    flags += roi_flags(stats, config.thresholds, method) if len(stats) else []
+    flags += off_anatomy_flags(items, config.thresholds, method)
+    trust = pd.DataFrame()
+    if faithfulness is not None and len(faithfulness):
+        sample = faithfulness_items(faithfulness, answers, config.findings)
+        trust = trust_summary(sample, config.group_by)
+        flags += trust_flags(trust, config.thresholds)
+        for sample_method, rows in sample.groupby("method"):
+            sample_comparisons = pd.concat(
+                [
+                    cohort_vs_rest(rows, g, metrics=SHARE_COLUMNS, resamples=stats_config.resamples)
+                    for g in config.group_by
+                ],
+                ignore_index=True,
+            )
+            if len(sample_comparisons):
+                flags += shortcut_flags(
+                    sample_comparisons, config.thresholds, f"{sample_method} (faithfulness sample)"
+                )
+    return Aggregate(items, stats, regions, comparisons, as_frame(flags), trust)
+
+
+def aggregate_run(
+    out_uri: str, run_id: str, config: AggregateConfig | None = None, *, endpoint_url: str | None = None
+) -> Aggregate:
+    """Aggregate one run's outputs and write its cohort_stats, cohort_regions, cohort_comparisons and
+    flags tables (`<table>/run_id=<id>/part-aggregate.parquet`). Rerunnable without the model."""
+    config = config or AggregateConfig()
+    tokens = read_table(out_uri, "tokens", run_id=run_id, endpoint_url=endpoint_url).to_pandas()
+    answers = read_table(out_uri, "answers", run_id=run_id, endpoint_url=endpoint_url).to_pandas()
+    faithfulness = read_table(out_uri, "faithfulness", run_id=run_id, endpoint_url=endpoint_url).to_pandas()
+    result = aggregate(tokens, answers, config, faithfulness)
+    store = open_store(out_uri, endpoint_url=endpoint_url)
+    for table, frame in (
+        ("cohort_stats", result.cohort_stats),
+        ("cohort_regions", result.cohort_regions),
+        ("cohort_comparisons", result.comparisons),
+        ("flags", result.flags),
+    ):
+        write_part(store, table, run_id, AGGREGATE_PART, _without_run_id(frame))
+    return result
+
+
+def _without_run_id(frame: pd.DataFrame) -> list[dict]:
+    """Rows for a part file (run_id lives in the path, not in the file; pandas' NaN gaps become nulls)."""
+    frame = frame.drop(columns=["run_id"], errors="ignore")
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")

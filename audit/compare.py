@@ -1,0 +1,87 @@
+"""Comparisons: each cohort against the rest of its run, and one run against another."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from audit.bootstrap import DEFAULT_RESAMPLES, difference_ci, mean_ci
+from audit.load import SHARE_COLUMNS
+
+COMPARED_METRICS = ("image_share", "entropy", "lung_share", *SHARE_COLUMNS)
+
+
+def cohort_vs_rest(
+    items: pd.DataFrame,
+    grouping: str,
+    *,
+    metrics: Sequence[str] = COMPARED_METRICS,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Difference (cohort − rest) of every metric with a bootstrap CI, per run and target class."""
+    columns = grouping.split("+")
+    rows = []
+    for (run_id, target), frame in items.groupby(["run_id", "target_class"], sort=True):
+        labels = frame[columns].astype(str).agg("+".join, axis=1)
+        for cohort in sorted(labels.unique()):
+            inside = frame[labels == cohort]
+            outside = frame[labels != cohort]
+            if outside.empty:
+                continue
+            for metric in metrics:
+                difference, low, high = difference_ci(
+                    inside[metric], outside[metric], resamples=resamples, seed=seed
+                )
+                rows.append(
+                    {
+                        "run_id": run_id,
+                        "grouping": grouping,
+                        "cohort": cohort,
+                        "target_class": target,
+                        "metric": metric.removeprefix("share_"),
+                        "cohort_mean": float(np.nanmean(inside[metric])),
+                        "rest_mean": float(np.nanmean(outside[metric])),
+                        "difference": difference,
+                        "ci_low": low,
+                        "ci_high": high,
+                        "n_cohort": len(inside),
+                        "n_rest": len(outside),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def compare_runs(
+    before: pd.DataFrame,
+    after: pd.DataFrame,
+    *,
+    metrics: Sequence[str] = COMPARED_METRICS,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Paired per-item change (after − before) for items and target classes present in both runs."""
+    keys = ["item_id", "target_class"]
+    paired = before.merge(after, on=keys, suffixes=("_before", "_after"))
+    rows = []
+    for target, frame in paired.groupby("target_class", sort=True):
+        for metric in metrics:
+            change = frame[f"{metric}_after"].to_numpy(float) - frame[f"{metric}_before"].to_numpy(float)
+            mean, low, high = mean_ci(change, resamples=resamples, seed=seed)
+            rows.append(
+                {
+                    "run_before": frame["run_id_before"].iloc[0],
+                    "run_after": frame["run_id_after"].iloc[0],
+                    "target_class": target,
+                    "metric": metric.removeprefix("share_"),
+                    "mean_before": float(frame[f"{metric}_before"].mean()),
+                    "mean_after": float(frame[f"{metric}_after"].mean()),
+                    "difference": mean,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "n_items": len(frame),
+                }
+            )
+    return pd.DataFrame(rows)

@@ -1,0 +1,156 @@
+"""Flags: each raised by a named rule, with its threshold and the evidence in the row.
+
+Rules over cohorts compare a cohort with the rest of its run (bootstrap CI of the difference) and
+with the audit's baseline (the whole run's mean for the same target class).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+
+FLAG_COLUMNS = (
+    "run_id",
+    "scope",
+    "rule",
+    "method",
+    "grouping",
+    "cohort",
+    "target_class",
+    "item_id",
+    "metric",
+    "value",
+    "baseline",
+    "threshold",
+    "ci_low",
+    "ci_high",
+    "n_items",
+    "message",
+)
+
+
+@dataclass(frozen=True)
+class FlagThresholds:
+    """Thresholds of the flag rules; each flag row records the one that raised it."""
+
+    share_ratio: float = 1.5  # a cohort's border/corner share at least this × the baseline ...
+    share_margin: float = 0.02  # ... and (cohort − rest) above this with 95% confidence
+    min_items: int = 5
+    roi_hit_rate: float = 0.5  # pointing-game hit rate below this
+    off_anatomy_lung_share: float = 0.35  # an item whose lung zones hold less than this share
+    trust_spearman: float = 0.3  # median rank correlation with occlusion below this
+    trust_top_cell: float = 0.3  # peak-cell agreement with occlusion below this
+
+
+SHORTCUT_REGIONS = {
+    "border": "the image border band",
+    "corners": "the corner blocks (markers, burned-in tags)",
+}
+
+
+def shortcut_flags(comparisons: pd.DataFrame, thresholds: FlagThresholds, method: str) -> list[dict]:
+    """Cohorts whose border or corner share is far above the baseline (shortcut reliance)."""
+    flags = []
+    rows = comparisons[comparisons["metric"].isin(list(SHORTCUT_REGIONS))]
+    for row in rows.itertuples(index=False):
+        baseline = (row.cohort_mean * row.n_cohort + row.rest_mean * row.n_rest) / (row.n_cohort + row.n_rest)
+        if (
+            row.n_cohort >= thresholds.min_items
+            and row.cohort_mean >= thresholds.share_ratio * baseline
+            and row.ci_low > thresholds.share_margin
+        ):
+            flags.append(
+                {
+                    "run_id": row.run_id,
+                    "scope": "cohort",
+                    "rule": f"{row.metric}_share_above_baseline",
+                    "method": method,
+                    "grouping": row.grouping,
+                    "cohort": row.cohort,
+                    "target_class": row.target_class,
+                    "metric": f"{row.metric}_share",
+                    "value": row.cohort_mean,
+                    "baseline": baseline,
+                    "threshold": thresholds.share_ratio,
+                    "ci_low": row.ci_low,
+                    "ci_high": row.ci_high,
+                    "n_items": row.n_cohort,
+                    "message": (
+                        f"{method} maps of '{row.target_class}' in {row.grouping}={row.cohort} put "
+                        f"{row.cohort_mean:.1%} of their mass on {SHORTCUT_REGIONS[row.metric]}, "
+                        f"{row.cohort_mean / baseline:.1f}× the audit baseline {baseline:.1%} "
+                        f"(cohort − rest {row.cohort_mean - row.rest_mean:+.1%}, 95% CI {row.ci_low:+.1%} to "
+                        f"{row.ci_high:+.1%}); the model may be reading markers or burned-in text"
+                    ),
+                }
+            )
+    return flags
+
+
+def roi_flags(stats: pd.DataFrame, thresholds: FlagThresholds, method: str) -> list[dict]:
+    """Cohorts whose maps' peak falls inside the ROI too rarely (pointing game)."""
+    flags = []
+    rows = stats[(stats["n_roi"] >= thresholds.min_items) & (stats["roi_hit_mean"] < thresholds.roi_hit_rate)]
+    for row in rows.itertuples(index=False):
+        flags.append(
+            {
+                "run_id": row.run_id,
+                "scope": "cohort",
+                "rule": "roi_hit_rate_low",
+                "method": method,
+                "grouping": row.grouping,
+                "cohort": row.cohort,
+                "target_class": row.target_class,
+                "metric": "roi_hit",
+                "value": row.roi_hit_mean,
+                "threshold": thresholds.roi_hit_rate,
+                "ci_low": row.roi_hit_ci_low,
+                "ci_high": row.roi_hit_ci_high,
+                "n_items": row.n_roi,
+                "message": (
+                    f"the peak of {method} maps of '{row.target_class}' falls inside the region of interest in "
+                    f"{row.roi_hit_mean:.0%} of {row.grouping}={row.cohort} items (95% CI {row.roi_hit_ci_low:.0%}"
+                    f"–{row.roi_hit_ci_high:.0%}), below {thresholds.roi_hit_rate:.0%}"
+                ),
+            }
+        )
+    return flags
+
+
+def off_anatomy_flags(items: pd.DataFrame, thresholds: FlagThresholds, method: str) -> list[dict]:
+    """Items whose whole-answer map leaves the lung fields (chest radiograph audits)."""
+    answers = items[
+        (items["target_class"] == "answer") & (items["lung_share"] < thresholds.off_anatomy_lung_share)
+    ]
+    return [
+        {
+            "run_id": row.run_id,
+            "scope": "item",
+            "rule": "off_anatomy",
+            "method": method,
+            "target_class": "answer",
+            "item_id": row.item_id,
+            "metric": "lung_share",
+            "value": row.lung_share,
+            "threshold": thresholds.off_anatomy_lung_share,
+            "n_items": 1,
+            "message": (
+                f"item {row.item_id}: only {row.lung_share:.0%} of the answer's {method} relevance lies in the lung "
+                f"zones (threshold {thresholds.off_anatomy_lung_share:.0%})"
+            ),
+        }
+        for row in answers.itertuples(index=False)
+    ]
+
+
+def as_frame(flags: list[dict]) -> pd.DataFrame:
+    """Flags in the documented column order (missing fields as nulls)."""
+    frame = pd.DataFrame(flags, columns=list(FLAG_COLUMNS))
+    return frame.astype(
+        {"value": float, "baseline": float, "threshold": float, "ci_low": float, "ci_high": float}
+    )
+
+
+def thresholds_record(thresholds: FlagThresholds) -> dict:
+    return asdict(thresholds)

@@ -1,0 +1,107 @@
+"""Schemas of the tables the audit writes from the explained targets: cohorts, comparisons, flags,
+and the faithfulness sample."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from storage.region_names import REGION_SHARES_TYPE
+
+COHORT_METRICS = ("image_share", "entropy", "top10_mass", "lung_share", "roi_hit", "roi_share")
+
+_COHORT_KEY = [
+    ("grouping", pa.string()),
+    ("cohort", pa.string()),
+    ("target_class", pa.string()),
+]
+
+COHORT_STATS_SCHEMA = pa.schema(
+    [
+        *_COHORT_KEY,
+        ("n_items", pa.int32()),
+        ("n_targets", pa.int32()),
+        ("grid_h", pa.int16()),
+        ("grid_w", pa.int16()),
+        ("mean_map", pa.list_(pa.float32())),
+        ("se_map", pa.list_(pa.float32())),
+        ("n_roi", pa.int32()),
+        *[
+            (f"{metric}_{statistic}", pa.float64())
+            for metric in COHORT_METRICS
+            for statistic in ("mean", "ci_low", "ci_high")
+        ],
+    ]
+)
+
+COHORT_REGIONS_SCHEMA = pa.schema(
+    [
+        *_COHORT_KEY,
+        ("region", pa.string()),
+        ("mean", pa.float64()),
+        ("ci_low", pa.float64()),
+        ("ci_high", pa.float64()),
+        ("n_items", pa.int32()),
+    ]
+)
+
+COMPARISONS_SCHEMA = pa.schema(
+    [
+        *_COHORT_KEY,
+        ("metric", pa.string()),
+        ("cohort_mean", pa.float64()),
+        ("rest_mean", pa.float64()),
+        ("difference", pa.float64()),
+        ("ci_low", pa.float64()),
+        ("ci_high", pa.float64()),
+        ("n_cohort", pa.int32()),
+        ("n_rest", pa.int32()),
+    ]
+)
+
+FLAGS_SCHEMA = pa.schema(
+    [
+        ("scope", pa.string()),
+        ("rule", pa.string()),
+        ("method", pa.string()),
+        *_COHORT_KEY,
+        ("item_id", pa.string()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+        ("baseline", pa.float64()),
+        ("threshold", pa.float64()),
+        ("ci_low", pa.float64()),
+        ("ci_high", pa.float64()),
+        ("n_items", pa.int32()),
+        ("message", pa.string()),
+    ]
+)
+
+FAITHFULNESS_SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        ("image_index", pa.int16()),
+        ("target_kind", pa.string()),
+        ("target_text", pa.string()),
+        ("word", pa.string()),
+        ("method", pa.string()),
+        ("grid_h", pa.int16()),
+        ("grid_w", pa.int16()),
+        ("image_relevance", pa.list_(pa.float32())),
+        ("region_shares", REGION_SHARES_TYPE),
+        ("spearman_vs_occlusion", pa.float32()),
+        ("top_cell_agrees", pa.bool_()),
+        ("morf_auc", pa.float32()),
+        ("lerf_auc", pa.float32()),
+        ("auc_gap", pa.float32()),
+        ("randomization_spearman", pa.float32()),
+        ("seconds", pa.float32()),
+    ]
+)
+
+AUDIT_SCHEMAS: dict[str, pa.Schema] = {
+    "cohort_stats": COHORT_STATS_SCHEMA,
+    "cohort_regions": COHORT_REGIONS_SCHEMA,
+    "cohort_comparisons": COMPARISONS_SCHEMA,
+    "flags": FLAGS_SCHEMA,
+    "faithfulness": FAITHFULNESS_SCHEMA,
+}
