@@ -94,8 +94,9 @@ def aggregate(
 def aggregate_run(
     out_uri: str, run_id: str, config: AggregateConfig | None = None, *, endpoint_url: str | None = None
 ) -> Aggregate:
-    """Aggregate one run's outputs and write its cohort_stats, cohort_regions, cohort_comparisons and
-    flags tables (`<table>/run_id=<id>/part-aggregate.parquet`). Rerunnable without the model."""
+    """Aggregate one run's outputs and write its cohort_stats, cohort_regions, cohort_comparisons,
+    cohort_trust and flags tables (`<table>/run_id=<id>/part-aggregate.parquet`). Rerunnable without
+    the model; a rerun replaces the tables."""
     config = config or AggregateConfig()
     tokens = read_table(out_uri, "tokens", run_id=run_id, endpoint_url=endpoint_url).to_pandas()
     answers = read_table(out_uri, "answers", run_id=run_id, endpoint_url=endpoint_url).to_pandas()
@@ -106,6 +107,7 @@ def aggregate_run(
         ("cohort_stats", result.cohort_stats),
         ("cohort_regions", result.cohort_regions),
         ("cohort_comparisons", result.comparisons),
+        ("cohort_trust", result.trust),
         ("flags", result.flags),
     ):
         write_part(store, table, run_id, AGGREGATE_PART, _without_run_id(frame))

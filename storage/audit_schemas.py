@@ -76,6 +76,20 @@ FLAGS_SCHEMA = pa.schema(
     ]
 )
 
+COHORT_TRUST_SCHEMA = pa.schema(
+    [
+        *_COHORT_KEY,
+        ("method", pa.string()),
+        ("n_items", pa.int32()),
+        ("spearman_median", pa.float64()),
+        ("top_cell_rate", pa.float64()),
+        ("morf_auc", pa.float64()),
+        ("lerf_auc", pa.float64()),
+        ("auc_gap", pa.float64()),
+        ("randomization_spearman", pa.float64()),
+    ]
+)
+
 FAITHFULNESS_SCHEMA = pa.schema(
     [
         pa.field("item_id", pa.string(), nullable=False),
@@ -102,6 +116,7 @@ AUDIT_SCHEMAS: dict[str, pa.Schema] = {
     "cohort_stats": COHORT_STATS_SCHEMA,
     "cohort_regions": COHORT_REGIONS_SCHEMA,
     "cohort_comparisons": COMPARISONS_SCHEMA,
+    "cohort_trust": COHORT_TRUST_SCHEMA,
     "flags": FLAGS_SCHEMA,
     "faithfulness": FAITHFULNESS_SCHEMA,
 }
