@@ -109,6 +109,7 @@ def explain(
         method=method,
         model_id=explainer.info.model_id,
         model_revision=explainer.info.revision,
+        system_prompt=system_prompt,
         timings={
             "generate_seconds": generated - started,
             "explain_seconds": time.perf_counter() - generated,

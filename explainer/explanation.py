@@ -45,6 +45,7 @@ class Explanation:
     model_id: str
     model_revision: str | None
     timings: dict[str, float] = field(default_factory=dict)
+    system_prompt: str | None = None
 
     @property
     def grid(self) -> tuple[int, int]:

@@ -71,3 +71,30 @@ def test_spearman_and_agreement_on_known_maps():
     assert spearman(np.array([0.0, 1.0, 1.0, 2.0]), np.arange(4.0)) == pytest.approx(4.5 / np.sqrt(4.5 * 5))
     assert spearman(np.ones(4), np.arange(4.0)) == 0.0
     assert top_cell_agreement(a, a) and not top_cell_agreement(a, -a)
+
+
+def test_check_explanation_compares_every_method_with_occlusion(tiny_grid4, monkeypatch):
+    from explainer import _explain
+    from explainer.checks import CHECKED_METHODS, check_explanation
+
+    explainer = Explainer(tiny_grid4.model, tiny_grid4.processor)
+    ids = torch.tensor(tiny_grid4.tokenizer("right upper zone", add_special_tokens=False)["input_ids"])
+    monkeypatch.setattr(_explain, "generate_answer", lambda *args, **kwargs: ids)
+    explanation = explainer.explain(random_image(0), "Where is the nodule?", targets=["upper"])
+    before = {name: p.clone() for name, p in tiny_grid4.model.named_parameters()}
+    targets = [t for t in explanation.targets if t.kind in ("answer", "word")]
+    checks = check_explanation(explainer, explanation, targets, randomize_layers=2, removal_steps=4)
+
+    assert [(c.method, c.target.kind) for c in checks] == [
+        (m, t.kind) for m in CHECKED_METHODS for t in targets
+    ]
+    by_key = {(c.method, c.target.kind): c for c in checks}
+    assert np.allclose(by_key[("chefer", "answer")].image_maps[0], explanation.answer_map(), atol=1e-6)
+    occlusion = by_key[("occlusion", "answer")]
+    assert occlusion.spearman_vs_occlusion == [pytest.approx(1.0)] and occlusion.top_cell_agrees == [True]
+    assert occlusion.randomization_spearman is None
+    chefer = by_key[("chefer", "answer")]
+    assert -1.0 <= chefer.spearman_vs_occlusion[0] <= 1.0 and len(chefer.randomization_spearman) == 1
+    assert chefer.randomization_spearman[0] < 0.999  # the top layers mattered to the map
+    assert chefer.auc_gap == pytest.approx(chefer.lerf_auc - chefer.morf_auc)
+    assert all(torch.equal(p, before[n]) for n, p in tiny_grid4.model.named_parameters())
