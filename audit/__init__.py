@@ -4,8 +4,10 @@ from audit.aggregate import DEFAULT_FINDINGS, Aggregate, AggregateConfig, aggreg
 from audit.bootstrap import difference_ci, mean_ci
 from audit.cohorts import StatsConfig, cohort_stats, item_level
 from audit.compare import cohort_vs_rest, compare_runs
+from audit.dashboards import create_views
 from audit.flags import FlagThresholds
 from audit.load import join_targets, load_targets
+from audit.report import build_report
 
 __all__ = [
     "DEFAULT_FINDINGS",
@@ -15,9 +17,11 @@ __all__ = [
     "StatsConfig",
     "aggregate",
     "aggregate_run",
+    "build_report",
     "cohort_stats",
     "cohort_vs_rest",
     "compare_runs",
+    "create_views",
     "difference_ci",
     "item_level",
     "join_targets",

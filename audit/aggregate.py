@@ -63,10 +63,7 @@ def aggregate(
     targets = join_targets(tokens, answers, findings=config.findings)
     items = item_level(targets, stats_config.common_grid)
     stats, regions = cohort_stats(items, stats_config)
-    comparisons = pd.concat(
-        [cohort_vs_rest(items, grouping, resamples=stats_config.resamples) for grouping in config.group_by],
-        ignore_index=True,
-    )
+    comparisons = _concat([cohort_vs_rest(items, g, resamples=stats_config.resamples) for g in config.group_by])
     method = str(tokens["method"].iloc[0]) if len(tokens) else "unknown"
     flags = shortcut_flags(comparisons, config.thresholds, method) if len(comparisons) else []
     flags += roi_flags(stats, config.thresholds, method) if len(stats) else []
@@ -77,12 +74,8 @@ def aggregate(
         trust = trust_summary(sample, config.group_by)
         flags += trust_flags(trust, config.thresholds)
         for sample_method, rows in sample.groupby("method"):
-            sample_comparisons = pd.concat(
-                [
-                    cohort_vs_rest(rows, g, metrics=SHARE_COLUMNS, resamples=stats_config.resamples)
-                    for g in config.group_by
-                ],
-                ignore_index=True,
+            sample_comparisons = _concat(
+                [cohort_vs_rest(rows, g, metrics=SHARE_COLUMNS, resamples=stats_config.resamples) for g in config.group_by]
             )
             if len(sample_comparisons):
                 flags += shortcut_flags(
@@ -112,6 +105,11 @@ def aggregate_run(
     ):
         write_part(store, table, run_id, AGGREGATE_PART, _without_run_id(frame))
     return result
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate comparison frames; an empty frame when no grouping was asked for."""
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def _without_run_id(frame: pd.DataFrame) -> list[dict]:

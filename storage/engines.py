@@ -66,8 +66,14 @@ def duckdb_s3_secret_sql(settings: _s3.S3Settings, name: str = "vlm_audit_s3") -
     return f"CREATE OR REPLACE TEMPORARY SECRET {name} ({', '.join(options)})"
 
 
+_HTTPFS_UNAVAILABLE: list[str] = []  # the reason, once an install attempt failed in this process
+
+
 def load_httpfs(connection: Any) -> None:
-    """Load DuckDB's httpfs extension (installing it if the extension repository is reachable)."""
+    """Load DuckDB's httpfs extension (installing it if the extension repository is reachable).
+
+    A failed download is remembered for the process: offline, each attempt costs seconds.
+    """
     import duckdb  # storage's other modules do not need DuckDB; only readers that ask for it pay
 
     try:
@@ -75,16 +81,19 @@ def load_httpfs(connection: Any) -> None:
         return
     except duckdb.Error:
         pass
+    if _HTTPFS_UNAVAILABLE:
+        raise DuckDBExtensionError(_HTTPFS_UNAVAILABLE[0])
     try:
         connection.install_extension("httpfs")
         connection.load_extension("httpfs")
     except duckdb.Error as exc:
         reason = str(exc).strip().splitlines()[0]
-        raise DuckDBExtensionError(
+        _HTTPFS_UNAVAILABLE.append(
             f"DuckDB {duckdb.__version__} cannot load the httpfs extension needed for s3:// URIs ({reason}); "
             "run INSTALL httpfs where extensions.duckdb.org is reachable, copy httpfs.duckdb_extension into "
             "~/.duckdb/extensions/<version>/<platform>/, or query a local copy of the outputs"
-        ) from None
+        )
+        raise DuckDBExtensionError(_HTTPFS_UNAVAILABLE[0]) from None
 
 
 def _register_arrow_s3(connection: Any, endpoint_url: str | None, region: str | None) -> None:
@@ -93,6 +102,9 @@ def _register_arrow_s3(connection: Any, endpoint_url: str | None, region: str | 
 
     class ArrowS3(ArrowFSWrapper):
         protocol = "s3"
+
+    if connection.filesystem_is_registered("s3"):
+        return
 
     filesystem, _ = arrow_filesystem("s3://any", endpoint_url=endpoint_url, region=region)
     connection.register_filesystem(ArrowS3(filesystem))

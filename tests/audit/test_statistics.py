@@ -140,3 +140,10 @@ def test_trust_flags_come_from_the_faithfulness_sample():
     summary = result.trust.set_index(["grouping", "cohort", "target_class", "method"])
     assert summary.loc[("site", "north", "answer", "chefer"), "spearman_median"] == pytest.approx(0.8)
     assert isinstance(result.trust, pd.DataFrame)
+
+
+def test_aggregate_without_groupings_gives_the_whole_run():
+    answers, tokens = tables(*synthetic_run())
+    result = aggregate(tokens, answers, AggregateConfig(stats=StatsConfig(resamples=100)))
+    assert set(result.cohort_stats["grouping"]) == {"all"} and result.comparisons.empty
+    assert set(result.flags["rule"]) == {"off_anatomy"}

@@ -1,0 +1,142 @@
+"""DuckDB views for dashboards over every run under an output root (the SQL is `audit/dashboards.sql`).
+
+>>> import duckdb
+>>> con = duckdb.connect("audit.duckdb")           # or duckdb.connect() for a notebook
+>>> create_views(con, "s3://audits/out")
+>>> con.sql("select * from flags_per_run order by created_at").df()
+
+Command line (writes a DuckDB file that Grafana, Superset or Metabase can open):
+``python -m audit.dashboards <out_uri> <file.duckdb>``.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any
+
+import pyarrow as pa
+
+from storage import duckdb_connect, is_s3_uri, normalize_uri, table_schema
+
+__all__ = ["ROOT_PLACEHOLDER", "Block", "create_views", "dashboard_sql", "view_blocks"]
+
+ROOT_PLACEHOLDER = "${OUT}"
+_HEADER = re.compile(r"^-- (source|view): ([a-z_]+)\s*$", re.MULTILINE)
+# columns of the `runs` source (run.json); keep in step with its block in dashboards.sql
+RUNS_COLUMNS = {
+    "run_id": "VARCHAR",
+    "status": "VARCHAR",
+    "model_id": "VARCHAR",
+    "model_revision": "VARCHAR",
+    "method": "VARCHAR",
+    "started_at": "VARCHAR",
+    "finished_at": "VARCHAR",
+    "created_at": "TIMESTAMP",
+}
+_GLOB = re.compile(r"read_(?:parquet|json)\('(\$\{OUT\}[^']*)'")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One statement of dashboards.sql: a source view (one table, or run.json) or a dashboard view."""
+
+    kind: str  # "source" or "view"
+    name: str
+    sql: str
+
+    @property
+    def glob(self) -> str | None:
+        """The file glob a source block reads (with the root placeholder), None for other blocks."""
+        match = _GLOB.search(self.sql)
+        return match.group(1) if match else None
+
+
+def dashboard_sql() -> str:
+    """The text of audit/dashboards.sql (the root still as ``${OUT}``)."""
+    return (files("audit") / "dashboards.sql").read_text(encoding="utf-8")
+
+
+def view_blocks(sql: str | None = None) -> list[Block]:
+    """The blocks of dashboards.sql in file order."""
+    sql = dashboard_sql() if sql is None else sql
+    headers = list(_HEADER.finditer(sql))
+    blocks = []
+    for header, following in zip(headers, [*headers[1:], None], strict=True):
+        body = sql[header.end() : following.start() if following else len(sql)].strip()
+        blocks.append(Block(header.group(1), header.group(2), body))
+    return blocks
+
+
+def _sql_string(value: str) -> str:
+    """`value` as it may appear inside a single-quoted SQL string."""
+    return value.replace("'", "''")
+
+
+def _has_files(con: Any, glob: str) -> bool:
+    return con.execute(f"SELECT count(*) FROM glob('{_sql_string(glob)}')").fetchone()[0] > 0
+
+
+def _empty_standin(con: Any, table: str) -> str:
+    """A view without rows with the source's columns: the table's schema in storage and a VARCHAR
+    run_id, or RUNS_COLUMNS for run.json."""
+    if table == "runs":
+        columns = RUNS_COLUMNS
+    else:
+        schema = table_schema(table).append(pa.field("run_id", pa.string()))
+        types = con.from_arrow(schema.empty_table()).types
+        columns = {name: str(kind) for name, kind in zip(schema.names, types, strict=True)}
+    selected = ", ".join(f'CAST(NULL AS {kind}) AS "{name}"' for name, kind in columns.items())
+    return f"CREATE OR REPLACE VIEW {table} AS SELECT {selected} WHERE false"
+
+
+def create_views(con: Any, out_uri: str, *, endpoint_url: str | None = None) -> dict[str, str]:
+    """Create the dashboard views of dashboards.sql on `con` over every run under `out_uri`.
+
+    Source views (one per table, plus `runs` from run.json) read the files by glob with hive
+    partitioning; a table with no files yet gets a view without rows and with the table's columns, so
+    the dashboard views still work (rerun `create_views` once the files exist). s3:// roots are read
+    through `storage.duckdb_connect` (httpfs, or pyarrow's S3 client where httpfs is unavailable).
+
+    Returns {view: "files" | "empty" | "view"}: how each view was created.
+    """
+    root = normalize_uri(out_uri).rstrip("/")
+    if not (is_s3_uri(root) and "s3" in con.list_filesystems()):
+        # a connection from storage.duckdb_connect may already read s3:// through fsspec, which
+        # cannot be registered twice
+        duckdb_connect(root, endpoint_url=endpoint_url, connection=con)
+    created: dict[str, str] = {}
+    for block in view_blocks():
+        sql = block.sql.replace(ROOT_PLACEHOLDER, _sql_string(root))
+        if block.kind == "source":
+            glob = block.glob.replace(ROOT_PLACEHOLDER, root) if block.glob else None
+            if glob is None or _has_files(con, glob):
+                con.execute(sql)
+                created[block.name] = "files"
+            else:
+                con.execute(_empty_standin(con, block.name))
+                created[block.name] = "empty"
+        else:
+            con.execute(sql)
+            created[block.name] = "view"
+    return created
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m audit.dashboards OUT_URI DATABASE``: persist the views in a DuckDB file."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m audit.dashboards OUT_URI DATABASE.duckdb", file=sys.stderr)
+        return 2
+    import duckdb
+
+    with duckdb.connect(args[1]) as con:
+        for name, how in create_views(con, args[0]).items():
+            print(f"{name}: {how}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,212 @@
+"""`build_report`: the static HTML audit report of one run, images beside it, readable offline.
+
+```
+<out>/report/run_id=<id>/index.html
+<out>/report/run_id=<id>/img/*.png      cohort heatmaps, item thumbnails, copies of the item overlays
+```
+
+Every image the page shows is copied into `img/` (overlays as thumbnails), so the report folder is
+self-contained: it can be zipped, mailed or opened from a download without broken links.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
+from PIL import Image
+
+from audit.figures import Bar, ImageSink, colour_scale, heatmap, region_bars_svg
+from audit.report_data import ImageReader, RunNotFound, RunTables, cohort_members, load_run
+from audit.report_gallery import gallery
+from audit.report_sections import (
+    RULE_TITLES,
+    cohort_name,
+    error_rows,
+    flag_rows,
+    summary_rows,
+    trust_tables,
+)
+from storage import join_key, open_store
+
+__all__ = ["RunNotFound", "build_report", "report_key"]
+
+MAX_COHORTS = 16  # cohort sections ("all" and flagged cohorts come first)
+MAX_FINDING_CLASSES = 3  # finding words shown beside the whole answer
+REPORT_REGIONS = (
+    ("lung_right_upper", "Right lung, upper zone"),
+    ("lung_right_middle", "Right lung, middle zone"),
+    ("lung_right_lower", "Right lung, lower zone"),
+    ("lung_left_upper", "Left lung, upper zone"),
+    ("lung_left_middle", "Left lung, middle zone"),
+    ("lung_left_lower", "Left lung, lower zone"),
+    ("q_top_left", "Image top-left quarter"),
+    ("q_top_right", "Image top-right quarter"),
+    ("q_bottom_left", "Image bottom-left quarter"),
+    ("q_bottom_right", "Image bottom-right quarter"),
+    ("border", "Image border band"),
+    ("corners", "Image corners (markers, tags)"),
+)
+
+
+def report_key(run_id: str, name: str = "index.html") -> str:
+    """Key of a report file under the output root: ``report/run_id=<id>/<name>``."""
+    return join_key("report", f"run_id={run_id}", name)
+
+
+def chosen_classes(tables: RunTables) -> list[str]:
+    """'answer' and up to MAX_FINDING_CLASSES finding words: flagged ones first, then the most explained."""
+    stats = tables.stats
+    whole = stats[stats["grouping"] == "all"]
+    flagged = set(tables.flags["target_class"].dropna()) if not tables.flags.empty else set()
+    words = whole[whole["target_class"] != "answer"]
+    words = words.assign(flagged=words["target_class"].isin(flagged)).sort_values(
+        ["flagged", "n_targets", "target_class"], ascending=[False, False, True]
+    )
+    head = ["answer"] if "answer" in set(stats["target_class"]) else []
+    return head + list(words["target_class"].head(MAX_FINDING_CLASSES))
+
+
+def chosen_cohorts(tables: RunTables) -> tuple[list[tuple[str, str]], int]:
+    """(grouping, cohort) pairs to draw, the whole run first, flagged ones next; and how many were left out."""
+    keys = list(dict.fromkeys(zip(tables.stats["grouping"], tables.stats["cohort"], strict=True)))
+    flags = tables.flags[tables.flags["scope"] == "cohort"] if not tables.flags.empty else tables.flags
+    flagged = set(zip(flags["grouping"], flags["cohort"], strict=True)) if not flags.empty else set()
+    ordered = sorted(keys, key=lambda key: (key[0] != "all", key not in flagged))
+    return ordered[:MAX_COHORTS], max(0, len(ordered) - MAX_COHORTS)
+
+
+def region_bars(tables: RunTables, grouping: str, cohort: str, target: str) -> list[Bar]:
+    """The report's regions of one cohort and target class, with the whole run's means as baselines."""
+    regions = tables.regions
+    rows = matching(regions, grouping, cohort, target).set_index("region")
+    whole = regions[(regions["grouping"] == "all") & (regions["target_class"] == target)].set_index("region")
+    bars = []
+    for region, label in REPORT_REGIONS:
+        if region not in rows.index:
+            continue
+        row = rows.loc[region]
+        baseline = whole.loc[region, "mean"] if grouping != "all" and region in whole.index else None
+        bars.append(Bar(label, row["mean"], row["ci_low"], row["ci_high"], baseline))
+    return bars
+
+
+def matching(frame: pd.DataFrame, grouping: str, cohort: str, target: str | None = None) -> pd.DataFrame:
+    """Rows of a cohort table (or of flags) for one cohort, and one target class when given."""
+    if frame.empty:
+        return frame
+    mask = (frame["grouping"] == grouping) & (frame["cohort"] == cohort)
+    if target is not None:
+        mask &= frame["target_class"] == target
+    return frame[mask]
+
+
+def cohort_panel(
+    tables: RunTables,
+    key: tuple[str, str],
+    target: str,
+    background: Image.Image | None,
+    name: str,
+    sink: ImageSink,
+) -> dict[str, Any] | None:
+    """One target class of one cohort: heatmap over the background, region bars; None without stats."""
+    grouping, cohort = key
+    match = matching(tables.stats, grouping, cohort, target)
+    if match.empty:
+        return None
+    row = match.iloc[0]
+    cell_map = np.asarray(row["mean_map"], dtype=np.float32).reshape(int(row["grid_h"]), int(row["grid_w"]))
+    title = f"Where the model looked for '{target}' in {cohort_name(grouping, cohort)}"
+    flags = tables.flags[tables.flags["scope"] == "cohort"] if not tables.flags.empty else tables.flags
+    return {
+        "target_class": target,
+        "n_items": int(row["n_items"]),
+        "n_targets": int(row["n_targets"]),
+        "heatmap": sink.add(name, heatmap(cell_map, background)),
+        "bars": Markup(region_bars_svg(region_bars(tables, grouping, cohort, target), title=title)),
+        "flagged": not matching(flags, grouping, cohort, target).empty,
+    }
+
+
+def cohort_sections(
+    tables: RunTables, classes: list[str], reader: ImageReader, sink: ImageSink
+) -> list[dict[str, Any]]:
+    """Per cohort: its flags, a heatmap over a representative image and region bars per target class."""
+    sections = []
+    flags = tables.flags[tables.flags["scope"] == "cohort"] if not tables.flags.empty else tables.flags
+    for index, (grouping, cohort) in enumerate(chosen_cohorts(tables)[0]):
+        members = cohort_members(tables.ok_answers, grouping, cohort)
+        first = members.iloc[0] if len(members) else None
+        loaded = reader.read(first["image_uri"] if first is not None else None)
+        panels = [
+            cohort_panel(
+                tables, (grouping, cohort), target, loaded.image, f"cohort-{index:02d}-{target}", sink
+            )
+            for target in classes
+        ]
+        panels = [panel for panel in panels if panel is not None]
+        sections.append(
+            {
+                "anchor": f"cohort-{index:02d}",
+                "title": cohort_name(grouping, cohort),
+                "grouping": grouping,
+                "cohort": cohort,
+                "n_items": panels[0]["n_items"] if panels else len(members),
+                "image_item": first["item_id"] if first is not None else None,
+                "image_problem": loaded.problem,
+                "image_uri": loaded.uri,
+                "flags": [
+                    (RULE_TITLES.get(flag.rule, flag.rule), flag.method, flag.message)
+                    for flag in matching(flags, grouping, cohort).itertuples()
+                ],
+                "panels": panels,
+            }
+        )
+    return sections
+
+
+def render(context: dict[str, Any]) -> str:
+    """The page from templates/report.html.j2 (autoescaped)."""
+    environment = Environment(
+        loader=PackageLoader("audit", "templates"), autoescape=True, undefined=StrictUndefined
+    )
+    return environment.get_template("report.html.j2").render(**context)
+
+
+def build_report(out_uri: str, run_id: str, *, endpoint_url: str | None = None) -> str:
+    """Write ``<out>/report/run_id=<id>/index.html`` and its images; return the URI of index.html.
+
+    Reads the run's tables (cohort tables from `aggregate_run`; computed in memory when missing),
+    run.json, item images and overlays. Raises `RunNotFound` when the run has neither run.json nor
+    answers. Images from an earlier build that this build no longer uses are deleted.
+
+    >>> build_report("s3://audits/out", "2024-06-01-a")
+    's3://audits/out/report/run_id=2024-06-01-a/index.html'
+    """
+    store = open_store(out_uri, endpoint_url=endpoint_url)
+    tables = load_run(store, run_id)
+    reader = ImageReader(tables.run, endpoint_url=endpoint_url)
+    sink = ImageSink()
+    classes = chosen_classes(tables) if not tables.stats.empty else []
+    context = {
+        "run_id": run_id,
+        "summary": summary_rows(tables),
+        "errors": error_rows(tables.errors),
+        "flags": flag_rows(tables.flags),
+        "cohorts": cohort_sections(tables, classes, reader, sink) if classes else [],
+        "cohorts_left_out": chosen_cohorts(tables)[1] if classes else 0,
+        "gallery": gallery(tables, store, reader, sink),
+        "trust": trust_tables(tables, classes),
+        "aggregated_here": tables.aggregated_here,
+        "colour_scale": sink.add("colour-scale", colour_scale()),
+    }
+    html = render(context)
+    for name, data in sink.files.items():
+        store.write_bytes(report_key(run_id, f"img/{name}"), data)
+    for stale in store.list(report_key(run_id, "img") + "/"):
+        if stale.rsplit("/", 1)[-1] not in sink.files:
+            store.delete(stale)
+    return store.write_bytes(report_key(run_id), html.encode("utf-8"))

@@ -1,0 +1,164 @@
+"""What the report reads: one run's tables and run.json, its images, and which items form a cohort."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from PIL import Image
+
+from audit.aggregate import DEFAULT_FINDINGS
+from audit.cohorts import StatsConfig, cohort_stats, item_level
+from audit.figures import HEATMAP_SIZE, THUMBNAIL_SIZE, thumbnail
+from audit.flags import FlagThresholds, as_frame, off_anatomy_flags, roi_flags
+from audit.load import expand_metadata, join_targets
+from storage import (
+    ObjectNotFound,
+    ObjectStore,
+    StorageError,
+    StoreCache,
+    decode_image,
+    parent_uri,
+    read_run,
+    read_table,
+    resolve_uri,
+)
+
+
+class RunNotFound(LookupError):
+    """The output root holds neither a run.json nor answers for the run id."""
+
+
+@dataclass
+class RunTables:
+    """One run's outputs as pandas frames (empty frames where a table has no parts)."""
+
+    run_id: str
+    run: dict[str, Any] | None  # run.json, None when absent
+    answers: pd.DataFrame  # every item, metadata still as a map column
+    ok_answers: pd.DataFrame  # status "ok", one column per metadata key, in manifest order
+    errors: pd.DataFrame
+    stats: pd.DataFrame  # cohort_stats
+    regions: pd.DataFrame  # cohort_regions
+    flags: pd.DataFrame
+    trust: pd.DataFrame  # cohort_trust
+    aggregated_here: bool  # True when the cohort tables were missing and computed in memory
+
+
+def _read(store: ObjectStore, table: str, run_id: str) -> pd.DataFrame:
+    return read_table(store, table, run_id=run_id).to_pandas()
+
+
+def whole_run_aggregate(
+    tokens: pd.DataFrame, answers: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """cohort_stats, cohort_regions and flags of the whole-run cohort with the default settings.
+
+    Without groupings there is no cohort-vs-rest comparison, so only the ROI and off-anatomy rules
+    apply (`aggregate` itself wants at least one grouping column to compare).
+    """
+    config, thresholds = StatsConfig(), FlagThresholds()
+    items = item_level(join_targets(tokens, answers, findings=DEFAULT_FINDINGS), config.common_grid)
+    stats, regions = cohort_stats(items, config)
+    method = str(tokens["method"].iloc[0])
+    flags = roi_flags(stats, thresholds, method) if len(stats) else []
+    return stats, regions, as_frame(flags + off_anatomy_flags(items, thresholds, method))
+
+
+def load_run(store: ObjectStore, run_id: str) -> RunTables:
+    """Read the run's tables. Without cohort tables (aggregate never ran) the whole-run cohort is
+    computed in memory with the default settings, and the report says so."""
+    try:
+        run = read_run(store, run_id)
+    except ObjectNotFound:
+        run = None
+    answers = _read(store, "answers", run_id)
+    if run is None and answers.empty:
+        raise RunNotFound(
+            f"no run {run_id!r} under {store.root}: neither runs/run_id={run_id}/run.json nor answers parts "
+            "exist; check the output root and the run id"
+        )
+    stats, regions = _read(store, "cohort_stats", run_id), _read(store, "cohort_regions", run_id)
+    flags, trust = _read(store, "flags", run_id), _read(store, "cohort_trust", run_id)
+    aggregated_here = False
+    if stats.empty and not answers.empty:
+        tokens = _read(store, "tokens", run_id)
+        if not tokens.empty:
+            stats, regions, flags = whole_run_aggregate(tokens, answers)
+            aggregated_here = True
+    ok = answers[answers["status"] == "ok"]
+    ok = ok.sort_values(["row_number", "item_id"], na_position="last", kind="stable")
+    return RunTables(
+        run_id=run_id,
+        run=run,
+        answers=answers,
+        ok_answers=expand_metadata(ok.reset_index(drop=True)),
+        errors=_read(store, "errors", run_id),
+        stats=stats,
+        regions=regions,
+        flags=flags,
+        trust=trust,
+        aggregated_here=aggregated_here,
+    )
+
+
+def cohort_label(values: Mapping[str, Any] | pd.Series, columns: list[str]) -> str:
+    """The cohort name `audit.cohorts` gives these metadata values ('(missing)' for a gap)."""
+    return "+".join("(missing)" if pd.isna(values.get(c)) else str(values.get(c)) for c in columns)
+
+
+def cohort_members(answers: pd.DataFrame, grouping: str, cohort: str) -> pd.DataFrame:
+    """The ok answers in a cohort (the whole run for ("all", "all")), in manifest order."""
+    if grouping == "all":
+        return answers
+    columns = grouping.split("+")
+    if any(column not in answers.columns for column in columns):
+        return answers.iloc[0:0]
+    frame = answers[columns].astype(object).where(answers[columns].notna(), None)
+    labels = frame.apply(lambda row: cohort_label(row, columns), axis=1)
+    return answers[labels == cohort]
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An image for the report, or why there is none (`image` None and `problem` set)."""
+
+    uri: str
+    image: Image.Image | None
+    problem: str | None = None
+
+
+class ImageReader:
+    """Reads item images the way the pipeline does (absolute URI, read with storage, decoded by
+    `decode_image`), keeping small copies only. A relative URI is resolved against the manifest's
+    folder from run.json."""
+
+    def __init__(self, run: dict[str, Any] | None, *, endpoint_url: str | None = None) -> None:
+        manifest_uri = (run or {}).get("manifest_uri") or ((run or {}).get("config") or {}).get("manifest")
+        self._base = parent_uri(manifest_uri) if manifest_uri else None
+        self._objects = StoreCache(endpoint_url=endpoint_url)
+        self._cache: dict[str, LoadedImage] = {}
+
+    def read(self, image_uri: str | None) -> LoadedImage:
+        """The decoded image, shrunk to the report's largest size; never raises for a bad image."""
+        if not image_uri:
+            return LoadedImage("", None, "the item has no image URI")
+        if image_uri not in self._cache:
+            self._cache[image_uri] = self._load(image_uri)
+        return self._cache[image_uri]
+
+    def _load(self, image_uri: str) -> LoadedImage:
+        absolute = image_uri.lower().startswith(("/", "s3://", "file://"))
+        if not absolute and self._base is None:
+            return LoadedImage(image_uri, None, "relative image URI and no manifest location in run.json")
+        try:
+            uri = resolve_uri(image_uri, self._base or "/")  # absolute URIs ignore the base
+        except StorageError as exc:
+            return LoadedImage(image_uri, None, f"cannot resolve the image URI ({exc})")
+        try:
+            image = decode_image(self._objects.read_uri(uri), uri)
+        except (StorageError, OSError) as exc:
+            return LoadedImage(uri, None, f"{type(exc).__name__}: {exc}")
+        return LoadedImage(uri, thumbnail(image, max(HEATMAP_SIZE, THUMBNAIL_SIZE)))

@@ -1,0 +1,198 @@
+"""Text sections of the report (run summary, errors, flags, trust) as plain rows for the template.
+
+Numbers reach the reader as percentages or short decimals; every rule has a plain-language title
+beside its code name, so a clinician can read the table and an engineer can grep for the rule.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+import pandas as pd
+
+from audit.flags import FlagThresholds
+from audit.report_data import RunTables
+
+RULE_TITLES = {
+    "border_share_above_baseline": "Looks at the image border",
+    "corners_share_above_baseline": "Looks at the image corners (markers, burned-in tags)",
+    "roi_hit_rate_low": "Misses the marked region of interest",
+    "off_anatomy": "Looks outside the lungs",
+    "explanations_not_trustworthy": "Heatmaps not trustworthy",
+}
+ITEM_FLAG_ROWS = 50  # item-level flags listed in the table; the flags table holds them all
+RANDOMIZATION_DOUBT = 0.5  # maps this similar after scrambling the model barely depend on it (Adebayo et al.)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def pct(value: Any, digits: int = 0) -> str:
+    """0.123 → '12%' (digits=0); '–' for missing values."""
+    return f"{value:.{digits}%}" if is_number(value) else "–"
+
+
+def num(value: Any, digits: int = 2) -> str:
+    return f"{value:.{digits}f}" if is_number(value) else "–"
+
+
+def cohort_name(grouping: Any, cohort: Any) -> str:
+    """'site = east', or 'whole run' for the ("all", "all") cohort."""
+    if grouping in (None, "all") or (isinstance(grouping, float) and math.isnan(grouping)):
+        return "whole run"
+    return f"{grouping} = {cohort}"
+
+
+def summary_rows(tables: RunTables) -> list[tuple[str, str]]:
+    """(label, value) rows: model, method, counts, timings, times; run.json first, tables as fallback."""
+    run = tables.run or {}
+    answers = tables.answers
+    counts = run.get("counts") or {}
+    timings = run.get("timings") or {}
+    first = answers.iloc[0] if len(answers) else pd.Series(dtype=object)
+    model = run.get("model_id") or first.get("model_id") or "unknown"
+    revision = run.get("model_revision") or first.get("model_revision")
+    method = (run.get("config") or {}).get("method") or first.get("method") or "unknown"
+    items = counts.get("items", len(answers))
+    ok = counts.get("ok", int((answers["status"] == "ok").sum()) if len(answers) else 0)
+    failed = counts.get("failed", int((answers["status"] == "error").sum()) if len(answers) else 0)
+    targets = counts.get("targets", int(answers["n_targets"].fillna(0).sum()) if len(answers) else 0)
+    rows = [
+        ("Run", tables.run_id),
+        ("Model", f"{model} (revision {revision})" if revision else str(model)),
+        ("Relevance method", str(method)),
+        ("Items audited", str(items)),
+        ("Answered", f"{ok} ({pct(ok / items if items else None, 1)})"),
+        ("Failed", str(failed)),
+        ("Error records", str(counts.get("errors", len(tables.errors)))),
+        ("Explained targets", str(targets)),
+    ]
+    if "manifest_errors" in counts:
+        rows.append(("Rejected manifest rows", str(counts["manifest_errors"])))
+    if run:
+        rows += [
+            ("Status", str(run.get("status", "unknown"))),
+            ("Started", str(run.get("started_at") or "unknown")),
+            ("Finished", str(run.get("finished_at") or "not finished")),
+            ("Code version", str(run.get("code_version", "unknown"))),
+        ]
+    else:
+        rows.append(("Run description", "no run.json: counts come from the tables"))
+    labels = {
+        "total_seconds": "Total time",
+        "model_load_seconds": "Model loading",
+        "generate_seconds": "Answer generation",
+        "explain_seconds": "Relevance maps",
+        "write_seconds": "Writing outputs",
+    }
+    rows += [(label, f"{timings[key]:.1f} s") for key, label in labels.items() if is_number(timings.get(key))]
+    if is_number(timings.get("items_per_second")):
+        rows.append(("Throughput", f"{timings['items_per_second']:.2f} items/s"))
+    return rows
+
+
+def error_rows(errors: pd.DataFrame, limit: int = 10) -> list[dict[str, Any]]:
+    """Failed items and rejected rows by stage and error type, most frequent first, with one example."""
+    if errors.empty:
+        return []
+    grouped = errors.groupby(["stage", "error_type"], dropna=False)
+    table = grouped.agg(count=("message", "size"), example=("message", "first")).reset_index()
+    table = table.sort_values(["count", "stage"], ascending=[False, True]).head(limit)
+    return table.astype(object).where(table.notna(), "").to_dict("records")
+
+
+def evidence(flag: pd.Series) -> str:
+    """'100% vs baseline 33% (flag at ≥ 1.5× baseline)' and the like, per rule family."""
+    value, threshold = flag.get("value"), flag.get("threshold")
+    if str(flag.get("rule", "")).endswith("_above_baseline"):
+        return (
+            f"{pct(value)} vs baseline {pct(flag.get('baseline'))} (flag at ≥ {num(threshold, 1)}× baseline)"
+        )
+    if str(flag.get("metric", "")).startswith("spearman"):
+        return f"{num(value)} (flag below {num(threshold)})"
+    return f"{pct(value)} (flag below {pct(threshold)})"
+
+
+def _flag_row(flag: pd.Series) -> dict[str, Any]:
+    where = (
+        f"item {flag['item_id']}"
+        if flag["scope"] == "item"
+        else cohort_name(flag["grouping"], flag["cohort"])
+    )
+    return {
+        "title": RULE_TITLES.get(flag["rule"], str(flag["rule"]).replace("_", " ")),
+        "rule": flag["rule"],
+        "method": flag["method"],
+        "where": where,
+        "target_class": flag["target_class"],
+        "evidence": evidence(flag),
+        "message": flag["message"],
+    }
+
+
+def flag_rows(flags: pd.DataFrame) -> dict[str, Any]:
+    """Cohort flag rows, item flag rows (capped at ITEM_FLAG_ROWS), item flag counts per rule title,
+    and how many item flags the table leaves out."""
+    if flags.empty:
+        return {"cohort": [], "item": [], "item_counts": [], "left_out": 0}
+    items = flags[flags["scope"] == "item"]
+    titles = [RULE_TITLES.get(rule, str(rule).replace("_", " ")) for rule in items["rule"]]
+    return {
+        "cohort": [_flag_row(flag) for _, flag in flags[flags["scope"] != "item"].iterrows()],
+        "item": [_flag_row(flag) for _, flag in items.head(ITEM_FLAG_ROWS).iterrows()],
+        "item_counts": sorted(Counter(titles).items(), key=lambda pair: (-pair[1], pair[0])),
+        "left_out": max(0, len(items) - ITEM_FLAG_ROWS),
+    }
+
+
+def trust_verdict(row: pd.Series, flagged: bool, min_items: int) -> tuple[str, str]:
+    """(plain-language verdict, css class) of one cohort × method trust row."""
+    if row["method"] == "occlusion":
+        return "Reference: the occlusion test itself", "neutral"
+    if flagged:
+        return "Not trustworthy: disagrees with the occlusion test", "bad"
+    if not is_number(row["n_items"]) or row["n_items"] < min_items:
+        return f"Too few sampled items to judge (fewer than {min_items})", "neutral"
+    if is_number(row["randomization_spearman"]) and row["randomization_spearman"] >= RANDOMIZATION_DOUBT:
+        return "Doubtful: the map barely changes when the model is scrambled", "warn"
+    return "Trustworthy: agrees with the occlusion test", "good"
+
+
+def trust_tables(tables: RunTables, classes: list[str]) -> list[dict[str, Any]]:
+    """Per target class, the cohort × method agreement rows with a verdict each."""
+    trust, flags = tables.trust, tables.flags
+    if trust.empty:
+        return []
+    flagged = set()
+    if not flags.empty:
+        rows = flags[flags["rule"] == "explanations_not_trustworthy"]
+        flagged = set(
+            zip(rows["grouping"], rows["cohort"], rows["target_class"], rows["method"], strict=True)
+        )
+    min_items = FlagThresholds().min_items
+    result = []
+    for target in [c for c in classes if c in set(trust["target_class"])]:
+        rows = []
+        for _, row in trust[trust["target_class"] == target].iterrows():
+            key = (row["grouping"], row["cohort"], row["target_class"], row["method"])
+            verdict, css = trust_verdict(row, key in flagged, min_items)
+            rows.append(
+                {
+                    "cohort": cohort_name(row["grouping"], row["cohort"]),
+                    "method": row["method"],
+                    "n_items": int(row["n_items"]) if is_number(row["n_items"]) else "–",
+                    "spearman": num(row["spearman_median"]),
+                    "top_cell": pct(row["top_cell_rate"]),
+                    "morf": num(row["morf_auc"]),
+                    "lerf": num(row["lerf_auc"]),
+                    "gap": num(row["auc_gap"]),
+                    "randomization": num(row["randomization_spearman"]),
+                    "verdict": verdict,
+                    "css": css,
+                }
+            )
+        result.append({"target_class": target, "rows": rows})
+    return result

@@ -1,0 +1,128 @@
+"""Hand-made runs for the report and dashboard tests: synthetic maps with known answers (tests/audit),
+phantom images on disk, overlays for some items, run.json, and the aggregate tables."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from audit import AggregateConfig, StatsConfig, aggregate_run
+from audit.figures import heatmap, png_bytes
+from storage import ObjectStore, open_store, overlay_key, write_part, write_run
+from tests.audit.synthetic import GRID, synthetic_run
+
+CONFIG = AggregateConfig(group_by=("site",), stats=StatsConfig(resamples=200))
+OVERLAY_ITEMS = ("east-0", "east-1", "north-0")
+
+
+def phantom_png(seed: int, *, marker: bool = False, size: int = 128) -> bytes:
+    """A chest-radiograph-like phantom: two dark lung fields on gray; `marker` burns an 'R' into the top edge."""
+    rng = np.random.default_rng(seed)
+    pixels = np.full((size, size), 150, dtype=np.float32) + rng.normal(0, 6, (size, size))
+    image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8), mode="L")
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((size * 0.12, size * 0.15, size * 0.45, size * 0.85), fill=60)
+    draw.ellipse((size * 0.55, size * 0.15, size * 0.88, size * 0.85), fill=60)
+    if marker:
+        draw.text((size * 0.45, 2), "R", fill=255)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def faithfulness_rows(tokens: list[dict]) -> list[dict]:
+    """chefer agrees with occlusion except at site east (as in tests/audit/test_statistics.py)."""
+    rows = []
+    for token in tokens:
+        if token["target_kind"] != "answer":
+            continue
+        site = token["item_id"].split("-")[0]
+        for method, spearman in (("chefer", 0.05 if site == "east" else 0.8), ("occlusion", 1.0)):
+            keep = ("item_id", "image_index", "target_kind", "target_text", "word", "grid_h", "grid_w")
+            rows.append(
+                {
+                    **{key: token[key] for key in keep},
+                    "image_relevance": token["image_relevance"],
+                    "region_shares": token["region_shares"],
+                    "method": method,
+                    "spearman_vs_occlusion": spearman,
+                    "top_cell_agrees": site != "east" or method == "occlusion",
+                    "morf_auc": -2.0,
+                    "lerf_auc": -1.0,
+                    "auc_gap": 1.0,
+                    "randomization_spearman": 0.1,
+                    "seconds": 0.1,
+                }
+            )
+    return rows
+
+
+def write_synthetic_run(
+    out: str | Path,
+    run_id: str,
+    *,
+    images: Path | None = None,
+    border_site: str = "east",
+    seed: int = 0,
+    started_at: str = "2024-06-01T12:00:00+00:00",
+    faithfulness: bool = False,
+    overlays: tuple[str, ...] = OVERLAY_ITEMS,
+    answer_for: Any = None,
+    run_json: bool = True,
+    per_site: int = 20,
+):
+    """Write one synthetic run's parts (and images, overlays, run.json) under `out`; return its Aggregate.
+
+    `answer_for(row) -> str` changes answers; the maps stay those of `synthetic_run`.
+    """
+    store: ObjectStore = open_store(str(out))
+    answers, tokens = synthetic_run(per_site=per_site, seed=seed, border_site=border_site)
+    for row in answers:
+        site = row["metadata"]["site"]
+        if images is not None:
+            path = images / f"{row['item_id']}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(phantom_png(row["row_number"], marker=site == border_site))
+            row["image_uri"] = str(path)
+        if answer_for is not None:
+            row["answer"] = answer_for(row)
+    write_part(store, "tokens", run_id, 0, tokens)
+    write_part(store, "answers", run_id, 0, answers)
+    if faithfulness:
+        write_part(store, "faithfulness", run_id, 0, faithfulness_rows(tokens))
+    maps = {(t["item_id"], t["target_kind"]): np.asarray(t["image_relevance"]).reshape(GRID) for t in tokens}
+    for item_id in overlays:
+        image = Image.open(io.BytesIO(phantom_png(int(item_id.split("-")[-1]), marker=True)))
+        for target, kind in (("answer", "answer"), ("word-nodule", "word")):
+            store.write_bytes(
+                overlay_key(run_id, item_id, target), png_bytes(heatmap(maps[item_id, kind], image))
+            )
+    if run_json:
+        write_run(
+            store,
+            run_id,
+            {
+                "run_id": run_id,
+                "status": "completed",
+                "model_id": "synthetic-phantom",
+                "model_revision": "abc123",
+                "config": {"method": "chefer"},
+                "manifest_uri": f"{out}/manifest.csv",  # relative image URIs resolve against its folder
+                "counts": {
+                    "items": len(answers),
+                    "ok": len(answers),
+                    "failed": 0,
+                    "errors": 0,
+                    "targets": len(tokens),
+                },
+                "timings": {"total_seconds": 12.5, "explain_seconds": 8.0, "items_per_second": 4.8},
+                "started_at": started_at,
+                "finished_at": started_at,
+                "code_version": "0.1.0",
+            },
+        )
+    return aggregate_run(str(out), run_id, CONFIG)

@@ -1,0 +1,172 @@
+"""The static HTML report, read without a browser: what it says, and that every image it names exists."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from audit.report import RunNotFound, build_report
+from audit.report_gallery import MAX_GALLERY_ITEMS, overlay_label
+from storage import open_store, write_part
+from tests.report.fixtures import write_synthetic_run
+from tests.report.pages import parse_page, squash
+
+
+def test_report_names_the_run_its_cohorts_and_a_how_to_read_note(built_report):
+    text = built_report.page.text
+    assert "synthetic-phantom (revision abc123)" in text and "Relevance method chefer" in text
+    assert "Items audited 60" in text and "Answered 60 (100.0%)" in text
+    assert "2024-06-01T12:00:00+00:00" in text and "Total time 12.5 s" in text
+    for cohort in ("whole run", "site = east", "site = north", "site = south"):
+        assert cohort in text
+    assert (
+        "Lung sides are the patient's sides" in text and "A flag is a reason to look, not a verdict" in text
+    )
+    assert "min–max" in text
+
+
+def test_every_flag_message_is_on_the_page_with_its_rule(built_report):
+    flags, text = built_report.flags, built_report.page.text
+    assert len(flags) > 20  # cohort flags of east plus 20 off-anatomy items
+    for flag in flags.itertuples():
+        assert squash(flag.message) in text, flag.rule
+        assert flag.rule in text
+    assert "Looks at the image border" in text and "100% vs baseline 33% (flag at ≥ 1.5× baseline)" in text
+    assert "Looks outside the lungs: 20 items" in text
+    # flags come first: before the cohort pictures and the gallery
+    assert text.index("Flags: what deserves") < text.index("Cohorts: where the model looked")
+
+
+def test_every_image_resolves_to_a_file_beside_the_page_and_reports_when_missing(built_report):
+    images, folder = built_report.page.images, built_report.index.parent
+    assert images, "the report has no images"
+    for image in images:
+        src = image["src"]
+        assert src.startswith("img/") and (folder / src).is_file(), src
+        assert image["onerror"] == "imageMissing(this)" and image.get("alt")
+    html = built_report.index.read_text(encoding="utf-8")
+    assert 'textContent = "image not found: "' in html
+    # offline: no external script, style, font or image (the only URL is the SVG namespace)
+    assert built_report.page.links and all(link.startswith("#") for link in built_report.page.links)
+    assert set(re.findall(r"https?://[^\s\"')]+", html)) == {"http://www.w3.org/2000/svg"}
+
+
+def test_cohort_sections_draw_the_answer_and_the_finding_word(built_report):
+    images = [image["src"] for image in built_report.page.images]
+    heatmaps = [src for src in images if src.startswith("img/cohort-")]
+    assert len(heatmaps) == 4 * 2  # whole run + three sites, × ('answer', 'nodule')
+    text = built_report.page.text
+    assert "The whole answer" in text and "The word 'nodule'" in text
+    assert "Right lung, upper zone" in text and "Image border band" in text
+    assert text.count("Background image: item") == 4
+
+
+def test_gallery_shows_flagged_items_with_original_and_overlays(built_report):
+    page, text = built_report.page, built_report.page.text
+    cards = sorted(i for i in page.ids if i.startswith("item-"))
+    assert 0 < len(cards) <= MAX_GALLERY_ITEMS
+    assert {card.removeprefix("item-").split("-")[0] for card in cards} == {"east"}
+    east0 = [image["alt"] for image in page.images if image["src"].startswith("img/item-east-0-")]
+    assert sorted(east0) == [
+        "Original image of item east-0",
+        "Whole answer of item east-0",
+        'Word "nodule" of item east-0',
+    ]
+    assert "in flagged cohort site = east" in text
+    assert "no overlays were stored for this item" in text  # east-2.. have none in the fixture
+
+
+def test_trust_table_gives_a_verdict_per_cohort_and_method(built_report):
+    text = built_report.page.text
+    assert "Can the heatmaps be trusted?" in text
+    assert re.search(
+        r"site = east chefer 20 0\.05 0% .*?Not trustworthy: disagrees with the occlusion test", text
+    )
+    assert re.search(
+        r"site = north chefer 20 0\.80 100% .*?Trustworthy: agrees with the occlusion test", text
+    )
+    assert "Reference: the occlusion test itself" in text
+
+
+def test_unreadable_images_are_reported_in_words_and_the_heatmaps_drawn_alone(tmp_path):
+    write_synthetic_run(
+        tmp_path, "r1", images=None, overlays=()
+    )  # image URIs point at files that don't exist
+    index = Path(build_report(str(tmp_path), "r1"))
+    page = parse_page(index.read_text(encoding="utf-8"))
+    assert "could not be read (ObjectNotFound" in page.text and "the heatmaps are drawn alone" in page.text
+    assert not any(image["src"].startswith("img/item-") for image in page.images)
+    assert all((index.parent / image["src"]).is_file() for image in page.images)
+    assert sum(image["src"].startswith("img/cohort-") for image in page.images) == 8
+
+
+def test_without_run_json_and_cohort_tables_the_report_uses_the_tables_and_says_so(tmp_path):
+    write_synthetic_run(tmp_path, "r1", images=tmp_path / "images", run_json=False, overlays=())
+    store = open_store(str(tmp_path))
+    for table in ("cohort_stats", "cohort_regions", "cohort_comparisons", "cohort_trust", "flags"):
+        store.delete(f"{table}/run_id=r1/part-aggregate.parquet")
+    store.write_bytes("report/run_id=r1/img/stale.png", b"old")
+    index = Path(build_report(str(tmp_path), "r1"))
+    text = parse_page(index.read_text(encoding="utf-8")).text
+    assert "no run.json: counts come from the tables" in text and "Items audited 60" in text
+    assert "computed for this report with the default settings" in text
+    assert "whole run" in text and "site = east" not in text  # no grouping without the aggregate config
+    assert "Looks outside the lungs: 20 items" in text
+    assert not (index.parent / "img" / "stale.png").exists()
+
+
+def test_a_run_where_every_item_failed_shows_why(tmp_path):
+    store = open_store(str(tmp_path))
+    failed = [
+        {
+            "item_id": f"a-{index}",
+            "row_number": index,
+            "image_uri": f"/nowhere/a-{index}.png",
+            "status": "error",
+        }
+        for index in range(3)
+    ]
+    write_part(store, "answers", "r9", 0, failed)
+    errors = [
+        {**row, "stage": "image", "error_type": "ObjectNotFound", "message": "no such object"}
+        for row in failed
+    ]
+    write_part(store, "errors", "r9", 0, [{k: v for k, v in row.items() if k != "status"} for row in errors])
+    text = parse_page(Path(build_report(str(tmp_path), "r9")).read_text(encoding="utf-8")).text
+    assert "Items audited 3" in text and "Answered 0 (0.0%)" in text and "Failed 3" in text
+    assert "image ObjectNotFound 3 no such object" in text
+    assert "No flags were raised" in text and "the run has no explained targets" in text
+
+
+def test_a_run_that_does_not_exist_is_named(tmp_path):
+    with pytest.raises(RunNotFound, match="no run 'nope'"):
+        build_report(str(tmp_path), "nope")
+
+
+@pytest.mark.parametrize(
+    ("stem", "label"),
+    [
+        ("answer", "Whole answer"),
+        ("word-effusion", 'Word "effusion"'),
+        ("token-003-left", 'Token 3 "left"'),
+        ("word-left_lung-3fa2c1d0", 'Word "left_lung"'),
+        ("answer-image1", "Whole answer (image 2)"),
+    ],
+)
+def test_overlay_file_names_become_plain_labels(stem, label):
+    assert overlay_label(stem) == label
+
+
+@pytest.mark.integration
+def test_report_is_written_to_s3_beside_its_images(s3_bucket, tmp_path):
+    out = f"{s3_bucket}/audit-out"
+    write_synthetic_run(out, "r1", images=tmp_path / "images", overlays=("east-0",), per_site=6)
+    uri = build_report(out, "r1")
+    assert uri == f"{out}/report/run_id=r1/index.html"
+    store = open_store(out)
+    page = parse_page(store.read_bytes("report/run_id=r1/index.html").decode())
+    assert "site = east" in page.text
+    assert all(store.exists(f"report/run_id=r1/{image['src']}") for image in page.images)
+    assert any(image["src"] == "img/item-east-0-answer.png" for image in page.images)
