@@ -1,0 +1,1 @@
+"""Prefect flows (`flows.audit.audit`, `flows.sweep.sweep`) and the `vlm-audit` CLI (`flows.cli`)."""

@@ -163,7 +163,7 @@ def to_arrow(table_name: str, data: pa.Table | Iterable[Mapping[str, Any]]) -> p
     for field in schema:
         values = columns.get(field.name)
         if values is None:
-            if not field.nullable:
+            if not field.nullable and n_rows:
                 raise SchemaError(f"{table_name}.{field.name}: required column is missing")
             arrays.append(pa.nulls(n_rows, field.type))
             continue

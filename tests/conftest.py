@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Prefect keeps its profile, SQLite database and logs under PREFECT_HOME: never the developer's ~/.prefect
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="vlm-audit-prefect-home-"))
 
 import pytest
 from PIL import Image
@@ -14,6 +17,7 @@ from PIL import Image
 from explainer.phantom.build import TinyGemma3Spec
 from explainer.runtime import keep_freed_memory
 from tests.models import TinyVLM, random_image
+from tests.s3_fixtures import make_dicom, s3_auth, s3_bucket, s3_env, s3_server  # noqa: F401  (shared fixtures)
 
 keep_freed_memory()  # page faults on fresh mmap pages dominate autograd on VMs (explainer/runtime.py)
 

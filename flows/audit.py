@@ -1,0 +1,191 @@
+"""`audit`: manifest → shards → explain on workers → Parquet parts + overlays → run.json → cohort stats.
+
+    from flows.audit import audit
+    audit("s3://scans/batch-07/manifest.csv", "s3://audits/out", model="google/medgemma-1.5-4b-it")
+
+Rerunning with the same manifest content and settings resumes: the run id is derived from both, and
+shards whose answers part exists are skipped. Shards run in this process one at a time, or on Dask
+(`dask={"address": "tcp://scheduler:8786"}` or `{"n_workers": 2}`) through the `explain-shards` subflow.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.context import get_run_context
+from prefect.futures import as_completed
+
+from flows.runners import DaskSettings, task_resources, task_runner_for
+from storage import manifest_fingerprint
+from tasks import cache, ledger, steps
+from tasks.config import AuditConfig, Method, OverlaysPolicy, ShardJob, TargetsPolicy, derive_run_id
+
+
+class ShardsFailed(RuntimeError):
+    """Some shards did not commit; rerunning the same run id redoes exactly those."""
+
+
+def run_shards(
+    config: AuditConfig,
+    run_id: str,
+    fingerprint: str,
+    shard_indices: list[int],
+    dask: DaskSettings | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Submit the shards on the current flow's task runner; one summary (or failure record) per shard."""
+    with task_resources(dask):
+        futures = [
+            steps.explain_shard_task.submit(ShardJob(run_id, index, fingerprint, config))
+            for index in shard_indices
+        ]
+    shard_of = {future.task_run_id: index for future, index in zip(futures, shard_indices, strict=True)}
+    summaries: list[dict[str, Any]] = []
+    bar = _progress_bar(len(futures), progress)
+    ok = failed = 0
+    for future in as_completed(futures):
+        outcome = future.result(raise_on_failure=False)  # the summary, or the exception of a failed shard
+        if isinstance(outcome, dict):
+            summary = outcome
+        else:
+            shard = shard_of[future.task_run_id]
+            error = f"shard {shard}: {type(outcome).__name__}: {outcome}"
+            summary = {"shard": shard, "failed_shard": True, "error": error}
+        summaries.append(summary)
+        ok, failed = ok + summary.get("ok", 0), failed + summary.get("failed", 0)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(ok=ok, failed=failed)
+    if bar is not None:
+        bar.close()
+    return summaries
+
+
+@flow(name="explain-shards")
+def explain_shards(
+    config: AuditConfig,
+    run_id: str,
+    fingerprint: str,
+    shard_indices: list[int],
+    dask: DaskSettings | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """The shards on this subflow's task runner (a DaskTaskRunner: see `audit`)."""
+    return run_shards(config, run_id, fingerprint, shard_indices, dask, progress)
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="shard", desc="explaining")
+
+
+@flow(name="vlm-audit", task_runner=task_runner_for(None))
+def audit(
+    manifest: str,
+    out: str,
+    model: str | None = None,
+    method: Method = "chefer",
+    targets: TargetsPolicy = "findings",
+    findings: list[str] | None = None,
+    overlays: OverlaysPolicy = "answer",
+    shard_size: int = 16,
+    max_new_tokens: int = 32,
+    run_id: str | None = None,
+    device: str = "auto",
+    dtype: str | None = None,
+    model_revision: str | None = None,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    dask: DaskSettings | None = None,
+    aggregate: bool = True,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Audit every item of a manifest; returns the run's summary (run id, counts, where outputs are).
+
+    Raises `ManifestError` (e.g. a missing required column) or a storage error (e.g. wrong
+    credentials) before anything is written; `ShardsFailed` after run.json when shards did not commit.
+    """
+    logger = get_run_logger()
+    started, started_at = time.perf_counter(), ledger.now_iso()
+    options = {"model": model, "findings": findings}
+    config = AuditConfig(
+        manifest=manifest,
+        out=out,
+        method=method,
+        targets=targets,
+        overlays=overlays,
+        shard_size=shard_size,
+        max_new_tokens=max_new_tokens,
+        device=device,
+        dtype=dtype,
+        model_revision=model_revision,
+        endpoint_url=endpoint_url,
+        region=region,
+        **{key: value for key, value in options.items() if value is not None},
+    )
+    parsed = steps.load_manifest(config)
+    fingerprint = manifest_fingerprint(parsed)
+    run_id = run_id or derive_run_id(parsed, config)
+    extra = {"dask": dask.describe() if dask else None, "flow_run_id": str(get_run_context().flow_run.id)}
+    plan = steps.plan_run(config, run_id, parsed, fingerprint, extra)
+    cache.remember_manifest(parsed, fingerprint)  # in-process shards reuse it instead of reading it again
+    logger.info(
+        "run %s: %d items, %d manifest errors, %d shards (%d done before, %d to do)",
+        run_id, len(parsed.items), len(parsed.errors), plan.n_shards, len(plan.done), len(plan.pending),
+    )  # fmt: skip
+    summaries = []
+    if plan.pending and dask is not None:  # a subflow, because only a flow can choose its task runner
+        summaries = explain_shards.with_options(task_runner=task_runner_for(dask))(
+            config, run_id, fingerprint, plan.pending, dask=dask, progress=progress
+        )
+    elif plan.pending:  # this flow's runner: shard threads sharing the model this process keeps
+        summaries = run_shards(config, run_id, fingerprint, plan.pending, progress=progress)
+    failed = [summary for summary in summaries if summary.get("failed_shard")]
+    done = [summary for summary in summaries if not summary.get("failed_shard")]
+    counts = ledger.run_counts(parsed, plan, steps.count_outputs(config, run_id), done, n_failed=len(failed))
+    timings = _timings(done, time.perf_counter() - started)
+    revision = next((summary["model_revision"] for summary in done if summary.get("model_revision")), None)
+    record = ledger.run_record(
+        run_id,
+        config,
+        parsed,
+        fingerprint,
+        status="failed" if failed else "completed",
+        attempt=plan.attempt,
+        started_at=started_at,
+        counts=counts,
+        timings=timings,
+        model_revision=revision,
+        finished_at=ledger.now_iso(),
+        workers=ledger.worker_report(done),
+        errors_of_failed_shards=[summary["error"] for summary in failed][:20],
+        **extra,
+    )
+    run_json = steps.write_run_json(config, run_id, record)
+    if failed:
+        raise ShardsFailed(
+            f"{len(failed)} of {plan.n_shards} shards of run {run_id} did not commit (first: {failed[0]['error']}); "
+            "rerun with the same run id to redo only those"
+        )
+    if aggregate:
+        steps.aggregate_run(config.out, run_id, config.endpoint_url)
+    return {"run_id": run_id, "out": config.out, "run_json": run_json, "counts": counts, "timings": timings}
+
+
+def _timings(summaries: list[dict[str, Any]], total_seconds: float) -> dict[str, float]:
+    """Wall-clock seconds of this attempt; the per-stage figures are sums over shards (all workers)."""
+    items = sum(summary["items"] for summary in summaries)
+    return {
+        "total_seconds": round(total_seconds, 3),
+        "model_load_seconds": round(sum(s["model_load_seconds"] for s in summaries), 3),
+        "generate_seconds": round(sum(s["generate_seconds"] for s in summaries), 3),
+        "explain_seconds": round(sum(s["explain_seconds"] for s in summaries), 3),
+        "write_seconds": round(sum(s["write_seconds"] for s in summaries), 3),
+        "shard_seconds": round(sum(s["seconds"] for s in summaries), 3),
+        "items_per_second": round(items / total_seconds, 4) if total_seconds > 0 else 0.0,
+    }

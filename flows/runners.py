@@ -1,0 +1,81 @@
+"""Where shards run: in this process (one at a time, one model) or on a Dask cluster.
+
+One Dask worker per GPU: start workers with one thread each (`dask worker tcp://sched:8786
+--nthreads 1`), or with `--resources GPU=1` and set `resources={"GPU": 1}` here, which annotates every
+shard task so a worker runs at most one at a time; dask-cuda's `LocalCUDACluster` starts one worker
+per visible GPU and pins each to its device. docs/pipeline.md has the commands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class DaskSettings(BaseModel):
+    """A Dask cluster for the shards: an existing scheduler (`address`) or a local one (`n_workers`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    address: str | None = Field(None, description="scheduler address, e.g. tcp://scheduler:8786")
+    n_workers: int | None = Field(None, ge=1, le=1024, description="local cluster: worker processes")
+    threads_per_worker: int = Field(1, ge=1, le=64, description="local cluster: threads per worker")
+    cluster_class: str = Field(
+        "distributed.LocalCluster", description="local cluster class, e.g. dask_cuda.LocalCUDACluster"
+    )
+    resources: dict[str, float] | None = Field(
+        None, description="per-task resources, e.g. {'GPU': 1}; a local cluster's workers get the same amount"
+    )
+
+    @model_validator(mode="after")
+    def _one_cluster(self) -> DaskSettings:
+        if (self.address is None) == (self.n_workers is None):
+            raise ValueError(
+                "give either address (an existing Dask scheduler) or n_workers (a local cluster), not "
+                f"{'both' if self.address else 'neither'}"
+            )
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+LOCAL_SHARD_THREADS = 2
+
+
+def task_runner_for(dask: DaskSettings | None) -> Any:
+    """Without Dask: two shard threads in this process. The model is used under a lock (one explanation
+    at a time), so the second thread only overlaps image decoding, overlays, Parquet writes and Prefect's
+    bookkeeping with the first one's model time. With Dask: a DaskTaskRunner."""
+    if dask is None:
+        return ThreadPoolTaskRunner(max_workers=LOCAL_SHARD_THREADS)
+    from prefect_dask import DaskTaskRunner
+
+    if dask.address is not None:
+        return DaskTaskRunner(address=dask.address)
+    cluster_kwargs: dict[str, Any] = {
+        "n_workers": dask.n_workers,
+        "threads_per_worker": dask.threads_per_worker,
+        "dashboard_address": None,  # no web server per test or CLI run; `dask scheduler` gives one
+    }
+    if dask.cluster_class == "distributed.LocalCluster":
+        cluster_kwargs["processes"] = True  # one model per worker process, not per thread
+        if dask.resources:
+            cluster_kwargs["resources"] = dict(dask.resources)
+    return DaskTaskRunner(cluster_class=dask.cluster_class, cluster_kwargs=cluster_kwargs)
+
+
+@contextlib.contextmanager
+def task_resources(dask: DaskSettings | None) -> Iterator[None]:
+    """Annotate the shard tasks submitted inside the block with the settings' Dask resources."""
+    if dask is None or not dask.resources:
+        yield
+        return
+    import dask as dask_core
+
+    with dask_core.annotate(resources=dict(dask.resources)):
+        yield

@@ -1,0 +1,159 @@
+"""What one audit run computes: a frozen, validated configuration and the run id derived from it.
+
+The configuration never holds credentials: S3 access comes from the standard AWS chain at run time,
+so `AuditConfig` can be logged and stored in run.json as is (the endpoint URL is not a secret).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from storage import DEFAULT_MAX_PIXELS, Manifest, manifest_fingerprint
+from storage.uri import parse_uri
+
+TargetsPolicy = Literal["answer", "findings", "all"]
+OverlaysPolicy = Literal["none", "answer", "findings", "all"]
+Method = Literal["chefer", "rollout", "raw_attention", "occlusion"]
+
+# Answer words worth a map of their own in chest radiology: findings, devices, laterality, zones, yes/no.
+DEFAULT_FINDINGS: tuple[str, ...] = (
+    "nodule",
+    "mass",
+    "pneumonia",
+    "effusion",
+    "consolidation",
+    "opacity",
+    "pneumothorax",
+    "cardiomegaly",
+    "atelectasis",
+    "edema",
+    "fracture",
+    "device",
+    "catheter",
+    "tube",
+    "pacemaker",
+    "marker",
+    "right",
+    "left",
+    "upper",
+    "middle",
+    "lower",
+    "yes",
+    "no",
+)
+
+# fields that change what a run computes; a rerun of a run id must agree on all of them
+IDENTITY_FIELDS = (
+    "model",
+    "model_revision",
+    "dtype",
+    "method",
+    "targets",
+    "findings",
+    "overlays",
+    "shard_size",
+    "max_new_tokens",
+    "max_pixels",
+    "system_prompt",
+)
+
+
+def default_model() -> str:
+    """The bundled phantom model (a local folder): the demo's and the CLI's default."""
+    from explainer.phantom import MODEL_PATH
+
+    return str(MODEL_PATH)
+
+
+class AuditConfig(BaseModel):
+    """Settings of one audit run (frozen; every field but `manifest` and `out` has a default)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    manifest: str = Field(
+        description="manifest URI: local path, file:// or s3://bucket/key (.csv, .jsonl, .parquet)"
+    )
+    out: str = Field(description="output root: local folder or s3://bucket/prefix")
+    model: str = Field(default_factory=default_model, description="hub id or local folder of a Gemma3 VLM")
+    model_revision: str | None = Field(None, description="hub revision (commit, tag or branch) to pin")
+    method: Method = Field("chefer", description="relevance method")
+    targets: TargetsPolicy = Field("findings", description="which answer targets get relevance rows")
+    findings: tuple[str, ...] = Field(DEFAULT_FINDINGS, description="answer words explained by 'findings'")
+    overlays: OverlaysPolicy = Field("answer", description="which explained targets get a PNG overlay")
+    shard_size: int = Field(16, ge=1, le=100_000, description="items per shard (one task, one part file)")
+    max_new_tokens: int = Field(32, ge=1, le=4096, description="answer length limit")
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: str | None = Field(None, description="model dtype, e.g. 'bfloat16'; None: the checkpoint's")
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint; None: AWS configuration")
+    region: str | None = Field(None, description="S3 region; None: AWS configuration")
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS, ge=1, description="images announcing more pixels are rejected"
+    )
+    system_prompt: str | None = Field(None, description="optional system turn before every question")
+
+    @field_validator("findings", mode="before")
+    @classmethod
+    def _normalise_findings(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = value.split(",")
+        words = [str(word).strip().lower() for word in value or ()]
+        return tuple(dict.fromkeys(word for word in words if word))
+
+    @field_validator("manifest", "out")
+    @classmethod
+    def _valid_uri(cls, value: str) -> str:
+        parse_uri(value)  # InvalidURIError (a ValueError) names what is allowed
+        return value
+
+    @model_validator(mode="after")
+    def _findings_needed(self) -> AuditConfig:
+        if "findings" in (self.targets, self.overlays) and not self.findings:
+            raise ValueError("targets or overlays 'findings' needs a non-empty findings vocabulary")
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that decide a run's results (not where it runs or reads from)."""
+        identity = self.model_dump(include=set(IDENTITY_FIELDS), mode="json")
+        identity["findings"] = sorted(self.findings)
+        return identity
+
+    def explainer_targets(self) -> str | list[str]:
+        """The `targets` argument of `Explainer.explain` for this policy."""
+        return list(self.findings) if self.targets == "findings" else self.targets
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def derive_run_id(manifest: Manifest, config: AuditConfig) -> str:
+    """`<manifest name>-<12 hex>`: the hash of the manifest's content and the run's identity settings.
+
+    The same manifest content with the same settings always gets the same id, so rerunning resumes.
+    >>> derive_run_id(read_manifest("s3://scans/batch-07.csv"), config)  # doctest: +SKIP
+    'batch-07-3fa2c1d04e5b'
+    """
+    payload = json.dumps(
+        {"manifest": manifest_fingerprint(manifest), **config.identity()},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
+    name = parse_uri(manifest.uri).path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    stem = _UNSAFE.sub("_", name).strip("._-")[:48] or "manifest"
+    return f"{stem}-{digest}"
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Everything a worker needs for one shard: small, so it travels cheaply to any process."""
+
+    run_id: str
+    shard_index: int
+    fingerprint: str
+    config: AuditConfig

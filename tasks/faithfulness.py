@@ -1,0 +1,84 @@
+"""The faithfulness sample: which items are checked, and their rows of the faithfulness table."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from explainer.checks import MethodCheck, check_explanation
+from explainer.explanation import Explanation
+from explainer.regions import mass_shares
+from tasks.records import _regions, _token_fields
+
+
+def sampled_item_ids(item_ids: Iterable[str], size: int, *, seed: str = "") -> set[str]:
+    """A deterministic sample of `size` items: the lowest sha256(seed + item id) ranks.
+
+    It depends on the items and the seed alone, so a resumed run checks the same items.
+    """
+    if size <= 0:
+        return set()
+    ranked = sorted(item_ids, key=lambda item_id: hashlib.sha256(f"{seed}\n{item_id}".encode()).hexdigest())
+    return set(ranked[:size])
+
+
+def checked_targets(explanation: Explanation, findings: tuple[str, ...]):
+    """The whole answer and the finding words of the answer: what the sample checks."""
+    wanted = {word.lower() for word in findings}
+    return [
+        target
+        for target in explanation.targets
+        if target.kind == "answer" or (target.kind == "word" and target.label.lower() in wanted)
+    ]
+
+
+def faithfulness_rows(
+    item_id: str, explanation: Explanation, checks: list[MethodCheck]
+) -> list[dict[str, Any]]:
+    """One faithfulness row per (target, method, image)."""
+    rows = []
+    for check in checks:
+        for image_index, cell_map in enumerate(check.image_maps):
+            grid = tuple(cell_map.shape)
+            rows.append(
+                {
+                    "item_id": item_id,
+                    "image_index": image_index,
+                    "target_kind": check.target.kind,
+                    **{
+                        k: v
+                        for k, v in _token_fields(check.target, explanation).items()
+                        if k in ("target_text", "word")
+                    },
+                    "method": check.method,
+                    "grid_h": grid[0],
+                    "grid_w": grid[1],
+                    "image_relevance": cell_map.ravel().astype(np.float32),
+                    "region_shares": mass_shares(cell_map, _regions(grid)),
+                    "spearman_vs_occlusion": check.spearman_vs_occlusion[image_index],
+                    "top_cell_agrees": check.top_cell_agrees[image_index],
+                    "morf_auc": check.morf_auc,
+                    "lerf_auc": check.lerf_auc,
+                    "auc_gap": check.auc_gap,
+                    "randomization_spearman": (
+                        check.randomization_spearman[image_index] if check.randomization_spearman else None
+                    ),
+                    "seconds": check.seconds,
+                }
+            )
+    return rows
+
+
+def check_item(
+    explainer, item_id: str, explanation: Explanation, findings: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """Run every check on one explained item and return its faithfulness rows."""
+    targets = checked_targets(explanation, findings)
+    return (
+        faithfulness_rows(item_id, explanation, check_explanation(explainer, explanation, targets))
+        if targets
+        else []
+    )

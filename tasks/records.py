@@ -1,0 +1,219 @@
+"""Rows of the answers and tokens tables from an `Explanation` and its manifest item (pure functions).
+
+Columns follow `storage.tables` exactly; docs/outputs.md documents them. Shares are of the positive
+part of the raw relevance (no other normalisation).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from explainer.explanation import Explanation
+from explainer.map_stats import normalised_entropy, peak_cell, pointing_hit, top_fraction_mass
+from explainer.regions import Grid, box_region, mass_share, mass_shares, standard_regions
+from explainer.targets import Target
+from storage import REGION_NAMES, ManifestItem
+
+TEMPLATE_ROLES = ("special", "template")  # prompt tokens the chat template adds, not the user's text
+
+
+class RoiError(ValueError):
+    """The item's ROI does not fit its image (box outside the image, mask of another size)."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+@lru_cache(maxsize=8)
+def _regions(grid: Grid) -> dict[str, np.ndarray]:
+    regions = standard_regions(grid)
+    if tuple(regions) != REGION_NAMES:  # the struct's field order is the table's contract
+        raise ValueError(f"standard_regions gives {tuple(regions)}, the tokens table expects {REGION_NAMES}")
+    return regions
+
+
+def check_roi_box(item: ManifestItem, image_size: tuple[int, int]) -> None:
+    """Raise `RoiError` unless the item's `roi_box` lies inside the (width, height) image."""
+    if item.roi_box is None:
+        return
+    width, height = image_size
+    x0, y0, x1, y1 = item.roi_box
+    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        raise RoiError(
+            "InvalidRoiBox",
+            f"roi_box {list(item.roi_box)} does not fit the {width}x{height} image; boxes are "
+            "x0,y0,x1,y1 in original pixels with 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height",
+        )
+
+
+def _cell_overlap(n_pixels: int, n_cells: int) -> np.ndarray:
+    """[n_cells, n_pixels] fraction of each cell's extent that each pixel covers (rows sum to 1)."""
+    edges = np.arange(n_cells + 1) * (n_pixels / n_cells)
+    pixels = np.arange(n_pixels)
+    overlap = np.minimum(edges[1:, None], pixels[None, :] + 1) - np.maximum(edges[:-1, None], pixels[None, :])
+    return np.clip(overlap, 0, None) / (n_pixels / n_cells)
+
+
+def mask_weights(mask: Image.Image, image_size: tuple[int, int], grid: Grid) -> np.ndarray:
+    """[rows, cols] fraction of each grid cell covered by the mask's non-zero pixels.
+
+    The processor resizes the image plainly onto the grid, so a cell covers the same fraction of the
+    mask; cells whose edges cut through pixels count those pixels by the covered fraction.
+    """
+    if mask.size != tuple(image_size):
+        raise RoiError(
+            "InvalidRoiMask",
+            f"roi_mask is {mask.size[0]}x{mask.size[1]} but the image is {image_size[0]}x{image_size[1]}; "
+            "masks must have the image's size",
+        )
+    binary = (np.asarray(mask.convert("L")) > 0).astype(np.float64)  # [height, width]
+    rows, cols = grid
+    weights = _cell_overlap(binary.shape[0], rows) @ binary @ _cell_overlap(binary.shape[1], cols).T
+    return np.clip(weights, 0.0, 1.0).astype(np.float32)
+
+
+def roi_weights(
+    item: ManifestItem, image_size: tuple[int, int], grid: Grid, mask: Image.Image | None = None
+) -> np.ndarray | None:
+    """Cell weights of the item's ROI (box or mask) on the token grid, or None without ROI."""
+    if item.roi_box is not None:
+        check_roi_box(item, image_size)
+        return box_region(item.roi_box, image_size, grid)
+    if mask is not None:
+        return mask_weights(mask, image_size, grid)
+    return None
+
+
+def _positive_sum(values: np.ndarray) -> float:
+    return float(np.clip(values, 0, None).sum())
+
+
+def _token_fields(target: Target, explanation: Explanation) -> dict[str, Any]:
+    """target_text, word, token_id and token_position of one target."""
+    if target.kind == "answer":
+        return {"target_text": explanation.answer, "word": None, "token_id": None, "token_position": None}
+    if target.kind == "word":
+        return {"target_text": target.label, "word": target.label, "token_id": None, "token_position": None}
+    token = next(token for token in explanation.tokens if token.position == target.positions[0])
+    return {
+        "target_text": token.text,
+        "word": token.word,
+        "token_id": token.id,
+        "token_position": token.position,
+    }
+
+
+def token_rows(
+    item_id: str, explanation: Explanation, *, roi: np.ndarray | None = None
+) -> list[dict[str, Any]]:
+    """One tokens row per (target, image). `roi` (cell weights) applies to image 0, the item's image.
+
+    `explain_seconds` is the item's explanation time split evenly over its targets: they share one
+    forward pass and batched gradients, so no target has a time of its own.
+    """
+    n_targets = len(explanation.targets)
+    per_target_seconds = explanation.timings.get("explain_seconds", 0.0) / max(n_targets, 1)
+    rows = []
+    for image_index, image_maps in enumerate(explanation.image_maps):  # [n_targets, rows, cols]
+        grid = tuple(image_maps.shape[1:])
+        regions = _regions(grid)
+        for target_index, target in enumerate(explanation.targets):
+            cell_map = image_maps[target_index]
+            text_relevance = explanation.text_relevance[target_index]
+            image_mass, text_mass = _positive_sum(cell_map), _positive_sum(text_relevance)
+            peak_row, peak_col = peak_cell(cell_map)
+            roi_here = roi if image_index == 0 else None
+            rows.append(
+                {
+                    "item_id": item_id,
+                    "image_index": image_index,
+                    "target_kind": target.kind,
+                    **_token_fields(target, explanation),
+                    "method": explanation.method,
+                    "grid_h": grid[0],
+                    "grid_w": grid[1],
+                    "image_relevance": cell_map.ravel().astype(np.float32),
+                    "text_relevance": np.asarray(text_relevance, dtype=np.float32),
+                    "image_mass": image_mass,
+                    "text_mass": text_mass,
+                    "image_share": image_mass / (image_mass + text_mass)
+                    if image_mass + text_mass > 0
+                    else None,
+                    "region_shares": mass_shares(cell_map, regions),
+                    "entropy": normalised_entropy(cell_map),
+                    "top10_mass": top_fraction_mass(cell_map),
+                    "peak_row": peak_row,
+                    "peak_col": peak_col,
+                    "roi_share": mass_share(cell_map, roi_here) if roi_here is not None else None,
+                    "roi_hit": pointing_hit(cell_map, roi_here) if roi_here is not None else None,
+                    "explain_seconds": per_target_seconds,
+                }
+            )
+    return rows
+
+
+def answer_row(
+    item: ManifestItem,
+    *,
+    model_id: str,
+    model_revision: str | None,
+    method: str,
+    image_size: tuple[int, int] | None = None,
+    explanation: Explanation | None = None,
+) -> dict[str, Any]:
+    """The answers row of an item: `status` "ok" with an explanation, "error" without one."""
+    row: dict[str, Any] = {
+        "item_id": item.item_id,
+        "row_number": item.row_number,
+        "image_uri": item.image_uri,
+        "question": item.question,
+        "status": "error",
+        "image_width": image_size[0] if image_size else None,
+        "image_height": image_size[1] if image_size else None,
+        "roi_box": list(item.roi_box) if item.roi_box is not None else None,
+        "model_id": model_id,
+        "model_revision": model_revision,
+        "method": method,
+        "metadata": dict(item.metadata),
+    }
+    if explanation is not None:
+        row.update(
+            status="ok",
+            answer=explanation.answer,
+            n_targets=len(explanation.targets),
+            prompt_tokens=list(explanation.prompt_tokens),
+            prompt_token_special=[role in TEMPLATE_ROLES for role in explanation.prompt_token_roles],
+            generate_seconds=explanation.timings.get("generate_seconds"),
+            explain_seconds=explanation.timings.get("explain_seconds"),
+        )
+    return row
+
+
+def overlay_targets(
+    explanation: Explanation, policy: str, findings: tuple[str, ...]
+) -> list[tuple[int, str]]:
+    """(target index, overlay name) of the targets that get a PNG under an overlays policy.
+
+    Names: `answer`, `word-<word>`, `token-<k>-<text>` (k = the token's index in the answer).
+    """
+    if policy == "none":
+        return []
+    wanted = set(findings)
+    token_index = {token.position: k for k, token in enumerate(explanation.tokens)}
+    chosen = []
+    for index, target in enumerate(explanation.targets):
+        if target.kind == "answer":
+            chosen.append((index, "answer"))
+        elif target.kind == "word" and (
+            policy == "all" or (policy == "findings" and target.label.lower() in wanted)
+        ):
+            chosen.append((index, f"word-{target.label}"))
+        elif target.kind == "token" and policy == "all":
+            k = token_index[target.positions[0]]
+            chosen.append((index, f"token-{k:03d}-{explanation.tokens[k].text.strip()}"))
+    return chosen

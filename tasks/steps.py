@@ -1,0 +1,79 @@
+"""Prefect tasks: thin wrappers over the plain functions of this package.
+
+Storage I/O tasks retry with exponential backoff, only for transient errors (`retry.retry_condition`).
+`explain_shard_task` does not retry: a deterministic failure would fail again, and a rerun of the
+run id redoes exactly the shards that did not commit.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from storage import Manifest, read_manifest, write_run
+from tasks import cache, ledger
+from tasks.config import AuditConfig, ShardJob
+from tasks.retry import retry_condition
+
+STORAGE_IO = {
+    "retries": 3,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": retry_condition,
+    "cache_policy": NO_CACHE,
+}
+
+
+@task(name="read-manifest", **STORAGE_IO)
+def load_manifest(config: AuditConfig) -> Manifest:
+    """Read and validate the manifest (a missing required column fails the run with `ManifestError`)."""
+    reader = cache.reader(config.endpoint_url, config.region)
+    return read_manifest(config.manifest, cache=reader)
+
+
+@task(name="plan-run", **STORAGE_IO)
+def plan_run(
+    config: AuditConfig, run_id: str, manifest: Manifest, fingerprint: str, extra: dict[str, Any]
+) -> ledger.RunPlan:
+    """Done shards from the store; manifest errors part and a 'running' run.json written."""
+    store = cache.output_store(config.out, config.endpoint_url, config.region)
+    return ledger.plan_run(store, run_id, config, manifest, fingerprint, extra)
+
+
+@task(name="explain-shard", cache_policy=NO_CACHE)
+def explain_shard_task(job: ShardJob) -> dict[str, Any]:
+    """One shard on whichever worker runs it; returns a small summary dict."""
+    from tasks.worker import explain_shard  # torch loads here, in the worker process
+
+    return explain_shard(job)
+
+
+@task(name="count-outputs", **STORAGE_IO)
+def count_outputs(config: AuditConfig, run_id: str) -> dict[str, int]:
+    return ledger.count_outputs(cache.output_store(config.out, config.endpoint_url, config.region), run_id)
+
+
+@task(name="write-run-json", **STORAGE_IO)
+def write_run_json(config: AuditConfig, run_id: str, record: dict[str, Any]) -> str:
+    return write_run(cache.output_store(config.out, config.endpoint_url, config.region), run_id, record)
+
+
+@task(name="aggregate-run", cache_policy=NO_CACHE)
+def aggregate_run(out: str, run_id: str, endpoint_url: str | None = None) -> Any:
+    """Cohort statistics through `audit.aggregate_run`, if the audit package provides it yet."""
+    logger = get_run_logger()
+    try:
+        from audit import aggregate_run as audit_aggregate_run  # type: ignore[attr-defined]
+    except ImportError:
+        logger.info("audit.aggregate_run is not available yet; skipping cohort statistics for %s", run_id)
+        return None
+    kwargs = (
+        {"endpoint_url": endpoint_url}
+        if "endpoint_url" in inspect.signature(audit_aggregate_run).parameters
+        else {}
+    )
+    return audit_aggregate_run(out, run_id, **kwargs)

@@ -1,0 +1,84 @@
+"""The audit flow on a local store under the test Prefect server: outputs, run.json, resume, conflicts."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from flows.audit import audit
+from storage import SCHEMA_VERSION, completed_shards, open_store, read_run, read_table
+from tasks.ledger import RunConflict
+from tests.pipeline.conftest import FAST, local_dataset
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def _part_mtimes(out: str, run_id: str) -> dict[str, int]:
+    folder = os.path.join(out, "answers", f"run_id={run_id}")
+    return {name: os.stat(os.path.join(folder, name)).st_mtime_ns for name in os.listdir(folder)}
+
+
+def test_local_run_writes_every_table_and_resumes_without_duplicates(tmp_path, model_dir):
+    manifest = local_dataset(tmp_path / "data", 5)
+    out = str(tmp_path / "out")
+    first = audit(manifest, out, model=model_dir, shard_size=2, **FAST)
+    run_id = first["run_id"]
+    assert first["counts"]["shards"] == 3 and first["counts"]["shards_skipped"] == 0
+
+    answers = read_table(out, "answers", run_id).to_pandas()
+    assert sorted(answers.item_id) == [f"item-{i:03d}" for i in range(5)]
+    assert set(answers.status) == {"ok"} and answers.metadata.map(dict).map(lambda m: m["site"]).notna().all()
+    tokens = read_table(out, "tokens", run_id).to_pandas()
+    assert set(tokens.target_kind) >= {"answer"} and (tokens.grid_h == 4).all()
+    assert not tokens.duplicated(
+        ["item_id", "target_kind", "target_text", "token_position", "image_index"]
+    ).any()
+    with_roi = tokens[tokens.item_id.isin(["item-000", "item-003"]) & (tokens.target_kind == "answer")]
+    assert with_roi.roi_share.notna().all() and tokens[tokens.item_id == "item-001"].roi_share.isna().all()
+    overlays = sorted(os.listdir(os.path.join(out, "overlays", f"run_id={run_id}")))
+    assert overlays == [f"item-{i:03d}" for i in range(5)]
+    assert os.path.isfile(os.path.join(out, "overlays", f"run_id={run_id}", "item-000", "answer.png"))
+
+    record = read_run(open_store(out), run_id)
+    assert record["status"] == "completed" and record["schema_version"] == SCHEMA_VERSION
+    assert record["counts"]["ok"] == 5 and record["counts"]["targets"] == len(tokens)
+    assert record["model_revision"].startswith("sha256:")  # a local folder's checksum
+    metadata = pq.read_schema(os.path.join(out, "answers", f"run_id={run_id}", "part-00000.parquet")).metadata
+    assert metadata[b"vlm_audit.run_id"] == run_id.encode()
+
+    before = _part_mtimes(out, run_id)
+    second = audit(manifest, out, model=model_dir, shard_size=2, **FAST)
+    assert second["run_id"] == run_id  # derived from manifest content + settings
+    assert second["counts"]["shards_skipped"] == 3 and second["counts"]["ok"] == 5
+    assert _part_mtimes(out, run_id) == before  # nothing recomputed or rewritten
+    assert read_table(out, "answers", run_id).num_rows == 5
+    assert read_run(open_store(out), run_id)["attempt"] == 2
+
+
+def test_rerun_redoes_only_uncommitted_shards(tmp_path, model_dir):
+    manifest = local_dataset(tmp_path / "data", 4)
+    out = str(tmp_path / "out")
+    run_id = audit(manifest, out, model=model_dir, shard_size=2, run_id="partial", **FAST)["run_id"]
+    store = open_store(out)
+    store.delete("answers/run_id=partial/part-00001.parquet")  # as if killed before shard 1 committed
+    assert completed_shards(store, run_id) == {0}
+    before = _part_mtimes(out, run_id)
+    result = audit(manifest, out, model=model_dir, shard_size=2, run_id="partial", **FAST)
+    assert result["counts"]["shards_skipped"] == 1 and result["counts"]["shards_done"] == 2
+    assert _part_mtimes(out, run_id)["part-00000.parquet"] == before["part-00000.parquet"]
+    answers = read_table(out, "answers", run_id).to_pandas()
+    assert sorted(answers.item_id) == [f"item-{i:03d}" for i in range(4)]
+    tokens = read_table(out, "tokens", run_id).to_pandas()
+    assert not tokens.duplicated(
+        ["item_id", "target_kind", "target_text", "token_position", "image_index"]
+    ).any()
+
+
+def test_rerun_with_other_settings_is_refused(tmp_path, model_dir):
+    manifest = local_dataset(tmp_path / "data", 2)
+    out = str(tmp_path / "out")
+    audit(manifest, out, model=model_dir, shard_size=2, run_id="fixed", **FAST)
+    with pytest.raises(RunConflict, match=r"shard_size=1 \(was 2\)"):
+        audit(manifest, out, model=model_dir, shard_size=1, run_id="fixed", **FAST)

@@ -1,0 +1,124 @@
+"""deployments/prefect.yaml through Prefect's own loaders, the S3 event template, and a served deployment."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from rich.console import Console
+
+from flows.events import EVENT_NAME, object_created_resource
+from storage import open_store, read_table
+from tests.pipeline.conftest import local_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+PREFECT_YAML = REPO / "deployments" / "prefect.yaml"
+
+
+@pytest.fixture(scope="module")
+def deploy_configs() -> dict[str, dict]:
+    """The deployments as `prefect deploy` sees them (strict model validation first: the CLI only warns)."""
+    from prefect.cli.deploy._config import _load_deploy_configs_and_actions
+    from prefect.cli.deploy._models import PrefectYamlModel
+
+    PrefectYamlModel.model_validate(yaml.safe_load(PREFECT_YAML.read_text()))
+    configs, actions = _load_deploy_configs_and_actions(PREFECT_YAML, console=Console(quiet=True))
+    assert actions["pull"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "/opt/vlm-audit"}}
+    ]
+    return {config["name"]: config for config in configs}
+
+
+def test_prefect_yaml_deployments_schedules_and_pools(deploy_configs, monkeypatch):
+    from prefect.cli.deploy._schedules import _construct_schedules
+    from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+    from prefect.flows import load_flow_from_entrypoint
+
+    assert set(deploy_configs) == {"retrospective-nightly", "on-manifest-upload", "sweep-hourly"}
+    monkeypatch.chdir(REPO)  # entrypoints are relative to the project root, as for `prefect deploy`
+    for name, config in deploy_configs.items():
+        flow = load_flow_from_entrypoint(config["entrypoint"])
+        parameters = dict(config["parameters"])
+        if name == "on-manifest-upload":
+            parameters["manifest"] = "s3://archive-lake/manifests/x.csv"  # the trigger supplies it
+        flow.validate_parameters(parameters)  # every parameter exists and has the right type
+        schedules = _construct_schedules(
+            config, {}, console=Console(quiet=True), is_interactive=lambda: False
+        )
+        expected = {"retrospective-nightly": CronSchedule, "sweep-hourly": IntervalSchedule}.get(name)
+        assert [type(s["schedule"]) for s in schedules or []] == ([expected] if expected else [])
+    nightly = deploy_configs["retrospective-nightly"]
+    assert nightly["schedules"][0]["cron"] == "0 2 * * *" and nightly["parameters"]["dask"]["resources"] == {
+        "GPU": 1
+    }
+    gpu_pools = [
+        deploy_configs[name]["work_pool"] for name in ("retrospective-nightly", "on-manifest-upload")
+    ]
+    assert all(
+        pool["name"] == "gpu" and pool["job_variables"]["env"]["HF_HUB_OFFLINE"] == "1" for pool in gpu_pools
+    )
+    assert deploy_configs["sweep-hourly"]["work_pool"]["name"] == "cpu"
+    assert deploy_configs["sweep-hourly"]["parameters"]["deployment"] == "vlm-audit/on-manifest-upload"
+
+
+def test_s3_event_trigger_matches_the_prefix_and_renders_the_manifest_uri(deploy_configs):
+    """The automation Prefect would create, evaluated by the server's own trigger and action code."""
+    from prefect.cli.deploy._triggers import _initialize_deployment_triggers
+    from prefect.server.events.schemas.automations import Automation, TriggeredAction
+    from prefect.server.events.schemas.events import ReceivedEvent
+
+    [trigger] = _initialize_deployment_triggers(
+        "on-manifest-upload", deploy_configs["on-manifest-upload"]["triggers"]
+    )
+    trigger.set_deployment_id(uuid.uuid4())
+    automation = Automation.model_validate(
+        {**trigger.as_automation().model_dump(mode="json"), "id": str(uuid.uuid4())}
+    )
+    now = dt.datetime.now(dt.UTC)
+
+    def event(bucket: str, key: str, name: str = EVENT_NAME) -> ReceivedEvent:
+        return ReceivedEvent(
+            occurred=now, event=name, resource=object_created_resource(bucket, key), id=uuid.uuid4()
+        )
+
+    uploaded = event("archive-lake", "manifests/2024/batch-07.csv")
+    assert automation.trigger.covers(uploaded)
+    assert not automation.trigger.covers(event("archive-lake", "images/a.png"))
+    assert not automation.trigger.covers(event("other-bucket", "manifests/batch-07.csv"))
+    assert EVENT_NAME in automation.trigger.expect
+    [action] = automation.actions
+    fired = TriggeredAction(
+        automation=automation, triggered=now, triggering_labels={}, triggering_event=uploaded, action=action
+    )
+    parameters = asyncio.run(action.render_parameters(fired))
+    assert parameters == {"manifest": "s3://archive-lake/manifests/2024/batch-07.csv"}
+
+
+@pytest.mark.integration
+def test_served_deployment_runs_to_completion(tmp_path, model_dir, prefect_server, monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.runner import Runner
+
+    from flows.audit import audit
+
+    monkeypatch.chdir(REPO)
+    manifest = local_dataset(tmp_path / "data", 2)
+    out = str(tmp_path / "out")
+    parameters = {"out": out, "model": model_dir, "max_new_tokens": 2, "aggregate": False, "run_id": "served"}
+    runner = Runner(name="vlm-audit-test-runner")
+    runner.add_deployment(audit.to_deployment(name="served", parameters=parameters))
+    flow_run = run_deployment("vlm-audit/served", parameters={"manifest": manifest}, timeout=0)
+
+    asyncio.run(runner.start(run_once=True))  # picks up the scheduled run, executes it in a subprocess
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run.id).state
+    assert state.is_completed(), state
+    answers = read_table(out, "answers", "served")
+    assert sorted(answers.column("item_id").to_pylist()) == ["item-000", "item-001"]
+    assert open_store(out).exists("runs/run_id=served/run.json")
