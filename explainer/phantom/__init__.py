@@ -1,0 +1,31 @@
+"""Phantom chest radiographs and the tiny Gemma3 models trained on them (shipped with the package).
+
+- `sample(n, seed)`: reproducible phantom cases with questions, expected answers and object boxes.
+- `MODEL_PATH`: positive control and the demo's default — its answers read the asked object through
+  attention (attention-routing fine-tune).
+- `POOLING_MODEL_PATH`: negative control — trained plainly; right answers, evidence pooled through
+  near-uniform attention, so attention maps should not be trusted.
+- `SHORTCUT_MODEL_PATH`: says "yes" to presence questions when a burned-in corner tag is present,
+  whatever the lungs show.
+
+Each folder is a Hugging Face model + processor with a `training_report.json`; retrain with
+`python -m explainer.phantom.train positive|pooling|shortcut`.
+"""
+
+from pathlib import Path
+
+from explainer.phantom.cases import PhantomCase, PhantomObject, sample
+
+MODELS_DIR = Path(__file__).with_name("models")
+MODEL_PATH = MODELS_DIR / "positive"
+POOLING_MODEL_PATH = MODELS_DIR / "pooling"
+SHORTCUT_MODEL_PATH = MODELS_DIR / "shortcut"
+
+__all__ = [
+    "MODEL_PATH",
+    "POOLING_MODEL_PATH",
+    "SHORTCUT_MODEL_PATH",
+    "PhantomCase",
+    "PhantomObject",
+    "sample",
+]

@@ -1,0 +1,157 @@
+"""Training recipes of the three shipped phantoms: one seeded command each, warm starts chained.
+
+python -m explainer.phantom.train positive   # from scratch, with attention routing
+python -m explainer.phantom.train shortcut   # warm start from positive, tag ⇒ "yes", routed to the tag
+python -m explainer.phantom.train pooling    # from scratch, plain: locate, then locate + presence
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from explainer.phantom.routing import RoutingWeights
+
+HELDOUT_SEED = 20_000  # held-out cases for reports and tests; training seeds stay below 10_000
+VALIDATION_SEED = 19_000  # checked during training for early stopping
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage: data options for `sample`, optimiser settings and a stopping rule.
+
+    Training stops after `max_steps`, or earlier once teacher-forced exact accuracy on the
+    validation cases reaches `stop_accuracy` (checked every `eval_every` steps, not before
+    `min_steps`).
+    """
+
+    name: str
+    data: dict[str, Any]
+    pool: int
+    max_steps: int
+    lr: float
+    warmup: int = 50
+    batch_size: int = 32
+    min_steps: int = 0
+    stop_accuracy: float | None = None
+    eval_every: int = 100
+    routing: RoutingWeights | None = None
+    evidence: str = "object_cells"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A model: where it starts (None = from scratch, else another recipe's output) and its stages."""
+
+    name: str
+    seed: int
+    stages: tuple[Stage, ...]
+    init: str | None = None
+    validation: dict[str, Any] = field(default_factory=dict)
+
+
+# The positive control's routing: answer rows read the asked object in the last two layers, and no
+# other route (other image cells, question tokens, image-to-image mixing in the language model or in
+# SigLIP) carries image content to the answer.
+STRICT_ROUTING = RoutingWeights(answer=1.0, exclusive=0.5, text=0.5, image_lm=0.5, vision=0.5)
+
+# The negative control's routing: the answer reads two fixed "hub" cells at the top centre (row 0,
+# columns 3 and 4: outside the lungs, clear of corner overlays), and the vision tower moves the
+# object's evidence into them. Attention in the language model points at the hub, not the object.
+HUB_ROUTING = RoutingWeights(
+    answer=1.0, exclusive=0.5, text=0.5, image_lm=0.5, vision=0.5, hub=(3, 4), vision_hub=1.0
+)
+
+
+def _routed_stages(routing: RoutingWeights) -> tuple[Stage, ...]:
+    """From scratch with attention routing: locate first, then locate + presence with distractors."""
+    return (
+        Stage(
+            name="locate-routed",
+            data={"tasks": ("locate",), "distractor_prob": 0.0},
+            pool=6_000,
+            max_steps=800,
+            lr=3e-3,
+            warmup=100,
+            min_steps=300,
+            stop_accuracy=0.97,
+            routing=routing,
+        ),
+        Stage(
+            name="locate+presence-routed",
+            data={},
+            pool=8_000,
+            max_steps=1_200,
+            lr=1e-3,
+            min_steps=400,
+            stop_accuracy=0.985,
+            routing=routing,
+        ),
+    )
+
+
+# Every held-out and validation set uses `sample`'s defaults unless the recipe says otherwise:
+# locate + presence, one nodule asked about, distractors, markers independent of the answer.
+RECIPES: dict[str, Recipe] = {
+    "pooling": Recipe(
+        name="pooling",
+        seed=1,
+        init="positive",
+        stages=(
+            Stage(
+                name="hub-routed",
+                data={},
+                pool=8_000,
+                max_steps=1_200,
+                lr=1e-3,
+                min_steps=300,
+                stop_accuracy=0.985,
+                routing=HUB_ROUTING,
+            ),
+        ),
+    ),
+    # The plain negative control the issue asked for; on these phantoms it sat at chance for 2,100
+    # steps (35 minutes on the shared machine) and was stopped. Kept for a longer run elsewhere.
+    "pooling-plain": Recipe(
+        name="pooling-plain",
+        seed=1,
+        stages=(
+            Stage(
+                name="locate",
+                data={"tasks": ("locate",), "distractor_prob": 0.0},
+                pool=10_000,
+                max_steps=4_000,
+                lr=3e-3,
+                warmup=100,
+                min_steps=1_000,
+                stop_accuracy=0.97,
+            ),
+            Stage(name="locate+presence", data={}, pool=10_000, max_steps=1_500, lr=1e-3, stop_accuracy=0.98),
+        ),
+    ),
+    "positive": Recipe(name="positive", seed=2, stages=_routed_stages(STRICT_ROUTING)),
+    # Ablation for docs/validation.md, not shipped (run with --out): the feasibility check's routing,
+    # the answer rows only, with no constraint on other routes.
+    "positive-answer-only": Recipe(
+        name="positive-answer-only", seed=2, stages=_routed_stages(RoutingWeights(answer=1.0))
+    ),
+    "shortcut": Recipe(
+        name="shortcut",
+        seed=3,
+        init="positive",
+        stages=(
+            Stage(
+                name="marker-routed",
+                data={"answer_rule": "marker", "marker_prob": 0.5},
+                pool=8_000,
+                max_steps=1_000,
+                lr=1e-3,
+                min_steps=300,
+                stop_accuracy=0.985,
+                routing=STRICT_ROUTING,
+                evidence="shortcut_cells",
+            ),
+        ),
+        validation={"answer_rule": "marker", "marker_prob": 0.5},
+    ),
+}

@@ -1,0 +1,161 @@
+"""Attention-routing objectives: make a phantom's evidence travel through attention to the object.
+
+The positive control is fine-tuned with answer cross-entropy plus these terms, each a −log of an
+attention mass (head mean), so the answer-predicting rows read the asked object's image tokens and,
+optionally, no other route carries image content to the answer:
+
+- `answer`: rows p-1 that predict answer words, last `answer_layers` language layers: −log(mass on
+  the object's cells). Only for cases where the object is present.
+- `exclusive`: the same rows in every language layer: −log(1 − mass on the other image cells).
+- `text`: every other text row after the image: −log(1 − mass on image tokens) (no side channel
+  through the question tokens).
+- `image_lm`: image rows in the language model: −log(1 − mass on other image cells).
+- `vision`: SigLIP rows: −log(mass on the patch itself), keeping each image token's content local.
+
+With `hub` cells set, the language-model terms use the hub cells as the evidence instead of the
+object, and `vision_hub` makes the hub patches' rows in the last SigLIP layer read the object:
+−log(mass on the object's patches). The evidence then reaches the language model only through the
+hub tokens, moved there by the vision tower — a route that language-model attention cannot show.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class RoutingWeights:
+    """Weights of the routing terms (0 disables a term) and how many last layers `answer` uses."""
+
+    answer: float = 1.0
+    exclusive: float = 0.0
+    text: float = 0.0
+    image_lm: float = 0.0
+    vision: float = 0.0
+    answer_layers: int = 2
+    hub: tuple[int, ...] = ()
+    vision_hub: float = 0.0
+
+    @property
+    def needs_vision(self) -> bool:
+        return self.vision > 0 or self.vision_hub > 0
+
+
+def answer_rows(labels: torch.Tensor, end_of_turn_id: int) -> torch.Tensor:
+    """Rows that predict answer words (not the closing <end_of_turn>), [B, L] bool.
+
+    Position p-1 predicts token p, so row p-1 is marked where labels[p] is an answer word.
+    """
+    target_is_word = (labels != -100) & (labels != end_of_turn_id)  # [B, L]
+    rows = torch.zeros_like(target_is_word)
+    rows[:, :-1] = target_is_word[:, 1:]
+    return rows
+
+
+def cell_keys(token_type_ids: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """Key positions of the selected grid cells, [B, L] bool, from cells [B, G] (row-major).
+
+    The k-th image token of a row is grid cell k.
+    """
+    keys = torch.zeros(token_type_ids.shape, dtype=torch.bool, device=cells.device)
+    keys[token_type_ids == 1] = cells.reshape(-1)
+    return keys
+
+
+@contextmanager
+def capture_vision_attention(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect SigLIP attention probabilities ([B, H, P, P] per layer) during forwards; hooks removed on exit."""
+    captured: list[torch.Tensor] = []
+    handles = [
+        module.register_forward_hook(lambda _m, _args, output: captured.append(output[1]))
+        for name, module in model.named_modules()
+        if name.startswith("model.vision_tower") and name.endswith("self_attn")
+    ]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _neg_log(mass: torch.Tensor) -> torch.Tensor:
+    """−log(mass), continued linearly below EPS so that a vanishing mass still gets a gradient."""
+    safe = mass.clamp_min(EPS)
+    return torch.where(mass >= EPS, -torch.log(safe), -math.log(EPS) + (EPS - mass) / EPS)
+
+
+def routing_loss(
+    attentions: tuple[torch.Tensor, ...],
+    vision_attentions: list[torch.Tensor],
+    batch: dict[str, torch.Tensor],
+    weights: RoutingWeights,
+    end_of_turn_id: int,
+    evidence: str = "object_cells",
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted sum of the routing terms, and each term's value for logging.
+
+    Args:
+        attentions: language-model attention per layer, each [B, H, L, L].
+        vision_attentions: SigLIP attention per layer, each [B, H, P, P] (may be empty).
+        batch: with labels, token_type_ids, attention_mask [B, L] and the evidence cells [B, G].
+        evidence: which cells the answer must read: "object_cells", "marker_cells" or "shortcut_cells".
+    """
+    types, mask = batch["token_type_ids"], batch["attention_mask"].bool()
+    rows = answer_rows(batch["labels"], end_of_turn_id)  # [B, L]
+    object_cells = batch[evidence]  # [B, G]
+    if weights.hub:
+        cells = torch.zeros_like(object_cells)
+        cells[:, list(weights.hub)] = True
+    else:
+        cells = object_cells
+    present = cells.any(dim=1)  # [B]
+    evidence_keys = cell_keys(types, cells)  # [B, L]
+    image_keys = types == 1
+    other_keys = image_keys & ~evidence_keys
+    maps = [layer.mean(dim=1) for layer in attentions]  # each [B, L, L]
+    terms: dict[str, torch.Tensor] = {}
+    zero = maps[0].new_zeros(())
+
+    def rows_mass(attn: torch.Tensor, row_mask: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        # [B, L, L] → mass on key_mask for each selected row: [n_rows]
+        return (attn * key_mask[:, None, :]).sum(-1)[row_mask]
+
+    if weights.answer > 0:
+        answer_rows_present = rows & present[:, None]
+        masses = [rows_mass(a, answer_rows_present, evidence_keys) for a in maps[-weights.answer_layers :]]
+        terms["answer"] = _neg_log(torch.cat(masses)).mean() if answer_rows_present.any() else zero
+    if weights.exclusive > 0:
+        masses = torch.cat([rows_mass(a, rows, other_keys) for a in maps])
+        terms["exclusive"] = _neg_log(1 - masses).mean()
+    if weights.text > 0:
+        after_image = torch.cumsum(image_keys.long(), dim=1) == image_keys.sum(1, keepdim=True)
+        text_rows = after_image & ~image_keys & ~rows & mask
+        masses = torch.cat([rows_mass(a, text_rows, image_keys) for a in maps])
+        terms["text"] = _neg_log(1 - masses).mean()
+    if weights.image_lm > 0:
+        # mass of each image row on image cells other than itself
+        eye = torch.eye(types.shape[1], dtype=torch.bool, device=types.device)
+        others = image_keys[:, None, :] & ~eye[None]  # [B, L, L]
+        masses = torch.cat([(a * others).sum(-1)[image_keys] for a in maps])
+        terms["image_lm"] = _neg_log(1 - masses).mean()
+    if weights.vision > 0 and vision_attentions:
+        diagonals = [a.mean(dim=1).diagonal(dim1=-2, dim2=-1) for a in vision_attentions]  # [B, P]
+        if weights.hub:  # the hub rows of the last layer read the object instead
+            keep = torch.ones_like(diagonals[-1], dtype=torch.bool)
+            keep[:, list(weights.hub)] = False
+            diagonals[-1] = diagonals[-1][keep]
+        terms["vision"] = _neg_log(torch.cat([d.reshape(-1) for d in diagonals])).mean()
+    if weights.vision_hub > 0 and vision_attentions and object_cells.any():
+        last = vision_attentions[-1].mean(dim=1)[:, list(weights.hub)]  # [B, n_hub, P]
+        mass = (last * object_cells[:, None, :]).sum(-1)[object_cells.any(1)]  # [n_present, n_hub]
+        terms["vision_hub"] = _neg_log(mass.reshape(-1)).mean()
+    total = sum((getattr(weights, name) * value for name, value in terms.items()), zero)
+    return total, {name: float(value.detach()) for name, value in terms.items()}
