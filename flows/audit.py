@@ -21,6 +21,7 @@ from flows.runners import DaskSettings, task_resources, task_runner_for
 from storage import manifest_fingerprint
 from tasks import cache, ledger, steps
 from tasks.config import AuditConfig, Method, OverlaysPolicy, ShardJob, TargetsPolicy, derive_run_id
+from tasks.faithfulness import sampled_item_ids
 
 
 class ShardsFailed(RuntimeError):
@@ -34,11 +35,13 @@ def run_shards(
     shard_indices: list[int],
     dask: DaskSettings | None = None,
     progress: bool = False,
+    checked_items: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Submit the shards on the current flow's task runner; one summary (or failure record) per shard."""
+    checked = frozenset(checked_items or ())
     with task_resources(dask):
         futures = [
-            steps.explain_shard_task.submit(ShardJob(run_id, index, fingerprint, config))
+            steps.explain_shard_task.submit(ShardJob(run_id, index, fingerprint, config, checked))
             for index in shard_indices
         ]
     shard_of = {future.task_run_id: index for future, index in zip(futures, shard_indices, strict=True)}
@@ -71,9 +74,10 @@ def explain_shards(
     shard_indices: list[int],
     dask: DaskSettings | None = None,
     progress: bool = False,
+    checked_items: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """The shards on this subflow's task runner (a DaskTaskRunner: see `audit`)."""
-    return run_shards(config, run_id, fingerprint, shard_indices, dask, progress)
+    return run_shards(config, run_id, fingerprint, shard_indices, dask, progress, checked_items)
 
 
 def _progress_bar(total: int, enabled: bool):
@@ -102,7 +106,10 @@ def audit(
     endpoint_url: str | None = None,
     region: str | None = None,
     dask: DaskSettings | None = None,
+    faithfulness_sample: int = 0,
+    group_by: list[str] | None = None,
     aggregate: bool = True,
+    report: bool = True,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Audit every item of a manifest; returns the run's summary (run id, counts, where outputs are).
@@ -112,7 +119,7 @@ def audit(
     """
     logger = get_run_logger()
     started, started_at = time.perf_counter(), ledger.now_iso()
-    options = {"model": model, "findings": findings}
+    options = {"model": model, "findings": findings, "group_by": group_by}
     config = AuditConfig(
         manifest=manifest,
         out=out,
@@ -126,6 +133,7 @@ def audit(
         model_revision=model_revision,
         endpoint_url=endpoint_url,
         region=region,
+        faithfulness_sample=faithfulness_sample,
         **{key: value for key, value in options.items() if value is not None},
     )
     parsed = steps.load_manifest(config)
@@ -138,13 +146,18 @@ def audit(
         "run %s: %d items, %d manifest errors, %d shards (%d done before, %d to do)",
         run_id, len(parsed.items), len(parsed.errors), plan.n_shards, len(plan.done), len(plan.pending),
     )  # fmt: skip
+    checked = sorted(
+        sampled_item_ids((item.item_id for item in parsed.items), config.faithfulness_sample, seed=run_id)
+    )
     summaries = []
     if plan.pending and dask is not None:  # a subflow, because only a flow can choose its task runner
         summaries = explain_shards.with_options(task_runner=task_runner_for(dask))(
-            config, run_id, fingerprint, plan.pending, dask=dask, progress=progress
+            config, run_id, fingerprint, plan.pending, dask=dask, progress=progress, checked_items=checked
         )
     elif plan.pending:  # this flow's runner: shard threads sharing the model this process keeps
-        summaries = run_shards(config, run_id, fingerprint, plan.pending, progress=progress)
+        summaries = run_shards(
+            config, run_id, fingerprint, plan.pending, progress=progress, checked_items=checked
+        )
     failed = [summary for summary in summaries if summary.get("failed_shard")]
     done = [summary for summary in summaries if not summary.get("failed_shard")]
     counts = ledger.run_counts(parsed, plan, steps.count_outputs(config, run_id), done, n_failed=len(failed))
@@ -172,9 +185,18 @@ def audit(
             f"{len(failed)} of {plan.n_shards} shards of run {run_id} did not commit (first: {failed[0]['error']}); "
             "rerun with the same run id to redo only those"
         )
+    outputs = {
+        "run_id": run_id,
+        "out": config.out,
+        "run_json": run_json,
+        "counts": counts,
+        "timings": timings,
+    }
     if aggregate:
-        steps.aggregate_run(config.out, run_id, config.endpoint_url)
-    return {"run_id": run_id, "out": config.out, "run_json": run_json, "counts": counts, "timings": timings}
+        outputs["flags"] = steps.aggregate_run(config, run_id)
+        if report:
+            outputs["report"] = steps.build_report(config, run_id)
+    return outputs
 
 
 def _timings(summaries: list[dict[str, Any]], total_seconds: float) -> dict[str, float]:

@@ -29,6 +29,16 @@ def _dask_resource(text: str) -> tuple[str, float]:
         ) from None
 
 
+def _add_aggregate_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--group-by", help="comma-separated manifest metadata columns forming cohorts ('site+scanner': both)"
+    )
+
+
+def _words(text: str | None) -> list[str] | None:
+    return [word.strip() for word in text.split(",") if word.strip()] if text else None
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="hub id or local folder (default: the bundled phantom model)")
     parser.add_argument("--revision", dest="model_revision", help="hub revision to pin")
@@ -54,9 +64,17 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS configuration)")
     parser.add_argument("--region", help="S3 region (default: AWS configuration)")
+    _add_aggregate_options(parser)
     parser.add_argument(
-        "--no-aggregate", dest="aggregate", action="store_false", help="skip cohort statistics"
+        "--faithfulness-sample",
+        type=int,
+        default=0,
+        help="check N items' maps against occlusion, removal curves and randomisation (default 0: off)",
     )
+    parser.add_argument(
+        "--no-aggregate", dest="aggregate", action="store_false", help="skip cohort statistics and report"
+    )
+    parser.add_argument("--no-report", dest="report", action="store_false", help="skip the HTML report")
     parser.add_argument("--verbose", action="store_true", help="show Prefect's per-task log lines")
 
 
@@ -72,11 +90,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n", type=int, default=24, help="number of phantom cases")
     demo.add_argument("--seed", type=int, default=0)
     _add_run_options(demo)
-    demo.set_defaults(shard_size=4)  # a few shards, so the progress bar moves on a 24-item demo
-    for name, text in (("aggregate", "cohort statistics of a run"), ("report", "HTML report of a run")):
-        sub = commands.add_parser(name, help=f"{text} (provided by the audit package)")
-        sub.add_argument("out", help="output root")
+    # a few shards so the progress bar moves; cohorts by site; a faithfulness sample of a dozen items
+    demo.set_defaults(shard_size=4, faithfulness_sample=12, max_new_tokens=8)
+    for name, text in (
+        ("aggregate", "recompute cohort statistics and flags of a run"),
+        ("report", "rebuild the HTML report of a run"),
+    ):
+        sub = commands.add_parser(name, help=f"{text} from its Parquet outputs (no model needed)")
+        sub.add_argument("out", help="output root (local folder or s3://bucket/prefix)")
         sub.add_argument("run_id")
+        sub.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS configuration)")
+        if name == "aggregate":
+            _add_aggregate_options(sub)
+            sub.add_argument("--findings", help="comma-separated findings vocabulary")
     return parser
 
 
@@ -87,7 +113,6 @@ def flow_parameters(args: argparse.Namespace, manifest: str, out: str) -> dict[s
         dask = {"address": args.dask_address, "n_workers": args.dask_workers}
         if args.dask_resource:
             dask["resources"] = dict(args.dask_resource)
-    findings = [word for word in args.findings.split(",") if word.strip()] if args.findings else None
     return {
         "manifest": manifest,
         "out": out,
@@ -95,7 +120,7 @@ def flow_parameters(args: argparse.Namespace, manifest: str, out: str) -> dict[s
         "model_revision": args.model_revision,
         "method": args.method,
         "targets": args.targets,
-        "findings": findings,
+        "findings": _words(args.findings),
         "overlays": args.overlays,
         "shard_size": args.shard_size,
         "max_new_tokens": args.max_new_tokens,
@@ -105,7 +130,10 @@ def flow_parameters(args: argparse.Namespace, manifest: str, out: str) -> dict[s
         "endpoint_url": args.endpoint_url,
         "region": args.region,
         "dask": dask,
+        "faithfulness_sample": args.faithfulness_sample,
+        "group_by": _words(args.group_by),
         "aggregate": args.aggregate,
+        "report": args.report,
         "progress": True,
     }
 
@@ -143,6 +171,11 @@ def _prepare_environment(verbose: bool) -> None:
 
 
 def _run(parameters: dict[str, Any]) -> int:
+    return _run_flow(parameters)[0]
+
+
+def _run_flow(parameters: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
+    """Run the audit flow; the exit code and, when it completed, its summary."""
     from flows.audit import ShardsFailed, audit
 
     if not os.environ.get("PREFECT_API_URL"):
@@ -155,19 +188,53 @@ def _run(parameters: dict[str, Any]) -> int:
         result = audit(**parameters)
     except ShardsFailed as exc:
         print(f"vlm-audit: {exc}", file=sys.stderr)
-        return EXIT_FAILED_SHARDS
+        return EXIT_FAILED_SHARDS, None
     print(format_summary(result))
-    return EXIT_OK
+    return EXIT_OK, result
 
 
 def _audit_hook(name: str, args: argparse.Namespace) -> int:
-    import audit
+    """`vlm-audit aggregate` / `report`: from the run's Parquet outputs alone."""
+    from auditing import DEFAULT_FINDINGS as findings
+    from auditing import AggregateConfig, aggregate_run, build_report
 
-    function = getattr(audit, {"aggregate": "aggregate_run", "report": "render_report"}[name], None)
-    if function is None:
-        print(f"vlm-audit {name}: the audit package does not provide this yet", file=sys.stderr)
-        return EXIT_USAGE
-    print(function(args.out, args.run_id))
+    if name == "aggregate":
+        config = AggregateConfig(
+            group_by=tuple(_words(args.group_by) or ()), findings=tuple(_words(args.findings) or findings)
+        )
+        result = aggregate_run(args.out, args.run_id, config, endpoint_url=args.endpoint_url)
+        print(f"run {args.run_id}: {len(result.cohort_stats)} cohort rows, {len(result.flags)} flags")
+        for message in result.flags["message"]:
+            print(f"  FLAG {message}")
+        return EXIT_OK
+    print(build_report(args.out, args.run_id, endpoint_url=args.endpoint_url))
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Write the mixed phantom cohort, audit it with the honest and the shortcut model, compare."""
+    from flows.demo import (
+        DEMO_GROUPINGS,
+        demo_models,
+        format_comparison,
+        require_model_folder,
+        write_demo_dataset,
+    )
+
+    models = {"model": require_model_folder(args.model)} if args.model else demo_models()
+    manifest = write_demo_dataset(os.path.join(args.out, "data"), args.n, args.seed)
+    print(f"wrote {args.n} phantom cases and {manifest}")
+    args.group_by = args.group_by or ",".join(DEMO_GROUPINGS)
+    results = {}
+    for name, model in models.items():
+        print(f"\n== auditing with the {name} phantom model ({model})")
+        args.model = model
+        code, result = _run_flow(flow_parameters(args, str(manifest), os.path.join(args.out, "audit")))
+        if code != EXIT_OK:
+            return code
+        results[name] = result
+    if args.aggregate:
+        print(format_comparison(results))
     return EXIT_OK
 
 
@@ -176,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("aggregate", "report"):
         return _audit_hook(args.command, args)
     _prepare_environment(args.verbose)
-    from flows.demo import PhantomModelMissing, require_model_folder, write_demo_dataset
+    from flows.demo import PhantomModelMissing, require_model_folder
     from storage import StorageError
     from tasks.cache import ModelLoadError
     from tasks.config import default_model
@@ -184,10 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.command == "demo":
-            args.model = args.model or require_model_folder(default_model())
-            manifest = write_demo_dataset(os.path.join(args.out, "data"), args.n, args.seed)
-            print(f"wrote {args.n} phantom cases and {manifest}")
-            return _run(flow_parameters(args, str(manifest), os.path.join(args.out, "audit")))
+            return _demo(args)
         if args.model is None:
             args.model = require_model_folder(default_model())
         return _run(flow_parameters(args, args.manifest, args.out))

@@ -14,39 +14,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from auditing import DEFAULT_FINDINGS
 from storage import DEFAULT_MAX_PIXELS, Manifest, manifest_fingerprint
 from storage.uri import parse_uri
 
 TargetsPolicy = Literal["answer", "findings", "all"]
 OverlaysPolicy = Literal["none", "answer", "findings", "all"]
 Method = Literal["chefer", "rollout", "raw_attention", "occlusion"]
-
-# Answer words worth a map of their own in chest radiology: findings, devices, laterality, zones, yes/no.
-DEFAULT_FINDINGS: tuple[str, ...] = (
-    "nodule",
-    "mass",
-    "pneumonia",
-    "effusion",
-    "consolidation",
-    "opacity",
-    "pneumothorax",
-    "cardiomegaly",
-    "atelectasis",
-    "edema",
-    "fracture",
-    "device",
-    "catheter",
-    "tube",
-    "pacemaker",
-    "marker",
-    "right",
-    "left",
-    "upper",
-    "middle",
-    "lower",
-    "yes",
-    "no",
-)
 
 # fields that change what a run computes; a rerun of a run id must agree on all of them
 IDENTITY_FIELDS = (
@@ -61,6 +35,7 @@ IDENTITY_FIELDS = (
     "max_new_tokens",
     "max_pixels",
     "system_prompt",
+    "faithfulness_sample",
 )
 
 
@@ -96,6 +71,19 @@ class AuditConfig(BaseModel):
         DEFAULT_MAX_PIXELS, ge=1, description="images announcing more pixels are rejected"
     )
     system_prompt: str | None = Field(None, description="optional system turn before every question")
+    faithfulness_sample: int = Field(
+        0, ge=0, description="items checked against occlusion, removal curves and randomisation (0: off)"
+    )
+    group_by: tuple[str, ...] = Field(
+        (), description="manifest metadata columns that form cohorts ('site+scanner' groups by both)"
+    )
+
+    @field_validator("group_by", mode="before")
+    @classmethod
+    def _split_groupings(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = value.split(",")
+        return tuple(str(column).strip() for column in value or () if str(column).strip())
 
     @field_validator("findings", mode="before")
     @classmethod
@@ -157,3 +145,4 @@ class ShardJob:
     shard_index: int
     fingerprint: str
     config: AuditConfig
+    checked_items: frozenset[str] = frozenset()  # the faithfulness sample's items in this run

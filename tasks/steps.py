@@ -7,13 +7,15 @@ run id redoes exactly the shards that did not commit.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
+from auditing import AggregateConfig
+from auditing import aggregate_run as audit_aggregate_run
+from auditing import build_report as audit_build_report
 from storage import Manifest, read_manifest, write_run
 from tasks import cache, ledger
 from tasks.config import AuditConfig, ShardJob
@@ -62,18 +64,20 @@ def write_run_json(config: AuditConfig, run_id: str, record: dict[str, Any]) -> 
     return write_run(cache.output_store(config.out, config.endpoint_url, config.region), run_id, record)
 
 
-@task(name="aggregate-run", cache_policy=NO_CACHE)
-def aggregate_run(out: str, run_id: str, endpoint_url: str | None = None) -> Any:
-    """Cohort statistics through `audit.aggregate_run`, if the audit package provides it yet."""
-    logger = get_run_logger()
-    try:
-        from audit import aggregate_run as audit_aggregate_run  # type: ignore[attr-defined]
-    except ImportError:
-        logger.info("audit.aggregate_run is not available yet; skipping cohort statistics for %s", run_id)
-        return None
-    kwargs = (
-        {"endpoint_url": endpoint_url}
-        if "endpoint_url" in inspect.signature(audit_aggregate_run).parameters
-        else {}
+@task(name="aggregate-run", **STORAGE_IO)
+def aggregate_run(config: AuditConfig, run_id: str) -> int:
+    """Cohort statistics, comparisons and flags from the run's Parquet outputs; returns the flag count."""
+    result = audit_aggregate_run(
+        config.out,
+        run_id,
+        AggregateConfig(group_by=config.group_by, findings=config.findings),
+        endpoint_url=config.endpoint_url,
     )
-    return audit_aggregate_run(out, run_id, **kwargs)
+    get_run_logger().info("run %s: %d flags raised", run_id, len(result.flags))
+    return len(result.flags)
+
+
+@task(name="build-report", **STORAGE_IO)
+def build_report(config: AuditConfig, run_id: str) -> str:
+    """The static HTML report of the run; returns its URI."""
+    return audit_build_report(config.out, run_id, endpoint_url=config.endpoint_url)

@@ -36,6 +36,7 @@ from storage import (
 from tasks import cache
 from tasks.cache import get_explainer
 from tasks.config import AuditConfig, ShardJob
+from tasks.faithfulness import check_item
 from tasks.records import RoiError, answer_row, check_roi_box, overlay_targets, roi_weights, token_rows
 from tasks.retry import with_backoff
 
@@ -51,6 +52,7 @@ class ItemOutcome:
     tokens: list[dict[str, Any]] = field(default_factory=list)
     errors: list[ErrorRecord] = field(default_factory=list)
     overlays: int = 0
+    faithfulness: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -93,11 +95,13 @@ def explain_item(
     *,
     model_revision: str | None = None,
     model_lock: AbstractContextManager | None = None,
+    check_faithfulness: bool = False,
 ) -> ItemOutcome:
     """Explain one manifest item; every failure becomes an error row (never raised).
 
-    `model_lock` is held only around `explain` (generation + relevance), so another thread's item can
-    decode, build rows and write overlays meanwhile.
+    `model_lock` is held only around the model's work (generation, relevance, checks), so another
+    thread's item can decode, build rows and write overlays meanwhile. With `check_faithfulness` the
+    item's answer and finding-word maps are also checked against occlusion (the faithfulness sample).
     """
     identity = {"model_id": config.model, "model_revision": model_revision, "method": config.method}
 
@@ -131,6 +135,12 @@ def explain_item(
         )
     except Exception as exc:
         return failed("image" if isinstance(exc, RoiError) else "explain", exc, size)
+    if check_faithfulness:
+        try:
+            with model_lock or nullcontext():
+                outcome.faithfulness = check_item(explainer, item.item_id, explanation, config.findings)
+        except Exception as exc:  # the item keeps its explanation; the failed check is recorded
+            outcome.errors.append(ErrorRecord.from_exception(exc, stage="explain", item=item))
     if overlay_sink is not None:
         _write_overlays(outcome, explanation, item, config, overlay_sink)
     return outcome
@@ -182,7 +192,7 @@ def explain_shard(job: ShardJob) -> dict[str, Any]:
     loaded = cache.get_loaded(config.model, config.device, revision=config.model_revision, dtype=config.dtype)
     load_seconds = loaded.load_seconds if cache.model_load_count() > loads_before else 0.0
 
-    answers, tokens, errors = [], [], []
+    answers, tokens, errors, faithfulness = [], [], [], []
     overlays = 0
     generate_seconds = explain_seconds = 0.0
     for item in items:
@@ -199,16 +209,21 @@ def explain_shard(job: ShardJob) -> dict[str, Any]:
             sink if config.overlays != "none" else None,
             model_revision=loaded.revision,
             model_lock=loaded.lock,
+            check_faithfulness=item.item_id in job.checked_items,
         )
         answers.append(outcome.answer)
         tokens.extend(outcome.tokens)
+        faithfulness.extend(outcome.faithfulness)
         errors.extend(record.to_row() for record in outcome.errors)
         overlays += outcome.overlays
         generate_seconds += outcome.answer.get("generate_seconds") or 0.0
         explain_seconds += outcome.answer.get("explain_seconds") or 0.0
 
     writing = time.perf_counter()
-    for table, rows in (("tokens", tokens), ("errors", errors), ("answers", answers)):  # answers last: commit
+    parts = [("tokens", tokens), ("errors", errors), ("answers", answers)]  # answers last: the commit marker
+    if config.faithfulness_sample:
+        parts.insert(0, ("faithfulness", faithfulness))
+    for table, rows in parts:
         # an empty part is written too: it replaces whatever a crashed attempt left under this name
         data = rows or table_schema(table).empty_table()  # storage.to_arrow refuses [] (no item_id column)
         with_backoff(

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from prefect import flow
 
-import audit as audit_package
 from flows import cli
-from tasks import config, steps
+from tasks import config
 from tests.pipeline.conftest import local_dataset
 
 
@@ -75,33 +73,44 @@ def test_run_prints_counts_and_where_the_outputs_are(tmp_path, model_dir, capsys
 
 
 @pytest.mark.usefixtures("prefect_server")
-def test_demo_writes_phantom_cases_and_audits_them(tmp_path, model_dir, monkeypatch, capsys):
-    monkeypatch.setattr(config, "default_model", lambda: model_dir)  # stands in for the phantom model
+def test_demo_writes_the_mixed_cohort_and_audits_it(tmp_path, model_dir, capsys):
     code = cli.main(
-        ["demo", "--out", str(tmp_path), "--n", "2", "--max-new-tokens", "2", "--no-aggregate", "--verbose"]
+        [
+            "demo",
+            "--out",
+            str(tmp_path),
+            "--n",
+            "4",
+            "--model",
+            model_dir,
+            "--max-new-tokens",
+            "2",
+            "--no-report",
+        ]
     )
     assert code == cli.EXIT_OK
-    header = (tmp_path / "data" / "manifest.csv").read_text().splitlines()[0]
-    assert header.startswith("item_id,image,question,roi_box,site,marker")
-    assert len(list((tmp_path / "data" / "images").glob("*.png"))) == 2
-    assert ": 2 items (2 ok, 0 failed)" in capsys.readouterr().out
+    lines = (tmp_path / "data" / "manifest.csv").read_text().splitlines()
+    assert lines[0] == "item_id,image,question,roi_box,site,marker,finding,expected_answer"
+    assert all("nodule" in line and "?" in line for line in lines[1:])  # presence questions
+    assert len(list((tmp_path / "data" / "images").glob("*.png"))) == 4
+    printed = capsys.readouterr().out
+    assert (
+        ": 4 items (4 ok, 0 failed)" in printed and "model model:" in printed and "no cohort flags" in printed
+    )
 
 
-def test_aggregate_and_report_stubs_do_not_fake_outputs(monkeypatch, capsys):
-    monkeypatch.delattr(audit_package, "aggregate_run", raising=False)
-    assert cli.main(["aggregate", "out", "r1"]) == cli.EXIT_USAGE
-    assert "does not provide this yet" in capsys.readouterr().err
+def test_aggregate_and_report_rebuild_from_the_parquet_outputs(tmp_path, capsys):
+    from storage import open_store, read_table, write_part
+    from tests.auditing.synthetic import synthetic_run
 
-
-@pytest.mark.usefixtures("prefect_server")
-def test_the_flow_hook_calls_audit_aggregate_run_when_it_exists(monkeypatch):
-    @flow
-    def hook() -> object:
-        return steps.aggregate_run("/out", "r1")
-
-    monkeypatch.delattr(audit_package, "aggregate_run", raising=False)
-    assert hook() is None  # skipped with a log line
-    calls = []
-    fake = lambda out, run_id: calls.append((out, run_id)) or "stats"  # noqa: E731
-    monkeypatch.setattr(audit_package, "aggregate_run", fake, raising=False)
-    assert hook() == "stats" and calls == [("/out", "r1")]
+    answers, tokens = synthetic_run(per_site=6)
+    store = open_store(str(tmp_path))
+    write_part(store, "answers", "r1", 0, answers)
+    write_part(store, "tokens", "r1", 0, tokens)
+    assert cli.main(["aggregate", str(tmp_path), "r1", "--group-by", "site"]) == cli.EXIT_OK
+    assert "FLAG" in capsys.readouterr().out
+    assert "border_share_above_baseline" in set(
+        read_table(str(tmp_path), "flags", run_id="r1")["rule"].to_pylist()
+    )
+    assert cli.main(["report", str(tmp_path), "r1"]) == cli.EXIT_OK
+    assert (tmp_path / "report" / "run_id=r1" / "index.html").is_file()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from audit.report import build_report
+from auditing.report import build_report
 from storage import read_table
 from tests.report.fixtures import write_synthetic_run
 from tests.report.pages import Page, parse_page

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from audit import AggregateConfig, StatsConfig, aggregate_run
-from audit.figures import heatmap, png_bytes
+from auditing import AggregateConfig, StatsConfig, aggregate_run
+from auditing.figures import heatmap, png_bytes
 from storage import ObjectStore, open_store, overlay_key, write_part, write_run
-from tests.audit.synthetic import GRID, synthetic_run
+from tests.auditing.synthetic import GRID, synthetic_run
 
 CONFIG = AggregateConfig(group_by=("site",), stats=StatsConfig(resamples=200))
 OVERLAY_ITEMS = ("east-0", "east-1", "north-0")

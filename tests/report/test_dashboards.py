@@ -5,7 +5,7 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from audit.dashboards import create_views, view_blocks
+from auditing.dashboards import create_views, view_blocks
 from storage import REGION_NAMES, duckdb_connect
 from tests.report.fixtures import write_synthetic_run
 

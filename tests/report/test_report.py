@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from audit.report import RunNotFound, build_report
-from audit.report_gallery import MAX_GALLERY_ITEMS, overlay_label
+from auditing.report import RunNotFound, build_report
+from auditing.report_gallery import MAX_GALLERY_ITEMS, overlay_label
 from storage import open_store, write_part
 from tests.report.fixtures import write_synthetic_run
 from tests.report.pages import parse_page, squash
@@ -33,7 +33,7 @@ def test_every_flag_message_is_on_the_page_with_its_rule(built_report):
     for flag in flags.itertuples():
         assert squash(flag.message) in text, flag.rule
         assert flag.rule in text
-    assert "Looks at the image border" in text and "100% vs baseline 33% (flag at ≥ 1.5× baseline)" in text
+    assert "Looks at the image border" in text and "100% vs 0% in the rest (flag at ≥ 1.5× the rest)" in text
     assert "Looks outside the lungs: 20 items" in text
     # flags come first: before the cohort pictures and the gallery
     assert text.index("Flags: what deserves") < text.index("Cohorts: where the model looked")

@@ -1,13 +1,13 @@
 """Cohort statistics, comparisons, flags and faithfulness summaries: pure functions over the Parquet tables."""
 
-from audit.aggregate import DEFAULT_FINDINGS, Aggregate, AggregateConfig, aggregate, aggregate_run
-from audit.bootstrap import difference_ci, mean_ci
-from audit.cohorts import StatsConfig, cohort_stats, item_level
-from audit.compare import cohort_vs_rest, compare_runs
-from audit.dashboards import create_views
-from audit.flags import FlagThresholds
-from audit.load import join_targets, load_targets
-from audit.report import build_report
+from auditing.aggregate import DEFAULT_FINDINGS, Aggregate, AggregateConfig, aggregate, aggregate_run
+from auditing.bootstrap import difference_ci, mean_ci
+from auditing.cohorts import StatsConfig, cohort_stats, item_level
+from auditing.compare import cohort_vs_rest, compare_runs
+from auditing.dashboards import create_views
+from auditing.flags import FlagThresholds
+from auditing.load import join_targets, load_targets
+from auditing.report import build_report
 
 __all__ = [
     "DEFAULT_FINDINGS",

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from audit.bootstrap import mean_ci
-from audit.load import SHARE_COLUMNS
-from audit.resample import mass_distribution
+from auditing.bootstrap import mean_ci
+from auditing.load import SHARE_COLUMNS
+from auditing.resample import mass_distribution
 
 SCALAR_METRICS = ("image_share", "entropy", "top10_mass", "lung_share", "roi_hit", "roi_share")
 ITEM_KEYS = ["run_id", "item_id", "target_class"]

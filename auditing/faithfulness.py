@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from audit.cohorts import cohorts
-from audit.flags import FlagThresholds
-from audit.load import SHARE_COLUMNS, join_targets
+from auditing.cohorts import cohorts
+from auditing.flags import FlagThresholds
+from auditing.load import SHARE_COLUMNS, join_targets
 
 AGREEMENT_COLUMNS = (
     "spearman_vs_occlusion",

@@ -1,4 +1,4 @@
-"""DuckDB views for dashboards over every run under an output root (the SQL is `audit/dashboards.sql`).
+"""DuckDB views for dashboards over every run under an output root (the SQL is `auditing/dashboards.sql`).
 
 >>> import duckdb
 >>> con = duckdb.connect("audit.duckdb")           # or duckdb.connect() for a notebook
@@ -6,7 +6,7 @@
 >>> con.sql("select * from flags_per_run order by created_at").df()
 
 Command line (writes a DuckDB file that Grafana, Superset or Metabase can open):
-``python -m audit.dashboards <out_uri> <file.duckdb>``.
+``python -m auditing.dashboards <out_uri> <file.duckdb>``.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ class Block:
 
 
 def dashboard_sql() -> str:
-    """The text of audit/dashboards.sql (the root still as ``${OUT}``)."""
-    return (files("audit") / "dashboards.sql").read_text(encoding="utf-8")
+    """The text of auditing/dashboards.sql (the root still as ``${OUT}``)."""
+    return (files("auditing") / "dashboards.sql").read_text(encoding="utf-8")
 
 
 def view_blocks(sql: str | None = None) -> list[Block]:
@@ -125,10 +125,10 @@ def create_views(con: Any, out_uri: str, *, endpoint_url: str | None = None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m audit.dashboards OUT_URI DATABASE``: persist the views in a DuckDB file."""
+    """``python -m auditing.dashboards OUT_URI DATABASE``: persist the views in a DuckDB file."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m audit.dashboards OUT_URI DATABASE.duckdb", file=sys.stderr)
+        print("usage: python -m auditing.dashboards OUT_URI DATABASE.duckdb", file=sys.stderr)
         return 2
     import duckdb
 

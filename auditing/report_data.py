@@ -9,11 +9,11 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from audit.aggregate import DEFAULT_FINDINGS
-from audit.cohorts import StatsConfig, cohort_stats, item_level
-from audit.figures import HEATMAP_SIZE, THUMBNAIL_SIZE, thumbnail
-from audit.flags import FlagThresholds, as_frame, off_anatomy_flags, roi_flags
-from audit.load import expand_metadata, join_targets
+from auditing.aggregate import DEFAULT_FINDINGS
+from auditing.cohorts import StatsConfig, cohort_stats, item_level
+from auditing.figures import HEATMAP_SIZE, THUMBNAIL_SIZE, thumbnail
+from auditing.flags import FlagThresholds, as_frame, off_anatomy_flags, roi_flags
+from auditing.load import expand_metadata, join_targets
 from storage import (
     ObjectNotFound,
     ObjectStore,

@@ -1,6 +1,6 @@
 -- vlm-audit dashboard views over every run under one output root (docs/dashboards.md).
 --
--- ${OUT} stands for the output root: a local folder or s3://bucket/prefix. audit.dashboards.create_views
+-- ${OUT} stands for the output root: a local folder or s3://bucket/prefix. auditing.dashboards.create_views
 -- fills it in, runs a "source" block only where that table has files (else it creates a stand-in
 -- without rows and with the same columns), then every "view" block. By hand: replace ${OUT} and run
 -- the file (every source table must then exist under the root).

@@ -6,18 +6,18 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from audit.cohorts import StatsConfig, cohort_stats, item_level
-from audit.compare import cohort_vs_rest
-from audit.faithfulness import faithfulness_items, trust_flags, trust_summary
-from audit.flags import FlagThresholds, as_frame, off_anatomy_flags, roi_flags, shortcut_flags
-from audit.load import SHARE_COLUMNS, join_targets
+from auditing.cohorts import StatsConfig, cohort_stats, item_level
+from auditing.compare import cohort_vs_rest
+from auditing.faithfulness import faithfulness_items, trust_flags, trust_summary
+from auditing.flags import FlagThresholds, as_frame, off_anatomy_flags, roi_flags, shortcut_flags
+from auditing.load import SHARE_COLUMNS, join_targets
 from storage import open_store, read_table, write_part
 
-# Answer words that name findings, sides and zones; override per audit.
+# Answer words worth a map of their own in chest radiology: findings, devices, laterality, zones, yes/no.
 DEFAULT_FINDINGS = (
     "nodule", "mass", "pneumonia", "consolidation", "opacity", "effusion", "pneumothorax", "cardiomegaly",
-    "edema", "atelectasis", "fracture", "device", "catheter", "marker", "right", "left", "upper", "middle",
-    "lower", "yes", "no",
+    "atelectasis", "edema", "fracture", "device", "catheter", "tube", "pacemaker", "marker", "right", "left",
+    "upper", "middle", "lower", "yes", "no",
 )  # fmt: skip
 AGGREGATE_PART = "part-aggregate"
 
@@ -63,7 +63,9 @@ def aggregate(
     targets = join_targets(tokens, answers, findings=config.findings)
     items = item_level(targets, stats_config.common_grid)
     stats, regions = cohort_stats(items, stats_config)
-    comparisons = _concat([cohort_vs_rest(items, g, resamples=stats_config.resamples) for g in config.group_by])
+    comparisons = _concat(
+        [cohort_vs_rest(items, g, resamples=stats_config.resamples) for g in config.group_by]
+    )
     method = str(tokens["method"].iloc[0]) if len(tokens) else "unknown"
     flags = shortcut_flags(comparisons, config.thresholds, method) if len(comparisons) else []
     flags += roi_flags(stats, config.thresholds, method) if len(stats) else []
@@ -75,7 +77,10 @@ def aggregate(
         flags += trust_flags(trust, config.thresholds)
         for sample_method, rows in sample.groupby("method"):
             sample_comparisons = _concat(
-                [cohort_vs_rest(rows, g, metrics=SHARE_COLUMNS, resamples=stats_config.resamples) for g in config.group_by]
+                [
+                    cohort_vs_rest(rows, g, metrics=SHARE_COLUMNS, resamples=stats_config.resamples)
+                    for g in config.group_by
+                ]
             )
             if len(sample_comparisons):
                 flags += shortcut_flags(

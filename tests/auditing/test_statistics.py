@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audit import (
+from auditing import (
     AggregateConfig,
     StatsConfig,
     aggregate,
@@ -16,9 +16,9 @@ from audit import (
     join_targets,
     mean_ci,
 )
-from audit.bootstrap import difference_ci
+from auditing.bootstrap import difference_ci
 from storage import open_store, read_table, to_arrow, write_part
-from tests.audit.synthetic import GRID, synthetic_run
+from tests.auditing.synthetic import GRID, synthetic_run
 
 CONFIG = AggregateConfig(group_by=("site",), stats=StatsConfig(resamples=400))
 

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from audit.bootstrap import DEFAULT_RESAMPLES, difference_ci, mean_ci
-from audit.load import SHARE_COLUMNS
+from auditing.bootstrap import DEFAULT_RESAMPLES, difference_ci, mean_ci
+from auditing.load import SHARE_COLUMNS
 
 COMPARED_METRICS = ("image_share", "entropy", "lung_share", *SHARE_COLUMNS)
 

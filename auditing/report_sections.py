@@ -12,8 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from audit.flags import FlagThresholds
-from audit.report_data import RunTables
+from auditing.flags import FlagThresholds
+from auditing.report_data import RunTables
 
 RULE_TITLES = {
     "border_share_above_baseline": "Looks at the image border",
@@ -105,11 +105,11 @@ def error_rows(errors: pd.DataFrame, limit: int = 10) -> list[dict[str, Any]]:
 
 
 def evidence(flag: pd.Series) -> str:
-    """'100% vs baseline 33% (flag at ≥ 1.5× baseline)' and the like, per rule family."""
+    """'100% vs 33% in the rest (flag at ≥ 1.5× the rest)' and the like, per rule family."""
     value, threshold = flag.get("value"), flag.get("threshold")
     if str(flag.get("rule", "")).endswith("_above_baseline"):
         return (
-            f"{pct(value)} vs baseline {pct(flag.get('baseline'))} (flag at ≥ {num(threshold, 1)}× baseline)"
+            f"{pct(value)} vs {pct(flag.get('baseline'))} in the rest (flag at ≥ {num(threshold, 1)}× the rest)"
         )
     if str(flag.get("metric", "")).startswith("spearman"):
         return f"{num(value)} (flag below {num(threshold)})"

@@ -19,10 +19,10 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 from PIL import Image
 
-from audit.figures import Bar, ImageSink, colour_scale, heatmap, region_bars_svg
-from audit.report_data import ImageReader, RunNotFound, RunTables, cohort_members, load_run
-from audit.report_gallery import gallery
-from audit.report_sections import (
+from auditing.figures import Bar, ImageSink, colour_scale, heatmap, region_bars_svg
+from auditing.report_data import ImageReader, RunNotFound, RunTables, cohort_members, load_run
+from auditing.report_gallery import gallery
+from auditing.report_sections import (
     RULE_TITLES,
     cohort_name,
     error_rows,
@@ -171,7 +171,7 @@ def cohort_sections(
 def render(context: dict[str, Any]) -> str:
     """The page from templates/report.html.j2 (autoescaped)."""
     environment = Environment(
-        loader=PackageLoader("audit", "templates"), autoescape=True, undefined=StrictUndefined
+        loader=PackageLoader("auditing", "templates"), autoescape=True, undefined=StrictUndefined
     )
     return environment.get_template("report.html.j2").render(**context)
 

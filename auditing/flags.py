@@ -1,7 +1,8 @@
 """Flags: each raised by a named rule, with its threshold and the evidence in the row.
 
-Rules over cohorts compare a cohort with the rest of its run (bootstrap CI of the difference) and
-with the audit's baseline (the whole run's mean for the same target class).
+Rules over cohorts compare a cohort with the audit's baseline: the rest of its run, for the same
+target class (a bootstrap CI of the difference, and a ratio). The rest rather than the whole run,
+so that a large cohort cannot hide its own excess by raising the baseline.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ FLAG_COLUMNS = (
 class FlagThresholds:
     """Thresholds of the flag rules; each flag row records the one that raised it."""
 
-    share_ratio: float = 1.5  # a cohort's border/corner share at least this × the baseline ...
+    share_ratio: float = 1.5  # a cohort's border/corner share at least this × the rest's ...
     share_margin: float = 0.02  # ... and (cohort − rest) above this with 95% confidence
     min_items: int = 5
     roi_hit_rate: float = 0.5  # pointing-game hit rate below this
@@ -54,7 +55,7 @@ def shortcut_flags(comparisons: pd.DataFrame, thresholds: FlagThresholds, method
     flags = []
     rows = comparisons[comparisons["metric"].isin(list(SHORTCUT_REGIONS))]
     for row in rows.itertuples(index=False):
-        baseline = (row.cohort_mean * row.n_cohort + row.rest_mean * row.n_rest) / (row.n_cohort + row.n_rest)
+        baseline = row.rest_mean
         if (
             row.n_cohort >= thresholds.min_items
             and row.cohort_mean >= thresholds.share_ratio * baseline
@@ -78,10 +79,10 @@ def shortcut_flags(comparisons: pd.DataFrame, thresholds: FlagThresholds, method
                     "n_items": row.n_cohort,
                     "message": (
                         f"{method} maps of '{row.target_class}' in {row.grouping}={row.cohort} put "
-                        f"{row.cohort_mean:.1%} of their mass on {SHORTCUT_REGIONS[row.metric]}, "
-                        f"{row.cohort_mean / baseline:.1f}× the audit baseline {baseline:.1%} "
-                        f"(cohort − rest {row.cohort_mean - row.rest_mean:+.1%}, 95% CI {row.ci_low:+.1%} to "
-                        f"{row.ci_high:+.1%}); the model may be reading markers or burned-in text"
+                        f"{row.cohort_mean:.1%} of their mass on {SHORTCUT_REGIONS[row.metric]}, against "
+                        f"{baseline:.1%} in the rest of the audit (difference {row.cohort_mean - baseline:+.1%}, "
+                        f"95% CI {row.ci_low:+.1%} to {row.ci_high:+.1%}); the model may be reading markers or "
+                        "burned-in text"
                     ),
                 }
             )
