@@ -40,8 +40,7 @@ class FlagThresholds:
     min_items: int = 5
     roi_hit_rate: float = 0.5  # pointing-game hit rate below this
     off_anatomy_lung_share: float = 0.35  # an item whose lung zones hold less than this share
-    trust_spearman: float = 0.3  # median rank correlation with occlusion below this
-    trust_top_cell: float = 0.3  # peak-cell agreement with occlusion below this
+    trust_top_cell: float = 0.5  # a method's peak cell matches occlusion's in fewer items than this
 
 
 SHORTCUT_REGIONS = {
