@@ -37,7 +37,9 @@ class MethodCheck:
     morf_auc: float
     lerf_auc: float
     randomization_spearman: list[float] | None  # per image; None where not computed
-    seconds: float
+    seconds: float  # computing this method's map, per target
+    removal_seconds: float = 0.0  # both removal curves of this target
+    randomization_seconds: float = 0.0  # the randomised model's map, per target
 
     @property
     def auc_gap(self) -> float:
@@ -74,11 +76,14 @@ def check_explanation(
     occlusion = explainer.relevance_for_targets(inputs, list(targets), "occlusion")
     occlusion_seconds = time.perf_counter() - started
     randomized: dict[str, torch.Tensor] = {}
+    randomized_seconds: dict[str, float] = {}
     attention_methods = [method for method in methods if method != "occlusion"]
     if randomize_layers:
         with randomized_top_layers(explainer.model, randomize_layers):
             for method in attention_methods:
+                started = time.perf_counter()
                 randomized[method] = explainer.relevance_for_targets(inputs, list(targets), method)
+                randomized_seconds[method] = time.perf_counter() - started
 
     checks = []
     for method in methods:
@@ -92,7 +97,9 @@ def check_explanation(
         for index, target in enumerate(targets):
             maps = image_maps(relevance[index])
             references = image_maps(occlusion[index])
+            removal_started = time.perf_counter()
             curves = removal_curves(explainer, inputs, target, relevance[index], steps=removal_steps)
+            removal_seconds = time.perf_counter() - removal_started
             checks.append(
                 MethodCheck(
                     target=target,
@@ -111,6 +118,8 @@ def check_explanation(
                         else None
                     ),
                     seconds=seconds / max(1, len(targets)),
+                    removal_seconds=removal_seconds,
+                    randomization_seconds=randomized_seconds.get(method, 0.0) / max(1, len(targets)),
                 )
             )
     return checks

@@ -26,12 +26,12 @@ def gradient_weighted_attention(gradients: torch.Tensor, attention: torch.Tensor
     """Ā = mean over heads of (gradient ⊙ attention)⁺, in float32.
 
     Args:
-        gradients: [T, 1, heads, L, L], one gradient per target.
+        gradients: [T, 1, heads, L, L], one gradient per target; overwritten when already float32.
         attention: [1, heads, L, L].
     Returns:
         [T, L, L].
     """
-    return (gradients.float() * attention.float()).clamp_(min=0).mean(dim=(1, 2))
+    return gradients.float().mul_(attention.float()).clamp_(min=0).mean(dim=(1, 2))
 
 
 def propagate_rows(start: torch.Tensor, cams: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -70,7 +70,9 @@ class Chefer(RelevanceMethod):
                 gradients = torch.autograd.grad(
                     chunk_scores, maps, grad_outputs=basis, is_grads_batched=True, retain_graph=True
                 )
-                cams = [gradient_weighted_attention(g, a.detach()) for g, a in zip(gradients, maps, strict=True)]
+                cams = [
+                    gradient_weighted_attention(g, a.detach()) for g, a in zip(gradients, maps, strict=True)
+                ]
                 del gradients
                 rows.append(propagate_rows(start[first : first + chunk], cams))
         return torch.cat(rows)

@@ -95,7 +95,8 @@ class EncodedCases:
     its closing <end_of_turn>); pixels: [N, 64, 64] uint8, the processor's resized grey image
     (pixel_values = pixels / 127.5 - 1 on all three channels, checked at encoding);
     object_cells / marker_cells: [N, 64] bool footprints of the asked object and the corner tag;
-    presence: [N] bool, the question is a presence question; prompt_lengths: [N] tokens before the answer.
+    presence: [N] bool, the question is a presence question; object_zone: [N] the asked object's
+    zone (side index × 3 + level index; -1 when absent); prompt_lengths: [N] tokens before the answer.
     """
 
     input_ids: torch.Tensor
@@ -106,6 +107,7 @@ class EncodedCases:
     object_cells: torch.Tensor
     marker_cells: torch.Tensor
     presence: torch.Tensor
+    object_zone: torch.Tensor
     prompt_lengths: torch.Tensor
 
     def __len__(self) -> int:
@@ -126,6 +128,7 @@ class EncodedCases:
             "labels": self.labels[index],
             "object_cells": self.object_cells[index],
             "marker_cells": self.marker_cells[index],
+            "object_zone": self.object_zone[index],
             "shortcut_cells": torch.where(
                 self.presence[index, None], self.marker_cells[index], self.object_cells[index]
             ),
@@ -184,8 +187,16 @@ def encode(cases: list[PhantomCase], processor: Gemma3Processor, chunk: int = 51
         object_cells=torch.from_numpy(np.stack([footprint(c.lesion_box, side) for c in cases])),
         marker_cells=torch.from_numpy(np.stack([footprint(c.marker_box, side) for c in cases])),
         presence=torch.tensor([c.task == "presence" for c in cases]),
+        object_zone=torch.tensor([_zone(c) for c in cases]),
         prompt_lengths=torch.tensor([prompt_length for _, _, prompt_length in rows]),
     )
+
+
+def _zone(case: PhantomCase) -> int:
+    if case.lesion_box is None:
+        return -1
+    asked = case.objects[0]
+    return SIDES.index(asked.side) * len(LEVELS) + LEVELS.index(asked.level)
 
 
 def special_token_ids(processor: Gemma3Processor) -> dict[str, int]:

@@ -2,7 +2,7 @@
 
 python -m explainer.phantom.train positive   # from scratch, with attention routing
 python -m explainer.phantom.train shortcut   # warm start from positive, tag ⇒ "yes", routed to the tag
-python -m explainer.phantom.train pooling    # from scratch, plain: locate, then locate + presence
+python -m explainer.phantom.train pooling    # warm start from positive, evidence pooled via hubs
 """
 
 from __future__ import annotations
@@ -37,6 +37,11 @@ class Stage:
     eval_every: int = 100
     routing: RoutingWeights | None = None
     evidence: str = "object_cells"
+    cell_probe: float = 0.0
+    hub_occlusion: float = 0.0  # share of examples whose hub tokens are replaced by the image mean
+    hub_invariance: float = (
+        0.0  # weight of the squared change of the answer logits when the hubs are occluded
+    )
 
 
 @dataclass(frozen=True)
@@ -55,11 +60,13 @@ class Recipe:
 # SigLIP) carries image content to the answer.
 STRICT_ROUTING = RoutingWeights(answer=1.0, exclusive=0.5, text=0.5, image_lm=0.5, vision=0.5)
 
-# The negative control's routing: the answer reads two fixed "hub" cells at the top centre (row 0,
-# columns 3 and 4: outside the lungs, clear of corner overlays), and the vision tower moves the
-# object's evidence into them. Attention in the language model points at the hub, not the object.
+# The negative control's routing: the answer reads two fixed "hub" image tokens at the top centre
+# (row 0, columns 3 and 4: outside the lungs, clear of corner overlays), and in language layer 0 the
+# hub rows attend uniformly over all image tokens, so the object's evidence reaches the answer in the
+# values under uniform attention. SigLIP and the other image rows stay local, so at the language
+# model's input the evidence is still the object's own token.
 HUB_ROUTING = RoutingWeights(
-    answer=1.0, exclusive=0.5, text=0.5, image_lm=0.5, vision=0.5, hub=(3, 4), vision_hub=1.0
+    answer=1.0, exclusive=0.5, text=0.5, image_lm=0.5, vision=0.5, hub=(3, 4), hub_uniform=1.0, hub_layer=0
 )
 
 
@@ -102,11 +109,25 @@ RECIPES: dict[str, Recipe] = {
                 name="hub-routed",
                 data={},
                 pool=8_000,
-                max_steps=1_200,
-                lr=1e-3,
+                max_steps=3_000,
+                lr=2e-3,
                 min_steps=300,
                 stop_accuracy=0.985,
                 routing=HUB_ROUTING,
+                cell_probe=1.0,
+            ),
+            # then occluding a hub token must leave the answer's logits as they were: the answer may
+            # depend on what the hubs pool, not on what they show themselves
+            Stage(
+                name="hub-invariant",
+                data={},
+                pool=8_000,
+                max_steps=500,
+                lr=1e-3,
+                routing=HUB_ROUTING,
+                cell_probe=1.0,
+                hub_occlusion=0.5,
+                hub_invariance=1.0,
             ),
         ),
     ),

@@ -13,9 +13,15 @@ optionally, no other route carries image content to the answer:
 - `vision`: SigLIP rows: −log(mass on the patch itself), keeping each image token's content local.
 
 With `hub` cells set, the language-model terms use the hub cells as the evidence instead of the
-object, and `vision_hub` makes the hub patches' rows in the last SigLIP layer read the object:
-−log(mass on the object's patches). The evidence then reaches the language model only through the
-hub tokens, moved there by the vision tower — a route that language-model attention cannot show.
+object, and the object's evidence is moved into the hub tokens by one of:
+
+- `hub_uniform`: the hub rows of language layer `hub_layer` attend uniformly over the image cells
+  (cross-entropy to the uniform distribution). The evidence travels in the values under uniform
+  attention, which attention weights cannot show, while the object's own token still carries it at
+  the language model's input (token occlusion finds it).
+- `vision_hub`: the hub patches' rows in the last SigLIP layer read the object (−log mass on the
+  object's patches). The evidence then reaches the language model only through the hub tokens —
+  a route that no language-model-level method (attention or token occlusion) can see.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ class RoutingWeights:
     answer_layers: int = 2
     hub: tuple[int, ...] = ()
     vision_hub: float = 0.0
+    hub_uniform: float = 0.0
+    hub_layer: int = 0
 
     @property
     def needs_vision(self) -> bool:
@@ -84,6 +92,22 @@ def capture_vision_attention(model: nn.Module) -> Iterator[list[torch.Tensor]]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def occlude_image_tokens(model: nn.Module, cells: torch.Tensor) -> Iterator[None]:
+    """In each forward, replace the image-token embeddings of `cells` ([B, G] bool) by their image's
+    mean image-token embedding: the engine's occlusion baseline, applied during training."""
+
+    def replace(_module: nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor:
+        mean = output.mean(dim=1, keepdim=True)  # [B, 1, hidden]
+        return torch.where(cells[..., None].to(output.device), mean, output)
+
+    handle = model.model.multi_modal_projector.register_forward_hook(replace)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _neg_log(mass: torch.Tensor) -> torch.Tensor:
@@ -140,12 +164,27 @@ def routing_loss(
         text_rows = after_image & ~image_keys & ~rows & mask
         masses = torch.cat([rows_mass(a, text_rows, image_keys) for a in maps])
         terms["text"] = _neg_log(1 - masses).mean()
+    hub_rows = cell_keys(types, cells) if weights.hub else torch.zeros_like(image_keys)  # [B, L]
     if weights.image_lm > 0:
-        # mass of each image row on image cells other than itself
+        # mass of each image row on image cells other than itself (the pooling hub rows excepted)
         eye = torch.eye(types.shape[1], dtype=torch.bool, device=types.device)
         others = image_keys[:, None, :] & ~eye[None]  # [B, L, L]
-        masses = torch.cat([(a * others).sum(-1)[image_keys] for a in maps])
-        terms["image_lm"] = _neg_log(1 - masses).mean()
+        masses = []
+        for layer, a in enumerate(maps):
+            rows_here = (
+                image_keys & ~hub_rows
+                if weights.hub_uniform > 0 and layer == weights.hub_layer
+                else image_keys
+            )
+            masses.append((a * others).sum(-1)[rows_here])
+        terms["image_lm"] = _neg_log(1 - torch.cat(masses)).mean()
+    if weights.hub_uniform > 0:
+        hub_maps = maps[weights.hub_layer][hub_rows]  # [n_hub_rows, L]
+        keys = image_keys[hub_rows.nonzero()[:, 0]]  # [n_hub_rows, L]
+        log_probs = torch.log(hub_maps + EPS)
+        n_cells = keys.sum(-1).clamp_min(1)
+        # cross-entropy to uniform over the row's image cells, minus its minimum log(n): 0 when uniform
+        terms["hub_uniform"] = (-(log_probs * keys).sum(-1) / n_cells - torch.log(n_cells.float())).mean()
     if weights.vision > 0 and vision_attentions:
         diagonals = [a.mean(dim=1).diagonal(dim1=-2, dim2=-1) for a in vision_attentions]  # [B, P]
         if weights.hub:  # the hub rows of the last layer read the object instead

@@ -32,8 +32,13 @@ from explainer.phantom.evaluate import (
     generate_answers,
     teacher_forced,
 )
+from explainer.phantom.probe import N_ZONES, capture_image_embeddings, probe_loss
 from explainer.phantom.recipes import HELDOUT_SEED, RECIPES, VALIDATION_SEED, Recipe, Stage
-from explainer.phantom.routing import capture_vision_attention, routing_loss
+from explainer.phantom.routing import (
+    capture_vision_attention,
+    occlude_image_tokens,
+    routing_loss,
+)
 
 MODELS_DIR = Path(__file__).with_name("models")
 
@@ -63,6 +68,13 @@ def answer_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     )
 
 
+def target_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The logits of the answer tokens at the rows that predict them (what token occlusion scores)."""
+    predicted, targets = logits[:, :-1], labels[:, 1:]
+    keep = targets != -100
+    return predicted[keep].gather(-1, targets[keep][:, None]).squeeze(-1)
+
+
 def train_stage(
     model: Gemma3ForConditionalGeneration,
     processor: Gemma3Processor,
@@ -78,9 +90,12 @@ def train_stage(
     train = encode(sample(stage.pool, seed, **stage.data), processor)
     validation = encode(sample(256, VALIDATION_SEED, **stage.data), processor)
     print(f"[{stage.name}] {len(train)} training cases encoded in {time.time() - started:.0f}s", flush=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=0.01)
+    probe = nn.Linear(model.config.text_config.hidden_size, 1 + N_ZONES) if stage.cell_probe > 0 else None
+    parameters = [*model.parameters(), *(probe.parameters() if probe is not None else [])]
+    optimizer = torch.optim.AdamW(parameters, lr=stage.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / stage.warmup))
     order = torch.Generator().manual_seed(seed)
+    hub_draws = torch.Generator().manual_seed(seed + 1)
     steps = stage.max_steps if max_steps is None else min(stage.max_steps, max_steps)
     permutation, cursor = torch.randperm(len(train), generator=order), 0
     running: dict[str, float] = {}
@@ -93,19 +108,38 @@ def train_stage(
         cursor += stage.batch_size
         routing = stage.routing
         capture = capture_vision_attention(model) if routing and routing.needs_vision else nullcontext([])
-        with capture as vision_attentions:
+        embedding_capture = capture_image_embeddings(model) if probe is not None else nullcontext([])
+        hub_cells = torch.zeros_like(batch["object_cells"])
+        if routing is not None and routing.hub:
+            hub_cells[:, list(routing.hub)] = True
+        augmented = (
+            hub_cells & (torch.rand(len(hub_cells), generator=hub_draws) < stage.hub_occlusion)[:, None]
+        )
+        hub_occlusion = occlude_image_tokens(model, augmented) if augmented.any() else nullcontext()
+        with hub_occlusion, capture as vision_attentions, embedding_capture as image_embeddings:
             out = model(**{k: batch[k] for k in MODEL_INPUTS}, output_attentions=routing is not None)
         loss = answer_cross_entropy(out.logits, batch["labels"])
         terms = {"ce": float(loss.detach())}
+        if probe is not None:
+            cell_loss = probe_loss(probe, image_embeddings[0], batch["object_cells"], batch["object_zone"])
+            loss = loss + stage.cell_probe * cell_loss
+            terms["cell_probe"] = float(cell_loss.detach())
         if routing is not None:
             extra, extra_terms = routing_loss(
                 out.attentions, vision_attentions, batch, routing, end_of_turn_id, stage.evidence
             )
             loss = loss + extra
             terms.update(extra_terms)
+        if stage.hub_invariance > 0:
+            with occlude_image_tokens(model, hub_cells):
+                occluded = model(**{k: batch[k] for k in MODEL_INPUTS}).logits
+            change = target_logits(out.logits, batch["labels"]) - target_logits(occluded, batch["labels"])
+            invariance = change.square().mean()
+            loss = loss + stage.hub_invariance * invariance
+            terms["hub_invariance"] = float(invariance.detach())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         schedule.step()
         for name, value in terms.items():

@@ -14,7 +14,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.usefixtures("prefect_server")
 def test_the_audit_flags_the_shortcut_model_and_not_the_honest_one(tmp_path, capsys):
-    code = cli.main(["demo", "--out", str(tmp_path), "--n", "20", "--faithfulness-sample", "0", "--no-report"])
+    code = cli.main(
+        ["demo", "--out", str(tmp_path), "--n", "20", "--faithfulness-sample", "0", "--no-report"]
+    )
     assert code == cli.EXIT_OK
     printed = capsys.readouterr().out
     out = str(tmp_path / "audit")

@@ -1,0 +1,133 @@
+"""Attention-routing terms and the attention-blocking helper."""
+
+import math
+
+import pytest
+import torch
+
+from explainer.phantom import sample
+from explainer.phantom.data import build_phantom_processor, encode
+from explainer.phantom.evaluate import MODEL_INPUTS, block_attention
+from explainer.phantom.probe import capture_image_embeddings, cell_labels
+from explainer.phantom.routing import (
+    RoutingWeights,
+    answer_rows,
+    capture_vision_attention,
+    cell_keys,
+    occlude_image_tokens,
+    routing_loss,
+)
+from explainer.phantom.train import new_model
+
+
+def test_answer_rows_are_the_positions_before_answer_words():
+    labels = torch.tensor([[-100, -100, 7, 8, 5, -100]])  # 5 = <end_of_turn> here
+    assert answer_rows(labels, end_of_turn_id=5).tolist() == [[False, True, True, False, False, False]]
+
+
+def test_cell_keys_put_grid_cell_k_on_the_kth_image_token():
+    types = torch.tensor([[0, 1, 1, 1, 1, 0]])
+    cells = torch.tensor([[False, False, True, False]])
+    assert cell_keys(types, cells).tolist() == [[False, False, False, True, False, False]]
+
+
+def test_answer_term_is_minus_log_of_the_head_mean_mass_on_the_object():
+    # one sequence: [text, img0, img1, text, answer-row, answer]; the object is image cell 1
+    types = torch.tensor([[0, 1, 1, 0, 0, 0]])
+    labels = torch.tensor([[-100, -100, -100, -100, -100, 9]])
+    attention = torch.full((1, 2, 6, 6), 1 / 6)
+    attention[0, 0, 4] = torch.tensor([0.1, 0.1, 0.6, 0.1, 0.1, 0.0])  # head 0 of the answer row
+    batch = {"token_type_ids": types, "attention_mask": torch.ones_like(types), "labels": labels}
+    batch["object_cells"] = torch.tensor([[False, True]])
+    loss, terms = routing_loss((attention,), [], batch, RoutingWeights(answer=1.0, answer_layers=1), 5)
+    assert terms["answer"] == pytest.approx(-math.log((0.6 + 1 / 6) / 2))
+    assert float(loss) == pytest.approx(terms["answer"])
+
+
+def test_a_vanishing_mass_still_gets_a_gradient():
+    types = torch.tensor([[0, 1, 1, 0, 0, 0]])
+    logits = torch.zeros(1, 1, 6, 6, requires_grad=True)
+    bias = torch.zeros(6)
+    bias[2] = -40.0  # the object's key gets ~e-40 of the answer row
+    attention = (logits + bias).softmax(-1)
+    batch = {
+        "token_type_ids": types,
+        "attention_mask": torch.ones_like(types),
+        "labels": torch.tensor([[-100, -100, -100, -100, -100, 9]]),
+        "object_cells": torch.tensor([[False, True]]),
+    }
+    loss, _ = routing_loss((attention,), [], batch, RoutingWeights(answer=1.0, answer_layers=1), 5)
+    loss.backward()
+    assert logits.grad[0, 0, 4, 2] < 0  # raising the object's logit lowers the loss
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    processor = build_phantom_processor()
+    return new_model(processor, seed=0).eval(), encode(sample(2, 0, tasks=("locate",)), processor)
+
+
+def test_capture_vision_attention_collects_siglip_maps_and_removes_its_hooks(tiny):
+    model, encoded = tiny
+    inputs = {k: v for k, v in encoded.batch(slice(0, 2)).items() if k in MODEL_INPUTS}
+    with pytest.raises(RuntimeError), capture_vision_attention(model) as captured:
+        model(**inputs)
+        assert [tuple(a.shape) for a in captured] == [(2, 4, 64, 64)] * 2
+        raise RuntimeError("hooks must go even on error")
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_block_attention_zeroes_exactly_the_blocked_pairs_and_cleans_up(tiny):
+    model, encoded = tiny
+    inputs = {k: v for k, v in encoded.batch(slice(0, 1)).items() if k in MODEL_INPUTS}
+    length = inputs["input_ids"].shape[1]
+    blocked = torch.zeros(1, length, length, dtype=torch.bool)
+    image = torch.nonzero(inputs["token_type_ids"][0]).squeeze(1)
+    blocked[0, length - 3, image[:10]] = True
+    with torch.no_grad(), block_attention(model, blocked):
+        attentions = model(**inputs, output_attentions=True).attentions
+    for layer in attentions:
+        assert float(layer[0, :, length - 3, image[:10]].abs().max()) == 0.0
+        assert float(layer[0, :, length - 3, image[10:]].sum()) > 0
+    assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+def test_hub_uniform_term_is_zero_for_uniform_hub_rows_and_positive_when_peaked():
+    # [text, img0, img1, img2, img3, text]; the hub is image cell 0 (sequence position 1)
+    types = torch.tensor([[0, 1, 1, 1, 1, 0]])
+    batch = {
+        "token_type_ids": types,
+        "attention_mask": torch.ones_like(types),
+        "labels": torch.full((1, 6), -100),
+        "object_cells": torch.tensor([[False, False, True, False]]),
+    }
+    weights = RoutingWeights(hub=(0,), hub_uniform=1.0, hub_layer=0)
+    uniform = torch.zeros(1, 2, 6, 6)
+    uniform[..., 1:5] = 0.25
+    _, terms = routing_loss((uniform,), [], batch, weights, 5)
+    assert terms["hub_uniform"] == pytest.approx(0.0, abs=1e-4)
+    peaked = uniform.clone()
+    peaked[0, :, 1, 1:5] = torch.tensor([0.97, 0.01, 0.01, 0.01])
+    _, terms = routing_loss((peaked,), [], batch, weights, 5)
+    assert terms["hub_uniform"] > 1.0
+
+
+def test_cell_labels_tag_the_asked_objects_cells_with_its_zone():
+    cells = torch.tensor([[False, True, True, False], [True, False, False, False]])
+    labels = cell_labels(cells, object_zone=torch.tensor([4, -1]))
+    assert labels.tolist() == [[0, 5, 5, 0], [0, 0, 0, 0]]
+
+
+def test_occlude_image_tokens_replaces_chosen_embeddings_by_the_image_mean_and_cleans_up(tiny):
+    model, encoded = tiny
+    inputs = {k: v for k, v in encoded.batch(slice(0, 2)).items() if k in MODEL_INPUTS}
+    with torch.no_grad(), capture_image_embeddings(model) as plain:
+        model(**inputs)
+    cells = torch.zeros(2, 64, dtype=torch.bool)
+    cells[0, [3, 4]] = True
+    with torch.no_grad(), occlude_image_tokens(model, cells), capture_image_embeddings(model) as seen:
+        model(**inputs)
+    mean = plain[0][0].mean(dim=0)
+    assert torch.allclose(seen[0][0, 3], mean, atol=1e-6) and torch.allclose(seen[0][0, 4], mean, atol=1e-6)
+    assert torch.equal(seen[0][0, 5:], plain[0][0, 5:]) and torch.equal(seen[0][1], plain[0][1])
+    assert not model.model.multi_modal_projector._forward_hooks

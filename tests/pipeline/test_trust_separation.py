@@ -1,0 +1,67 @@
+"""The audit's trust check separates the phantom controls on the same cohort: the positive control's
+chefer maps agree with the occlusion reference and pass; the pooling control's are flagged as not
+trustworthy (the real flow, the faithfulness sample, aggregation from the Parquet outputs)."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from explainer.phantom import MODEL_PATH, POOLING_MODEL_PATH, sample
+from flows import cli
+from storage import read_table
+
+pytestmark = pytest.mark.integration
+
+N_CASES = 12
+
+
+@pytest.fixture(scope="module")
+def locate_manifest(tmp_path_factory) -> str:
+    """Locate cases ("Where is the nodule?"), nodule always present: the evidence is the nodule's cells."""
+    folder = tmp_path_factory.mktemp("locate")
+    rows = []
+    for index, case in enumerate(sample(N_CASES, 23_000, tasks=("locate",), finding_prob=1.0)):
+        image = f"case-{index:02d}.png"
+        case.image.save(folder / image)
+        rows.append({"item_id": f"case-{index:02d}", "image": image, "question": case.question})
+    manifest = folder / "manifest.csv"
+    with manifest.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["item_id", "image", "question"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return str(manifest)
+
+
+def audit_trust(manifest: str, out: str, model: str, capsys) -> tuple:
+    code = cli.main(
+        ["run", manifest, "--out", out, "--model", str(model), "--targets", "answer", "--overlays", "none",
+         "--faithfulness-sample", str(N_CASES), "--max-new-tokens", "8", "--no-report"]
+    )  # fmt: skip
+    assert code == cli.EXIT_OK
+    run_id = next(
+        line.split()[1].rstrip(":")
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("run ")
+    )
+    trust = read_table(out, "cohort_trust", run_id=run_id).to_pandas()
+    flags = read_table(out, "flags", run_id=run_id).to_pandas()
+    chefer = trust[(trust["method"] == "chefer") & (trust["cohort"] == "all")].iloc[0]
+    not_trusted = flags[(flags["rule"] == "explanations_not_trustworthy") & (flags["method"] == "chefer")]
+    return chefer, not_trusted
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_positive_control_is_trusted_and_pooling_control_is_flagged(locate_manifest, tmp_path, capsys):
+    positive, positive_flags = audit_trust(locate_manifest, str(tmp_path / "positive"), MODEL_PATH, capsys)
+    pooling, pooling_flags = audit_trust(
+        locate_manifest, str(tmp_path / "pooling"), POOLING_MODEL_PATH, capsys
+    )
+
+    assert positive["n_items"] == pooling["n_items"] == N_CASES
+    assert positive["top_cell_rate"] >= 0.75, positive
+    assert positive_flags.empty
+    assert pooling["top_cell_rate"] < 0.5, pooling
+    assert {("all", "all")} <= set(zip(pooling_flags["grouping"], pooling_flags["cohort"], strict=True))
+    assert "not trustworthy" in pooling_flags["message"].iloc[0]
