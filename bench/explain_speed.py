@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import Gemma3ForConditionalGeneration
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._memory import peak_memory
 from explainer import Explainer
-from explainer.phantom.build import TinyGemma3Spec, build_processor, build_tokenizer, gemma3_config
+from explainer.phantom.build import TinyGemma3Spec, random_gemma3
 from explainer.runtime import keep_freed_memory
 
 CORPUS = ["Where is the nodule? The nodule is in the right upper zone, no effusion, no pneumothorax."]
@@ -85,16 +84,8 @@ def obvious_relevance(model, inputs, position: int) -> torch.Tensor:
 
 
 def build(spec: TinyGemma3Spec, device: torch.device, dtype: torch.dtype):
-    tokenizer = build_tokenizer(CORPUS, vocab_size=200)
-    processor = build_processor(
-        tokenizer, image_size=spec.image_size, mm_tokens_per_image=spec.mm_tokens_per_image
-    )
-    torch.manual_seed(0)
-    model = Gemma3ForConditionalGeneration._from_config(
-        gemma3_config(spec, tokenizer), attn_implementation="eager"
-    )
-    torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.5)
-    return model.to(device=device, dtype=dtype).eval(), processor, tokenizer
+    model, processor = random_gemma3(spec, CORPUS, vocab_size=200)
+    return model.to(device=device, dtype=dtype), processor
 
 
 def timed(fn, device: torch.device, repeats: int = 1):
@@ -127,7 +118,7 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.medgemma else torch.float32
     spec = MEDGEMMA if args.medgemma else REDUCED
-    model, processor, _tokenizer = build(spec, device, dtype)
+    model, processor = build(spec, device, dtype)
     explainer = Explainer(model, processor)
 
     rng = np.random.default_rng(0)

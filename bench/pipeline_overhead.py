@@ -39,21 +39,11 @@ def bench_model(folder: Path) -> tuple[str, str]:
 
     if (MODEL_PATH / "config.json").is_file():
         return str(MODEL_PATH), "phantom model (explainer.phantom.MODEL_PATH)"
-    import torch
-    from transformers import Gemma3ForConditionalGeneration
-
-    from explainer.phantom.build import TinyGemma3Spec, build_processor, build_tokenizer, gemma3_config
+    from explainer.phantom.build import TinyGemma3Spec, random_gemma3
 
     spec = TinyGemma3Spec(mm_tokens_per_image=16, initializer_range=0.2)
-    tokenizer = build_tokenizer(["Where is the nodule? The nodule is in the right upper zone. Yes. No."], 160)
-    processor = build_processor(
-        tokenizer, image_size=spec.image_size, mm_tokens_per_image=spec.mm_tokens_per_image
-    )
-    torch.manual_seed(0)
-    model = Gemma3ForConditionalGeneration._from_config(
-        gemma3_config(spec, tokenizer), attn_implementation="eager"
-    )
-    torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.5)
+    corpus = ["Where is the nodule? The nodule is in the right upper zone. Yes. No."]
+    model, processor = random_gemma3(spec, corpus, vocab_size=160)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return str(folder), "TINY RANDOM Gemma3 (4×4 grid): the phantom model is not built yet"

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 from PIL import Image
-from transformers import Gemma3ForConditionalGeneration
 
-from explainer.phantom.build import TinyGemma3Spec, build_processor, build_tokenizer, gemma3_config
+from explainer.phantom.build import TinyGemma3Spec, random_gemma3
 
 CORPUS = (
     "You are an expert radiologist.",
@@ -21,15 +19,8 @@ class TinyVLM:
     """A random Gemma3ForConditionalGeneration with its processor."""
 
     def __init__(self, spec: TinyGemma3Spec, seed: int = 0) -> None:
-        self.tokenizer = build_tokenizer(CORPUS, vocab_size=160)
-        self.processor = build_processor(
-            self.tokenizer, image_size=spec.image_size, mm_tokens_per_image=spec.mm_tokens_per_image
-        )
-        torch.manual_seed(seed)
-        config = gemma3_config(spec, self.tokenizer)
-        self.model = Gemma3ForConditionalGeneration._from_config(config, attn_implementation="eager").eval()
-        # Gemma3 initialises the image projection to zeros: every image token would look the same
-        torch.nn.init.normal_(self.model.model.multi_modal_projector.mm_input_projection_weight, std=0.5)
+        self.model, self.processor = random_gemma3(spec, CORPUS, vocab_size=160, seed=seed)
+        self.tokenizer = self.processor.tokenizer
         self.config = self.model.config
 
     def inputs(self, images, question: str, answer: str = "", system: str | None = None):

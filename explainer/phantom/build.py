@@ -11,8 +11,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import Gemma3Config, Gemma3Processor, PreTrainedTokenizerFast
+from transformers import (
+    Gemma3Config,
+    Gemma3ForConditionalGeneration,
+    Gemma3Processor,
+    PreTrainedTokenizerFast,
+)
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
 CHAT_TEMPLATE = (Path(__file__).with_name("chat_template.jinja")).read_text()
@@ -156,3 +162,24 @@ def gemma3_config(spec: TinyGemma3Spec, tokenizer: PreTrainedTokenizerFast) -> G
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=[tokenizer.eos_token_id, ids("<end_of_turn>")],
     )
+
+
+def random_gemma3(
+    spec: TinyGemma3Spec, corpus: Iterable[str], *, vocab_size: int, seed: int = 0
+) -> tuple[Gemma3ForConditionalGeneration, Gemma3Processor]:
+    """A randomly initialised Gemma3 vision-language model (eager attention, eval mode) and its
+    processor, tokenizer trained on `corpus`; nothing downloads.
+
+    Gemma3 zero-initialises the image projection, which would make every image token the same, so
+    it is drawn from N(0, 0.5²) instead.
+    """
+    tokenizer = build_tokenizer(corpus, vocab_size=vocab_size)
+    processor = build_processor(
+        tokenizer, image_size=spec.image_size, mm_tokens_per_image=spec.mm_tokens_per_image
+    )
+    torch.manual_seed(seed)
+    model = Gemma3ForConditionalGeneration._from_config(
+        gemma3_config(spec, tokenizer), attn_implementation="eager"
+    )
+    torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.5)
+    return model.eval(), processor

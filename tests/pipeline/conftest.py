@@ -10,8 +10,6 @@ import csv
 import io
 import json
 import os
-import struct
-import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import pytest
 from PIL import Image
 
 from explainer.phantom.build import TinyGemma3Spec
+from tests.images import png_header_only
 from tests.models import TinyVLM
 
 TINY_SPEC = TinyGemma3Spec(mm_tokens_per_image=16, initializer_range=0.2)  # 4×4 grid: regions mean something
@@ -105,22 +104,6 @@ def local_dataset(folder: Path, n: int, *, name: str = "manifest.csv", first_see
     path = folder / name
     path.write_bytes(manifest_bytes(rows))
     return str(path)
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose IHDR announces width × height but whose data is a sliver (a decompression bomb's header)."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grayscale
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
 
 
 @pytest.fixture

@@ -1,8 +1,6 @@
 import io
 import re
-import struct
 import time
-import zlib
 
 import numpy as np
 import pytest
@@ -17,28 +15,13 @@ from storage import (
     UnsupportedImageFormat,
     decode_image,
 )
+from tests.images import png_header_only
 
 
 def _encode(image: Image.Image, fmt: str, **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose IHDR announces width × height but whose data is a sliver: decoding it would fail."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grayscale
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
 
 
 def _dicom_window_reference(value: float, center: float, width: float) -> int:
@@ -103,7 +86,7 @@ def test_bomb_png_rejected_from_header_fast():
     for width, height in [(20000, 20000), (10000, 6000)]:  # Pillow's own limit, then ours (60M > 50M)
         started = time.perf_counter()
         with pytest.raises(ImageTooLarge, match=r"bomb\.png"):
-            decode_image(_png_header_only(width, height), "bomb.png")
+            decode_image(png_header_only(width, height), "bomb.png")
         assert time.perf_counter() - started < 0.5
     with pytest.raises(ImageTooLarge, match=r"20x20 = 400 pixels exceeds max_pixels=399"):
         decode_image(_encode(Image.new("RGB", (20, 20)), "PNG"), "small.png", max_pixels=399)
