@@ -30,7 +30,6 @@ from storage import (
     StoreCache,
     decode_image,
     overlay_key,
-    table_schema,
     write_part,
 )
 from tasks import cache
@@ -225,9 +224,8 @@ def explain_shard(job: ShardJob) -> dict[str, Any]:
         parts.insert(0, ("faithfulness", faithfulness))
     for table, rows in parts:
         # an empty part is written too: it replaces whatever a crashed attempt left under this name
-        data = rows or table_schema(table).empty_table()  # storage.to_arrow refuses [] (no item_id column)
         with_backoff(
-            lambda table=table, data=data: write_part(store, table, job.run_id, job.shard_index, data),
+            lambda table=table, rows=rows: write_part(store, table, job.run_id, job.shard_index, rows),
             what=f"{table} part {job.shard_index}",
         )
     finished = time.perf_counter()
