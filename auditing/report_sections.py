@@ -108,9 +108,7 @@ def evidence(flag: pd.Series) -> str:
     """'100% vs 33% in the rest (flag at ≥ 1.5× the rest)' and the like, per rule family."""
     value, threshold = flag.get("value"), flag.get("threshold")
     if str(flag.get("rule", "")).endswith("_above_baseline"):
-        return (
-            f"{pct(value)} vs {pct(flag.get('baseline'))} in the rest (flag at ≥ {num(threshold, 1)}× the rest)"
-        )
+        return f"{pct(value)} vs {pct(flag.get('baseline'))} in the rest (flag at ≥ {num(threshold, 1)}× the rest)"
     if str(flag.get("metric", "")).startswith("spearman"):
         return f"{num(value)} (flag below {num(threshold)})"
     return f"{pct(value)} (flag below {pct(threshold)})"

@@ -96,6 +96,10 @@ def train_stage(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / stage.warmup))
     order = torch.Generator().manual_seed(seed)
     hub_draws = torch.Generator().manual_seed(seed + 1)
+    routing = stage.routing
+    hub_cells = torch.zeros(stage.batch_size, train.object_cells.shape[1], dtype=torch.bool)  # [B, G]
+    if routing is not None and routing.hub:
+        hub_cells[:, list(routing.hub)] = True
     steps = stage.max_steps if max_steps is None else min(stage.max_steps, max_steps)
     permutation, cursor = torch.randperm(len(train), generator=order), 0
     running: dict[str, float] = {}
@@ -106,16 +110,12 @@ def train_stage(
             permutation, cursor = torch.randperm(len(train), generator=order), 0
         batch = train.batch(permutation[cursor : cursor + stage.batch_size])
         cursor += stage.batch_size
-        routing = stage.routing
         capture = capture_vision_attention(model) if routing and routing.needs_vision else nullcontext([])
         embedding_capture = capture_image_embeddings(model) if probe is not None else nullcontext([])
-        hub_cells = torch.zeros_like(batch["object_cells"])
-        if routing is not None and routing.hub:
-            hub_cells[:, list(routing.hub)] = True
-        augmented = (
-            hub_cells & (torch.rand(len(hub_cells), generator=hub_draws) < stage.hub_occlusion)[:, None]
-        )
-        hub_occlusion = occlude_image_tokens(model, augmented) if augmented.any() else nullcontext()
+        hub_occlusion = nullcontext()
+        if stage.hub_occlusion > 0:
+            drawn = torch.rand(stage.batch_size, generator=hub_draws) < stage.hub_occlusion  # [B]
+            hub_occlusion = occlude_image_tokens(model, hub_cells & drawn[:, None])
         with hub_occlusion, capture as vision_attentions, embedding_capture as image_embeddings:
             out = model(**{k: batch[k] for k in MODEL_INPUTS}, output_attentions=routing is not None)
         loss = answer_cross_entropy(out.logits, batch["labels"])
