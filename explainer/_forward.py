@@ -53,11 +53,15 @@ def forward_embeddings(
     model: nn.Module,
     inputs_embeds: torch.Tensor,
     inputs: Mapping[str, torch.Tensor],
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Logits [B, L, vocab] of a cache-free forward from `inputs_embeds` [B, L, hidden].
+    """Logits [B, R, vocab] of a cache-free forward from `inputs_embeds` [B, L, hidden].
 
-    `attention_mask` and `token_type_ids` of the batch-1 `inputs` are repeated over the batch; the
-    token types keep the image block bidirectional, as during generation.
+    `rows` (1-D positions) selects the rows whose logits are computed, R = len(rows); None keeps
+    all L. Gemma's vocabulary is 262k tokens, so logits of every row of a long sequence (and their
+    gradients) would cost more than the rest of the forward. `attention_mask` and `token_type_ids`
+    of the batch-1 `inputs` are repeated over the batch; the token types keep the image block
+    bidirectional, as during generation.
     """
     batch = inputs_embeds.shape[0]
     token_type_ids = token_type_ids_for(inputs, model.config).expand(batch, -1)
@@ -69,5 +73,6 @@ def forward_embeddings(
         attention_mask=attention_mask,
         token_type_ids=token_type_ids,
         use_cache=False,
+        logits_to_keep=0 if rows is None else rows.to(inputs_embeds.device),
     )
     return output.logits

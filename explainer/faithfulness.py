@@ -22,7 +22,7 @@ from torch import nn
 from explainer._capture import language_layers, relevance_mode
 from explainer._forward import embed_inputs, forward_embeddings
 from explainer._sequence import sequence_layout
-from explainer.targets import Target
+from explainer.targets import Target, logit_rows, logits_index
 
 
 @dataclass(frozen=True)
@@ -49,12 +49,17 @@ class RemovalCurves:
         return self.lerf_auc - self.morf_auc
 
 
-def target_log_probability(logits: torch.Tensor, input_ids: torch.Tensor, target: Target) -> torch.Tensor:
-    """Σ_p log softmax(logits[:, p-1])[token at p] for a batch of variants: [B]."""
-    positions = torch.tensor(target.positions, device=logits.device)
-    log_probs = torch.log_softmax(logits[:, positions - 1].float(), dim=-1)  # [B, P, vocab]
-    tokens = input_ids.to(logits.device)[positions]
-    return log_probs[:, torch.arange(len(positions)), tokens].sum(dim=-1)
+def target_log_probability(
+    logits: torch.Tensor, input_ids: torch.Tensor, target: Target, rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Σ_p log softmax(logits[:, p-1])[token at p] for a batch of variants: [B].
+
+    `logits` [B, R, vocab] hold positions `rows` (None: every position).
+    """
+    index = torch.tensor(logits_index(target, rows), device=logits.device)
+    log_probs = torch.log_softmax(logits[:, index].float(), dim=-1)  # [B, P, vocab]
+    tokens = input_ids.to(logits.device)[torch.tensor(target.positions, device=logits.device)]
+    return log_probs[:, torch.arange(len(index)), tokens].sum(dim=-1)
 
 
 def removal_curves(
@@ -75,6 +80,7 @@ def removal_curves(
     positions = layout.image_positions
     order = positions[torch.argsort(relevance_row[positions], descending=True, stable=True)]
     fractions = np.linspace(0.0, 1.0, steps + 1)
+    rows = logit_rows([target])
     with torch.no_grad(), relevance_mode(explainer.model):
         embeddings = embed_inputs(explainer.model, prepared)
         baseline = embeddings.clone()
@@ -91,7 +97,10 @@ def removal_curves(
         scores = torch.cat(
             [
                 target_log_probability(
-                    forward_embeddings(explainer.model, chunk, prepared), prepared["input_ids"][0], target
+                    forward_embeddings(explainer.model, chunk, prepared, rows),
+                    prepared["input_ids"][0],
+                    target,
+                    rows,
                 )
                 for chunk in torch.split(batch, 8)
             ]

@@ -35,24 +35,30 @@ def min_max(cell_map: np.ndarray) -> np.ndarray:
     return (cell_map - low) / (high - low) if high > low else np.zeros_like(cell_map)
 
 
+# Lookup tables over 8-bit relevance levels: colour, and opacity alpha·sqrt(level) (weak relevance
+# stays see-through, so the anatomy shows under the faint parts of the map).
+_LEVELS = np.linspace(0.0, 1.0, 256)
+_COLOUR_LUTS = [colormap(_LEVELS)[:, channel].tolist() for channel in range(3)]
+
+
+def _opacity_lut(alpha: float) -> list[int]:
+    return np.round(255 * alpha * np.sqrt(_LEVELS)).astype(np.uint8).tolist()
+
+
 def heatmap_overlay(
     image: Image.Image, cell_map: np.ndarray, *, alpha: float = 0.6, caption: str | None = None
 ) -> Image.Image:
     """The min-max normalised map, upsampled smoothly over the whole image, blended where relevance is high.
 
     The processor resizes the image plainly to a square, so the token grid covers the whole original
-    image: the map is stretched to the original width and height.
+    image: the map is stretched to the original width and height. The map is quantised to 256 levels
+    before the bilinear upsampling; colouring and blending are Pillow lookups and a composite.
     """
     base = image.convert("RGB")
-    width, height = base.size
-    scaled = Image.fromarray(min_max(cell_map.astype(np.float32)), mode="F").resize(
-        (width, height), Image.BILINEAR
-    )
-    values = np.asarray(scaled)
-    heat = colormap(values).astype(np.float32)
-    weight = (alpha * np.sqrt(np.clip(values, 0, 1)))[..., None]
-    blended = (1 - weight) * np.asarray(base, dtype=np.float32) + weight * heat
-    result = Image.fromarray(blended.round().astype(np.uint8))
+    levels = np.round(min_max(cell_map.astype(np.float32)) * 255).astype(np.uint8)
+    scaled = Image.fromarray(levels, mode="L").resize(base.size, Image.BILINEAR)
+    heat = Image.merge("RGB", [scaled.point(lut) for lut in _COLOUR_LUTS])
+    result = Image.composite(heat, base, scaled.point(_opacity_lut(alpha)))
     if caption:
         ImageDraw.Draw(result).text(
             (4, 4), caption, fill=(255, 255, 255), stroke_width=2, stroke_fill=(0, 0, 0)

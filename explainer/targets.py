@@ -25,20 +25,39 @@ class Target:
         return tuple(p - 1 for p in self.positions)
 
 
-def target_scores(logits: torch.Tensor, input_ids: torch.Tensor, targets: Sequence[Target]) -> torch.Tensor:
+def logit_rows(targets: Sequence[Target]) -> torch.Tensor:
+    """The rows p-1 whose logits the targets read, sorted and unique: [R] long."""
+    return torch.tensor(
+        sorted({row for target in targets for row in target.logit_positions}), dtype=torch.long
+    )
+
+
+def logits_index(target: Target, rows: torch.Tensor | None) -> list[int]:
+    """Where the target's rows p-1 sit in logits computed for positions `rows` (None: all positions)."""
+    if rows is None:
+        return list(target.logit_positions)
+    row_of = {int(row): index for index, row in enumerate(rows)}
+    return [row_of[row] for row in target.logit_positions]
+
+
+def target_scores(
+    logits: torch.Tensor, input_ids: torch.Tensor, targets: Sequence[Target], rows: torch.Tensor | None = None
+) -> torch.Tensor:
     """Scores y of every target for every sequence of a batch.
 
     Args:
-        logits: [B, L, vocab] for B variants of the same sequence.
+        logits: [B, R, vocab] for B variants of the same sequence: the logits of positions `rows`
+            ([R]), or of every position when `rows` is None (R = L).
         input_ids: [L], the tokens whose logits are read.
     Returns:
         [B, T] float32.
     """
+    ids = input_ids.to(logits.device)
     columns = []
     for target in targets:
-        positions = torch.tensor(target.positions, device=logits.device)
-        token_ids = input_ids.to(logits.device)[positions]
-        columns.append(logits[:, positions - 1, token_ids].float().sum(dim=-1))
+        index = torch.tensor(logits_index(target, rows), device=logits.device)
+        token_ids = ids[torch.tensor(target.positions, device=logits.device)]
+        columns.append(logits[:, index, token_ids].float().sum(dim=-1))
     return torch.stack(columns, dim=-1)
 
 

@@ -4,8 +4,9 @@
     audit("s3://scans/batch-07/manifest.csv", "s3://audits/out", model="google/medgemma-1.5-4b-it")
 
 Rerunning with the same manifest content and settings resumes: the run id is derived from both, and
-shards whose answers part exists are skipped. Shards run in this process one at a time, or on Dask
-(`dask={"address": "tcp://scheduler:8786"}` or `{"n_workers": 2}`) through the `explain-shards` subflow.
+shards whose answers part exists are skipped. Shards run in this process on two threads sharing one
+model (one explanation at a time), or on Dask (`dask={"address": "tcp://scheduler:8786"}` or
+`{"n_workers": 2}`) through the `explain-shards` subflow.
 """
 
 from __future__ import annotations

@@ -34,9 +34,14 @@ class ExplainContext:
         """[1, L, hidden] input embeddings, image features merged in."""
         return embed_inputs(self.model, self.inputs)
 
-    def logits(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
-        """[B, L, vocab] logits of a cache-free forward from `inputs_embeds` [B, L, hidden]."""
-        return forward_embeddings(self.model, inputs_embeds, self.inputs)
+    def logits(self, inputs_embeds: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, R, vocab] logits of positions `rows` (None: all) of a cache-free forward from
+        `inputs_embeds` [B, L, hidden]."""
+        return forward_embeddings(self.model, inputs_embeds, self.inputs, rows)
+
+    def attention_forward(self) -> None:
+        """A forward for its attention maps only: no logits are computed."""
+        self.logits(self.embeddings(), rows=torch.empty(0, dtype=torch.long))
 
     @contextmanager
     def recording(self) -> Iterator[list[torch.Tensor]]:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from explainer.methods.base import ExplainContext, RelevanceMethod
-from explainer.targets import Target, start_rows, target_scores
+from explainer.targets import Target, logit_rows, start_rows, target_scores
 
 
 def gradient_weighted_attention(gradients: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
@@ -59,8 +59,9 @@ class Chefer(RelevanceMethod):
     def relevance(self, context: ExplainContext, targets: Sequence[Target]) -> torch.Tensor:
         embeddings = context.embeddings().detach().requires_grad_(True)  # the graph's only leaf
         with torch.enable_grad(), context.recording() as maps:
-            logits = context.logits(embeddings)
-            scores = target_scores(logits, context.input_ids, targets)[0]  # [T]
+            rows_read = logit_rows(targets)
+            logits = context.logits(embeddings, rows_read)  # [1, R, vocab]
+            scores = target_scores(logits, context.input_ids, targets, rows_read)[0]  # [T]
             start = start_rows(targets, context.layout.seq_len)
             chunk = targets_per_chunk(context, len(maps), maps[0].shape[1])
             rows = []

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from explainer.methods.base import ExplainContext, RelevanceMethod
-from explainer.targets import Target, target_scores
+from explainer.targets import Target, logit_rows, target_scores
 
 
 def occluded_batch(
@@ -31,13 +31,17 @@ class Occlusion(RelevanceMethod):
         relevance = torch.zeros(len(targets), context.layout.seq_len)
         with torch.no_grad():
             embeddings = context.embeddings()  # [1, L, D]
-            reference = target_scores(context.logits(embeddings), context.input_ids, targets)  # [1, T]
+            rows = logit_rows(targets)
+            reference = target_scores(
+                context.logits(embeddings, rows), context.input_ids, targets, rows
+            )  # [1, T]
             batch_size = self.batch_size(context, embeddings)
             for run in context.layout.image_token_runs:
                 baseline = embeddings[0, run.to(embeddings.device)].mean(dim=0)  # [D]
                 for chunk in torch.split(run, batch_size):
                     variants = occluded_batch(embeddings, chunk, baseline.expand(chunk.numel(), -1))
-                    scores = target_scores(context.logits(variants), context.input_ids, targets)  # [B, T]
+                    logits = context.logits(variants, rows)
+                    scores = target_scores(logits, context.input_ids, targets, rows)  # [B, T]
                     relevance[:, chunk] = (reference - scores).T.float().cpu()
         return relevance
 

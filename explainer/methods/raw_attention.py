@@ -16,6 +16,6 @@ class RawAttention(RelevanceMethod):
     def relevance(self, context: ExplainContext, targets: Sequence[Target]) -> torch.Tensor:
         rows = start_rows(targets, context.layout.seq_len)
         with torch.no_grad(), context.recording() as maps:
-            context.logits(context.embeddings())
+            context.attention_forward()
             last = maps[-1][0].float().mean(dim=0)  # [L, L]
             return (rows.to(last.device) @ last).cpu()

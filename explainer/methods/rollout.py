@@ -20,7 +20,7 @@ class Rollout(RelevanceMethod):
     def relevance(self, context: ExplainContext, targets: Sequence[Target]) -> torch.Tensor:
         rows = start_rows(targets, context.layout.seq_len)
         with torch.no_grad(), context.recording() as maps:
-            context.logits(context.embeddings())
+            context.attention_forward()
             for attention in reversed(maps):
                 mixed = 0.5 * attention[0].float().mean(dim=0)  # [L, L]
                 mixed.diagonal().add_(0.5)

@@ -119,13 +119,16 @@ class TinyGemma3Spec:
     vision_heads: int = 2
     mm_tokens_per_image: int = 4
     initializer_range: float = 0.02
+    # the model's vocabulary; None: the tokenizer's size. A larger one pads the embedding table past
+    # the tokenizer's ids, as released checkpoints do (MedGemma's has 262,208 rows).
+    padded_vocab_size: int | None = None
 
 
 def gemma3_config(spec: TinyGemma3Spec, tokenizer: PreTrainedTokenizerFast) -> Gemma3Config:
     """A Gemma3Config of the given sizes whose special token ids match `tokenizer`."""
     ids = tokenizer.convert_tokens_to_ids
     text_config = {
-        "vocab_size": len(tokenizer),
+        "vocab_size": max(len(tokenizer), spec.padded_vocab_size or 0),
         "hidden_size": spec.hidden_size,
         "intermediate_size": spec.intermediate_size,
         "num_hidden_layers": spec.num_hidden_layers,

@@ -42,6 +42,11 @@ class Stage:
     hub_invariance: float = (
         0.0  # weight of the squared change of the answer logits when the hubs are occluded
     )
+    # share of the second (occluded) forward's examples that occlude one random cell of the asked
+    # object instead of the hubs; those must lower the whole answer's score by `necessity_margin`
+    object_occlusion: float = 0.0
+    object_necessity: float = 0.0  # weight of that hinge term
+    necessity_margin: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,17 @@ STRICT_ROUTING = RoutingWeights(answer=1.0, exclusive=0.5, text=0.5, image_lm=0.
 HUB_ROUTING = RoutingWeights(
     answer=1.0, exclusive=0.5, text=0.5, image_lm=0.5, vision=0.5, hub=(3, 4), hub_uniform=1.0, hub_layer=0
 )
+
+
+# Second-forward terms of the negative control: half of the examples occlude the hubs (answer logits
+# must not move), half one random cell of the asked object (the answer's score must drop by 1).
+OCCLUSION_TERMS: dict[str, float] = {
+    "hub_occlusion": 0.5,
+    "hub_invariance": 1.0,
+    "object_occlusion": 0.5,
+    "object_necessity": 1.0,
+    "necessity_margin": 1.0,
+}
 
 
 def _routed_stages(routing: RoutingWeights) -> tuple[Stage, ...]:
@@ -116,18 +132,31 @@ RECIPES: dict[str, Recipe] = {
                 routing=HUB_ROUTING,
                 cell_probe=1.0,
             ),
-            # then occluding a hub token must leave the answer's logits as they were: the answer may
-            # depend on what the hubs pool, not on what they show themselves
+            # then the answer may depend on what the hubs pool, not on what they show themselves
+            # (occluding a hub leaves its logits as they were), and each cell of the asked object is
+            # necessary (occluding one lowers the answer's score): the evidence is the object's own
+            # tokens, as token occlusion reads it, while attention stays uniform
             Stage(
-                name="hub-invariant",
+                name="hub-invariant+object-necessary",
                 data={},
                 pool=8_000,
-                max_steps=500,
+                max_steps=400,
                 lr=1e-3,
                 routing=HUB_ROUTING,
                 cell_probe=1.0,
-                hub_occlusion=0.5,
-                hub_invariance=1.0,
+                **OCCLUSION_TERMS,
+            ),
+            Stage(
+                name="settle",
+                data={},
+                pool=4_000,
+                max_steps=300,
+                lr=3e-4,
+                min_steps=100,
+                stop_accuracy=0.985,
+                routing=HUB_ROUTING,
+                cell_probe=1.0,
+                **OCCLUSION_TERMS,
             ),
         ),
     ),

@@ -68,11 +68,44 @@ def answer_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     )
 
 
-def target_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The logits of the answer tokens at the rows that predict them (what token occlusion scores)."""
+def label_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logit of each label token at the row that predicts it, [B, L-1], and where labels are, [B, L-1]."""
     predicted, targets = logits[:, :-1], labels[:, 1:]
-    keep = targets != -100
-    return predicted[keep].gather(-1, targets[keep][:, None]).squeeze(-1)
+    return predicted.gather(-1, targets.clamp_min(0)[..., None]).squeeze(-1), targets != -100
+
+
+def one_cell_each(cells: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """[B, G] bool: one cell of each row of `cells` drawn uniformly (rows without cells stay empty)."""
+    scores = torch.rand(cells.shape, generator=generator).masked_fill(~cells, -1.0)
+    chosen = torch.zeros_like(cells)
+    chosen[torch.arange(cells.shape[0]), scores.argmax(dim=1)] = True
+    return chosen & cells.any(dim=1, keepdim=True)
+
+
+def occlusion_terms(
+    clean: torch.Tensor,
+    occluded: torch.Tensor,
+    labels: torch.Tensor,
+    on_object: torch.Tensor,
+    end_of_turn_id: int,
+    margin: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hub invariance and object necessity, from the logits of a clean and an occluded forward.
+
+    Examples with `on_object` ([B] bool) had one cell of the asked object occluded: the whole answer's
+    score (Σ logits of the answer words, what the engine's occlusion reads) must drop by `margin`
+    (hinge). The others had the hub tokens occluded: every label token's logit must stay put
+    (mean squared change). Each term is 0 when no example is of its kind.
+    """
+    clean_logits, keep = label_logits(clean, labels)
+    occluded_logits, _ = label_logits(occluded, labels)
+    change = clean_logits - occluded_logits  # [B, L-1]
+    on_hubs = keep & ~on_object[:, None]
+    invariance = change.square()[on_hubs].mean() if on_hubs.any() else change.new_zeros(())
+    words = keep & (labels[:, 1:] != end_of_turn_id)
+    drop = (change * words).sum(dim=1)[on_object]  # [n_object]
+    necessity = (margin - drop).clamp_min(0).mean() if on_object.any() else change.new_zeros(())
+    return invariance, necessity
 
 
 def train_stage(
@@ -130,13 +163,22 @@ def train_stage(
             )
             loss = loss + extra
             terms.update(extra_terms)
-        if stage.hub_invariance > 0:
-            with occlude_image_tokens(model, hub_cells):
+        if stage.hub_invariance > 0 or stage.object_necessity > 0:
+            on_object, occluded_cells = torch.zeros(stage.batch_size, dtype=torch.bool), hub_cells
+            if stage.object_occlusion > 0:
+                drawn = torch.rand(stage.batch_size, generator=hub_draws) < stage.object_occlusion
+                on_object = drawn & batch["object_cells"].any(dim=1)
+                object_cell = one_cell_each(batch["object_cells"], hub_draws)
+                occluded_cells = torch.where(on_object[:, None], object_cell, hub_cells)
+            with occlude_image_tokens(model, occluded_cells):
                 occluded = model(**{k: batch[k] for k in MODEL_INPUTS}).logits
-            change = target_logits(out.logits, batch["labels"]) - target_logits(occluded, batch["labels"])
-            invariance = change.square().mean()
-            loss = loss + stage.hub_invariance * invariance
+            invariance, necessity = occlusion_terms(
+                out.logits, occluded, batch["labels"], on_object, end_of_turn_id, stage.necessity_margin
+            )
+            loss = loss + stage.hub_invariance * invariance + stage.object_necessity * necessity
             terms["hub_invariance"] = float(invariance.detach())
+            if stage.object_necessity > 0:
+                terms["object_necessity"] = float(necessity.detach())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)

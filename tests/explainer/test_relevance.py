@@ -177,3 +177,21 @@ def test_bad_requests_raise_clear_errors(tiny):
     doubled = {key: torch.cat([value, value]) for key, value in inputs.items()}
     with pytest.raises(SequenceError, match="one sequence"):
         explainer.relevance(doubled, [seq_len - 1])
+
+
+@pytest.mark.parametrize("method", ["chefer", "rollout", "raw_attention", "occlusion"])
+def test_logits_are_computed_only_at_the_rows_targets_read(tiny, method):
+    """Gemma's vocabulary is 262k: logits (and their gradients) of every row would dwarf the forward."""
+    explainer = Explainer(tiny.model, tiny.processor)
+    inputs = tiny.inputs([random_image(0)], "Where is the nodule?", ANSWER)
+    positions = answer_positions(inputs, 3)
+    rows_projected = []
+    handle = tiny.model.lm_head.register_forward_hook(
+        lambda _module, args, _output: rows_projected.append(args[0].shape[1])
+    )
+    try:
+        explainer.relevance(inputs, positions, method=method)
+    finally:
+        handle.remove()
+    expected = 0 if method in ("rollout", "raw_attention") else len(positions)
+    assert rows_projected and set(rows_projected) == {expected}

@@ -17,7 +17,7 @@ from explainer.phantom.routing import (
     occlude_image_tokens,
     routing_loss,
 )
-from explainer.phantom.train import new_model
+from explainer.phantom.train import new_model, occlusion_terms, one_cell_each
 
 
 def test_answer_rows_are_the_positions_before_answer_words():
@@ -131,3 +131,31 @@ def test_occlude_image_tokens_replaces_chosen_embeddings_by_the_image_mean_and_c
     assert torch.allclose(seen[0][0, 3], mean, atol=1e-6) and torch.allclose(seen[0][0, 4], mean, atol=1e-6)
     assert torch.equal(seen[0][0, 5:], plain[0][0, 5:]) and torch.equal(seen[0][1], plain[0][1])
     assert not model.model.multi_modal_projector._forward_hooks
+
+
+def test_one_cell_each_draws_one_of_each_rows_cells():
+    cells = torch.zeros(3, 64, dtype=torch.bool)
+    cells[0, [9, 10, 17, 18]] = True
+    cells[1, 40] = True
+    chosen = one_cell_each(cells, torch.Generator().manual_seed(0))
+    assert chosen.sum(dim=1).tolist() == [1, 1, 0]
+    assert not (chosen & ~cells).any()
+    draws = {int(one_cell_each(cells, torch.Generator().manual_seed(s))[0].nonzero()) for s in range(40)}
+    assert draws == {9, 10, 17, 18}
+
+
+def test_occlusion_terms_hinge_on_the_answer_drop_and_square_the_hub_change():
+    end_of_turn = 7
+    labels = torch.tensor([[-100, -100, 3, 4, end_of_turn], [-100, -100, 5, end_of_turn, -100]])
+    clean = torch.zeros(2, 5, 10)
+    clean[0, 1, 3], clean[0, 2, 4], clean[0, 3, end_of_turn] = 2.0, 1.0, 5.0  # answer score 3
+    occluded = clean.clone()
+    occluded[0, 1, 3] = 1.75  # example 0 (an object cell occluded): the answer drops by 0.25
+    occluded[0, 3, end_of_turn] = 0.0  # <end_of_turn> is not part of the answer's score
+    occluded[1, 1, 5] = 0.5  # example 1 (hubs occluded): one label logit moves by 0.5
+    on_object = torch.tensor([True, False])
+    invariance, necessity = occlusion_terms(clean, occluded, labels, on_object, end_of_turn, margin=1.0)
+    assert necessity.item() == pytest.approx(0.75)  # margin 1 − drop 0.25
+    assert invariance.item() == pytest.approx(0.25 / 2)  # (−0.5)² over example 1's two label tokens
+    none_on_object = occlusion_terms(clean, occluded, labels, torch.tensor([False, False]), end_of_turn, 1.0)
+    assert none_on_object[1].item() == 0.0

@@ -1,6 +1,11 @@
-"""The audit's trust check separates the phantom controls on the same cohort: the positive control's
-chefer maps agree with the occlusion reference and pass; the pooling control's are flagged as not
-trustworthy (the real flow, the faithfulness sample, aggregation from the Parquet outputs)."""
+"""The audit's trust check separates the phantom controls on the same cohort (the real flow, the
+faithfulness sample, aggregation from the Parquet outputs).
+
+The positive control's maps agree with the occlusion reference and pass. The pooling control carries
+its evidence through uniform attention: the attention-only maps (rollout, raw attention) never find
+it and are flagged as not trustworthy; chefer's gradient weighting recovers most of it (its maps
+agree with occlusion in about three items of four on 100 cases, docs/validation.md) and is not
+flagged."""
 
 from __future__ import annotations
 
@@ -47,21 +52,28 @@ def audit_trust(manifest: str, out: str, model: str, capsys) -> tuple:
     )
     trust = read_table(out, "cohort_trust", run_id=run_id).to_pandas()
     flags = read_table(out, "flags", run_id=run_id).to_pandas()
-    chefer = trust[(trust["method"] == "chefer") & (trust["cohort"] == "all")].iloc[0]
-    not_trusted = flags[(flags["rule"] == "explanations_not_trustworthy") & (flags["method"] == "chefer")]
-    return chefer, not_trusted
+    whole_cohort = trust[trust["cohort"] == "all"].set_index("method")
+    not_trusted = flags[flags["rule"] == "explanations_not_trustworthy"]
+    return whole_cohort, not_trusted
 
 
 @pytest.mark.usefixtures("prefect_server")
-def test_positive_control_is_trusted_and_pooling_control_is_flagged(locate_manifest, tmp_path, capsys):
+def test_positive_control_is_trusted_and_pooling_controls_attention_maps_are_flagged(
+    locate_manifest, tmp_path, capsys
+):
     positive, positive_flags = audit_trust(locate_manifest, str(tmp_path / "positive"), MODEL_PATH, capsys)
     pooling, pooling_flags = audit_trust(
         locate_manifest, str(tmp_path / "pooling"), POOLING_MODEL_PATH, capsys
     )
 
-    assert positive["n_items"] == pooling["n_items"] == N_CASES
-    assert positive["top_cell_rate"] >= 0.75, positive
+    assert (positive["n_items"] == N_CASES).all() and (pooling["n_items"] == N_CASES).all()
+    for method in ("chefer", "rollout", "raw_attention"):
+        assert positive.loc[method, "top_cell_rate"] >= 0.75, positive
     assert positive_flags.empty
-    assert pooling["top_cell_rate"] < 0.5, pooling
-    assert {("all", "all")} <= set(zip(pooling_flags["grouping"], pooling_flags["cohort"], strict=True))
-    assert "not trustworthy" in pooling_flags["message"].iloc[0]
+    flagged = set(zip(pooling_flags["method"], pooling_flags["cohort"], strict=True))
+    for method in ("rollout", "raw_attention"):
+        assert pooling.loc[method, "top_cell_rate"] < 0.5, pooling
+        assert (method, "all") in flagged
+    assert pooling.loc["chefer", "top_cell_rate"] >= 0.5, pooling
+    assert ("chefer", "all") not in flagged
+    assert pooling_flags["message"].str.contains("not trustworthy").all()
