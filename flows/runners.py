@@ -44,13 +44,16 @@ class DaskSettings(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-LOCAL_SHARD_THREADS = 2
+# One shard at a time in this process: the model runs one explanation at a time anyway (under its
+# lock), overlays are encoded and stored on the shard's own background thread, and a second shard
+# thread only competed with the model for the GIL (7.1 against 7.9–9.0 items/s on the phantom model,
+# docs/performance.md).
+LOCAL_SHARD_THREADS = 1
 
 
 def task_runner_for(dask: DaskSettings | None) -> Any:
-    """Without Dask: two shard threads in this process. The model is used under a lock (one explanation
-    at a time), so the second thread only overlaps image decoding, overlays, Parquet writes and Prefect's
-    bookkeeping with the first one's model time. With Dask: a DaskTaskRunner."""
+    """Without Dask: a thread-pool runner of `LOCAL_SHARD_THREADS` shard threads in this process, all
+    sharing the one loaded model. With Dask: a DaskTaskRunner."""
     if dask is None:
         return ThreadPoolTaskRunner(max_workers=LOCAL_SHARD_THREADS)
     from prefect_dask import DaskTaskRunner

@@ -93,3 +93,30 @@ def synthetic_run(per_site: int = 20, seed: int = 0, border_site: str = "east"):
             tokens.append(token_row(item_id, cell_map * 0.5, kind="word", word="Nodule"))
             tokens.append(token_row(item_id, cell_map, kind="token", word="nodule"))
     return answers, tokens
+
+
+def faithfulness_rows(tokens: list[dict]) -> list[dict]:
+    """Faithfulness-sample rows for the answer tokens: chefer agrees with occlusion except at site east."""
+    rows = []
+    for token in tokens:
+        if token["target_kind"] != "answer":
+            continue
+        site = token["item_id"].split("-")[0]
+        for method, spearman in (("chefer", 0.05 if site == "east" else 0.8), ("occlusion", 1.0)):
+            keep = ("item_id", "image_index", "target_kind", "target_text", "word", "grid_h", "grid_w")
+            rows.append(
+                {
+                    **{key: token[key] for key in keep},
+                    "image_relevance": token["image_relevance"],
+                    "region_shares": token["region_shares"],
+                    "method": method,
+                    "spearman_vs_occlusion": spearman,
+                    "top_cell_agrees": site != "east" or method == "occlusion",
+                    "morf_auc": -2.0,
+                    "lerf_auc": -1.0,
+                    "auc_gap": 1.0,
+                    "randomization_spearman": 0.1,
+                    "seconds": 0.1,
+                }
+            )
+    return rows

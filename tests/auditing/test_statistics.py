@@ -18,7 +18,7 @@ from auditing import (
 )
 from auditing.bootstrap import difference_ci
 from storage import open_store, read_table, to_arrow, write_part
-from tests.auditing.synthetic import GRID, synthetic_run
+from tests.auditing.synthetic import GRID, faithfulness_rows, synthetic_run
 
 CONFIG = AggregateConfig(group_by=("site",), stats=StatsConfig(resamples=400))
 
@@ -108,28 +108,8 @@ def test_run_versus_run_sees_the_shift():
 
 def test_trust_flags_come_from_the_faithfulness_sample():
     answers, tokens = tables(*synthetic_run())
-    rows = []
-    answer_rows = tokens[tokens["target_kind"] == "answer"]
-    for token in answer_rows.astype(object).where(answer_rows.notna(), None).to_dict("records"):
-        site = token["item_id"].split("-")[0]
-        for method, spearman in (("chefer", 0.05 if site == "east" else 0.8), ("occlusion", 1.0)):
-            rows.append(
-                {
-                    **{
-                        key: token[key]
-                        for key in ("item_id", "image_index", "target_kind", "target_text", "word")
-                    },
-                    **{key: token[key] for key in ("grid_h", "grid_w", "image_relevance", "region_shares")},
-                    "method": method,
-                    "spearman_vs_occlusion": spearman,
-                    "top_cell_agrees": site != "east" or method == "occlusion",
-                    "morf_auc": -2.0,
-                    "lerf_auc": -1.0,
-                    "auc_gap": 1.0,
-                    "randomization_spearman": 0.1,
-                    "seconds": 0.1,
-                }
-            )
+    records = tokens.astype(object).where(tokens.notna(), None).to_dict("records")
+    rows = faithfulness_rows(records)
     faithfulness = to_arrow("faithfulness", rows).to_pandas().assign(run_id="r1")
     result = aggregate(tokens, answers, CONFIG, faithfulness)
     trust = result.flags[result.flags["rule"] == "explanations_not_trustworthy"]

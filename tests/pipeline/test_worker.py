@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import threading
+
 import pytest
+from PIL import Image
 
 from storage import (
+    CredentialsError,
     LocalStore,
     ManifestItem,
     StoreCache,
@@ -15,7 +20,7 @@ from storage import (
 )
 from tasks import cache
 from tasks.config import AuditConfig, ShardJob
-from tasks.worker import explain_item, explain_shard
+from tasks.worker import OverlayWriter, explain_item, explain_shard
 from tests.pipeline.conftest import local_dataset, png_bytes
 
 
@@ -133,3 +138,58 @@ def test_a_changed_manifest_is_refused(tmp_path, model_dir):
     config = AuditConfig(manifest=manifest_path, out=str(tmp_path / "out"), model=model_dir, device="cpu")
     with pytest.raises(cache.ManifestChanged, match="changed since the run was planned"):
         explain_shard(ShardJob("r1", 0, "0" * 64, config))
+
+
+def _overlay(seed: int) -> Image.Image:
+    return Image.new("RGB", (24, 16), (seed, 2 * seed, 3 * seed))
+
+
+class _FailingStore(LocalStore):
+    """Refuses overlays of item "b" (a deterministic storage error, so nothing is retried)."""
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        if "/b/" in key:
+            raise CredentialsError("access denied")
+        return super().write_bytes(key, data)
+
+
+def test_overlay_writer_stores_pngs_in_the_background_and_reports_failures_per_item(tmp_path):
+    store = _FailingStore(str(tmp_path / "out"))
+    writer = OverlayWriter(store, "r1")
+    for name in "ab":
+        sink = writer.sink_for(_item(tmp_path, f"{name}.png", None, item_id=name))
+        sink("answer", _overlay(1))
+        sink("word-nodule", _overlay(2))
+    stored, errors = writer.close()
+    assert stored == 2
+    assert [(error.item_id, error.stage, error.error_type) for error in errors] == [
+        ("b", "write", "CredentialsError")
+    ]
+    written = sorted(key for key in store.list("overlays/") if key.endswith(".png"))
+    assert len(written) == 2 and all("/a/" in key for key in written)
+    decoded = Image.open(io.BytesIO(store.read_bytes(written[0])))
+    assert decoded.size == (24, 16) and decoded.format == "PNG"
+
+
+def test_overlay_writer_bounds_pending_overlays_and_raises_unexpected_errors(tmp_path):
+    release = threading.Event()
+
+    class SlowStore(LocalStore):
+        def write_bytes(self, key: str, data: bytes) -> str:
+            release.wait(10)
+            if key.endswith("boom.png"):
+                raise RuntimeError("bug in the store")
+            return super().write_bytes(key, data)
+
+    writer = OverlayWriter(SlowStore(str(tmp_path / "out")), "r1", max_pending=2)
+    sink = writer.sink_for(_item(tmp_path, "a.png", None, item_id="a"))
+    sink("one", _overlay(1))
+    sink("two", _overlay(2))
+    third = threading.Thread(target=sink, args=("boom", _overlay(3)))
+    third.start()
+    third.join(0.3)
+    assert third.is_alive()  # blocked: two overlays are already waiting
+    release.set()
+    third.join(10)
+    with pytest.raises(RuntimeError, match="bug in the store"):
+        writer.close()

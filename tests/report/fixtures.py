@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from auditing import AggregateConfig, StatsConfig, aggregate_run
 from auditing.figures import heatmap, png_bytes
 from storage import ObjectStore, open_store, overlay_key, write_part, write_run
-from tests.auditing.synthetic import GRID, synthetic_run
+from tests.auditing.synthetic import GRID, faithfulness_rows, synthetic_run
 
 CONFIG = AggregateConfig(group_by=("site",), stats=StatsConfig(resamples=200))
 OVERLAY_ITEMS = ("east-0", "east-1", "north-0")
@@ -32,33 +32,6 @@ def phantom_png(seed: int, *, marker: bool = False, size: int = 128) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def faithfulness_rows(tokens: list[dict]) -> list[dict]:
-    """chefer agrees with occlusion except at site east (as in tests/audit/test_statistics.py)."""
-    rows = []
-    for token in tokens:
-        if token["target_kind"] != "answer":
-            continue
-        site = token["item_id"].split("-")[0]
-        for method, spearman in (("chefer", 0.05 if site == "east" else 0.8), ("occlusion", 1.0)):
-            keep = ("item_id", "image_index", "target_kind", "target_text", "word", "grid_h", "grid_w")
-            rows.append(
-                {
-                    **{key: token[key] for key in keep},
-                    "image_relevance": token["image_relevance"],
-                    "region_shares": token["region_shares"],
-                    "method": method,
-                    "spearman_vs_occlusion": spearman,
-                    "top_cell_agrees": site != "east" or method == "occlusion",
-                    "morf_auc": -2.0,
-                    "lerf_auc": -1.0,
-                    "auc_gap": 1.0,
-                    "randomization_spearman": 0.1,
-                    "seconds": 0.1,
-                }
-            )
-    return rows
 
 
 def write_synthetic_run(
