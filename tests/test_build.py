@@ -12,3 +12,12 @@ def test_processor_round_trips_offline(tmp_path):
     config = gemma3_config(TinyGemma3Spec(), tokenizer)
     assert reloaded.tokenizer.convert_tokens_to_ids("<image_soft_token>") == config.image_token_id
     assert tokenizer.pad_token_id == 0 and tokenizer.eos_token_id == 1 and tokenizer.bos_token_id == 2
+
+
+def test_padded_vocabulary_extends_the_model_past_the_tokenizer():
+    tokenizer = build_tokenizer(["Where is the nodule? The nodule is in the right upper zone."], 120)
+    assert gemma3_config(TinyGemma3Spec(), tokenizer).text_config.vocab_size == len(tokenizer)
+    padded = gemma3_config(TinyGemma3Spec(padded_vocab_size=1_000), tokenizer)
+    assert padded.text_config.vocab_size == 1_000
+    smaller = gemma3_config(TinyGemma3Spec(padded_vocab_size=10), tokenizer)
+    assert smaller.text_config.vocab_size == len(tokenizer)  # never below the tokenizer's ids
