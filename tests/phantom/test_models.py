@@ -96,3 +96,19 @@ def test_chefer_on_the_positive_control_lands_on_the_object():
         ).answer_map()
         hits.append(pointing_hit(cell_map, box_region(case.lesion_box, case.image.size, cell_map.shape)))
     assert sum(hits) >= 7, hits
+
+
+def test_pooling_control_hides_the_object_from_attention_not_from_occlusion():
+    """The negative control's evidence is the object's tokens (occlusion finds it) while its attention
+    weights point elsewhere (rollout never lands on it)."""
+    explainer = Explainer.from_pretrained(POOLING_MODEL_PATH)
+    cases = sample(8, HELDOUT_SEED + 14, tasks=("locate",))
+    hits: dict[str, list[bool]] = {"occlusion": [], "rollout": []}
+    for case in cases:
+        for method, method_hits in hits.items():
+            cell_map = explainer.explain(
+                case.image, case.question, targets="answer", method=method
+            ).answer_map()
+            evidence = box_region(case.lesion_box, case.image.size, cell_map.shape)
+            method_hits.append(pointing_hit(cell_map, evidence))
+    assert sum(hits["occlusion"]) >= 7 and sum(hits["rollout"]) <= 1, hits
