@@ -170,7 +170,7 @@ def _write_overlays(
 
 def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)  # ~3× faster than the default 6; 5% larger
+    image.save(buffer, format="PNG", compress_level=1)  # ~2.7× faster than the default 6; ~4% larger
     return buffer.getvalue()
 
 
