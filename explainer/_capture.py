@@ -12,6 +12,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from explainer.loading import ATTENTION_IMPLEMENTATION
+
 
 class AttentionUnavailable(RuntimeError):
     """The model cannot return attention probabilities (for example SDPA or flash attention only)."""
@@ -43,17 +45,17 @@ def use_eager_attention(model: nn.Module) -> None:
     if _text_attn_implementation(model) == "eager":
         return
     try:
-        model.set_attn_implementation({"text_config": "eager"})
+        model.set_attn_implementation(ATTENTION_IMPLEMENTATION)
     except Exception as error:  # transformers raises several types here
         raise AttentionUnavailable(
-            f"could not switch {type(model).__name__} to eager attention ({error}); load it with "
-            "attn_implementation='eager', e.g. Gemma3ForConditionalGeneration.from_pretrained(path, "
-            "attn_implementation='eager'), or use Explainer.from_pretrained(path)"
+            f"could not switch {type(model).__name__}'s language model to eager attention ({error}); "
+            "load it with Gemma3ForConditionalGeneration.from_pretrained(path, "
+            f"attn_implementation={ATTENTION_IMPLEMENTATION}), or use Explainer.from_pretrained(path)"
         ) from error
     if _text_attn_implementation(model) != "eager":
         raise AttentionUnavailable(
             f"{type(model).__name__} kept attention '{_text_attn_implementation(model)}'; load it with "
-            "attn_implementation='eager' or use Explainer.from_pretrained(path)"
+            f"attn_implementation={ATTENTION_IMPLEMENTATION} or use Explainer.from_pretrained(path)"
         )
 
 

@@ -7,6 +7,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+# Eager attention for the language model only, the one implementation that returns attention
+# probabilities. The vision tower keeps the library's default (SDPA where available): on MedGemma's
+# 4,096-patch images eager attention would materialise 16 × 4,096² scores in each of 27 layers.
+ATTENTION_IMPLEMENTATION = {"text_config": "eager"}
+
 
 class ModelNotSupported(TypeError):
     """The model is not a Gemma3-style vision-language model."""
@@ -56,14 +61,14 @@ def load_pretrained(
     device_map: str | dict | None = None,
     revision: str | None = None,
 ):
-    """Model (eager language attention, eval, frozen) and processor from a hub id or a local folder.
+    """Model (eager language-model attention, eval, frozen) and processor from a hub id or a local folder.
 
     `device_map` goes through accelerate, so a model larger than one GPU (MedGemma 27B multimodal)
     loads across devices; `device` moves a single-device model after loading.
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    kwargs: dict = {"attn_implementation": "eager", "revision": revision}
+    kwargs: dict = {"attn_implementation": ATTENTION_IMPLEMENTATION, "revision": revision}
     if dtype is not None:
         kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if device_map is not None:

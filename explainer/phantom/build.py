@@ -21,6 +21,8 @@ from transformers import (
 )
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
+from explainer.loading import ATTENTION_IMPLEMENTATION
+
 CHAT_TEMPLATE = (Path(__file__).with_name("chat_template.jinja")).read_text()
 
 # Gemma's specials in Gemma's order where it has one (pad 0, eos 1, bos 2, unk 3).
@@ -170,8 +172,8 @@ def gemma3_config(spec: TinyGemma3Spec, tokenizer: PreTrainedTokenizerFast) -> G
 def random_gemma3(
     spec: TinyGemma3Spec, corpus: Iterable[str], *, vocab_size: int, seed: int = 0
 ) -> tuple[Gemma3ForConditionalGeneration, Gemma3Processor]:
-    """A randomly initialised Gemma3 vision-language model (eager attention, eval mode) and its
-    processor, tokenizer trained on `corpus`; nothing downloads.
+    """A randomly initialised Gemma3 vision-language model (attention as `Explainer.from_pretrained`
+    sets it, eval mode) and its processor, tokenizer trained on `corpus`; nothing downloads.
 
     Gemma3 zero-initialises the image projection, which would make every image token the same, so
     it is drawn from N(0, 0.5²) instead.
@@ -182,7 +184,7 @@ def random_gemma3(
     )
     torch.manual_seed(seed)
     model = Gemma3ForConditionalGeneration._from_config(
-        gemma3_config(spec, tokenizer), attn_implementation="eager"
+        gemma3_config(spec, tokenizer), attn_implementation=ATTENTION_IMPLEMENTATION
     )
     torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.5)
     return model.eval(), processor

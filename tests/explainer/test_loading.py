@@ -23,6 +23,7 @@ def test_from_pretrained_loads_a_local_folder_ready_for_relevance(saved_tiny, ti
     explainer = Explainer.from_pretrained(str(saved_tiny), device_map=device_map, dtype="float32")
     model = explainer.model
     assert model.config.get_text_config()._attn_implementation == "eager"
+    assert model.config.vision_config._attn_implementation == "sdpa"  # faster, returns no maps we need
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     assert explainer.info.model_id == str(saved_tiny)
     inputs = tiny.inputs([random_image(0)], "Where is the nodule?", "right upper zone")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from explainer import Explainer
+from explainer._capture import AttentionUnavailable
 from explainer.phantom.build import TinyGemma3Spec
 from tests.model_state import assert_no_gradients, model_state
 from tests.models import TinyVLM, random_image
@@ -50,3 +51,15 @@ def test_wrapping_an_sdpa_model_switches_to_eager_and_relevance_works():
     inputs = vlm.inputs([random_image(0)], "Where is the nodule?", "right upper zone")
     row = explainer.relevance(inputs, [inputs["input_ids"].shape[1] - 1])[0]
     assert torch.isfinite(row).all() and row.sum() > 1.0
+
+
+def test_a_model_that_cannot_switch_to_eager_is_refused_with_the_fix(monkeypatch):
+    vlm = TinyVLM(TinyGemma3Spec(), seed=4)
+    vlm.model.set_attn_implementation("sdpa")
+
+    def refuse(_implementation):
+        raise ValueError("this build has flash attention only")
+
+    monkeypatch.setattr(vlm.model, "set_attn_implementation", refuse)
+    with pytest.raises(AttentionUnavailable, match=r"attn_implementation=\{'text_config': 'eager'\}"):
+        Explainer(vlm.model, vlm.processor)
