@@ -98,11 +98,19 @@ def obvious_relevance(model, inputs, position: int) -> torch.Tensor:
 
 
 def forward_flops(model, inputs) -> tuple[int, int]:
-    """(vision tower, whole forward) FLOPs of matrix products in one forward, counted by torch."""
-    with torch.no_grad(), FlopCounterMode(display=False) as vision:
-        model.get_image_features(pixel_values=inputs["pixel_values"])
-    with torch.no_grad(), FlopCounterMode(display=False) as whole:
-        model(**inputs, use_cache=False)
+    """(vision tower, whole forward) FLOPs of matrix products in one forward, counted by torch.
+
+    Counted with eager attention in the vision tower: the counter has no formula for CPU SDPA.
+    """
+    vision_attention = model.config.vision_config._attn_implementation
+    model.set_attn_implementation({"vision_config": "eager"})
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as vision:
+            model.get_image_features(pixel_values=inputs["pixel_values"])
+        with torch.no_grad(), FlopCounterMode(display=False) as whole:
+            model(**inputs, use_cache=False)
+    finally:
+        model.set_attn_implementation({"vision_config": vision_attention})
     return vision.get_total_flops(), whole.get_total_flops()
 
 
