@@ -73,7 +73,7 @@ def aggregate(
     trust = pd.DataFrame()
     if faithfulness is not None and len(faithfulness):
         sample = faithfulness_items(faithfulness, answers, config.findings)
-        trust = trust_summary(sample, config.group_by)
+        trust = trust_summary(sample, config.group_by, config.thresholds.trust_min_reference_drop)
         flags += trust_flags(trust, config.thresholds)
         for sample_method, rows in sample.groupby("method"):
             sample_comparisons = _concat(

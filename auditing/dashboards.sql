@@ -5,7 +5,8 @@
 -- without rows and with the same columns), then every "view" block. By hand: replace ${OUT} and run
 -- the file (every source table must then exist under the root).
 --
--- Blocks start with "-- source: <name>" or "-- view: <name>"; each holds one statement.
+-- Blocks start with "-- source: <name>" or "-- view: <name>"; each holds one statement. Tables are read
+-- by column name, so parts written by older versions (without a newer column) read as NULL there.
 
 -- source: runs
 CREATE OR REPLACE VIEW runs AS
@@ -25,39 +26,39 @@ FROM read_json('${OUT}/runs/run_id=*/run.json',
 
 -- source: answers
 CREATE OR REPLACE VIEW answers AS
-SELECT * FROM read_parquet('${OUT}/answers/**/*.parquet', hive_partitioning = true, hive_types = {'run_id': VARCHAR});
+SELECT * FROM read_parquet('${OUT}/answers/**/*.parquet', hive_partitioning = true, hive_types = {'run_id': VARCHAR}, union_by_name = true);
 
 -- source: tokens
 CREATE OR REPLACE VIEW tokens AS
-SELECT * FROM read_parquet('${OUT}/tokens/**/*.parquet', hive_partitioning = true, hive_types = {'run_id': VARCHAR});
+SELECT * FROM read_parquet('${OUT}/tokens/**/*.parquet', hive_partitioning = true, hive_types = {'run_id': VARCHAR}, union_by_name = true);
 
 -- source: faithfulness
 CREATE OR REPLACE VIEW faithfulness AS
-SELECT * FROM read_parquet('${OUT}/faithfulness/**/*.parquet', hive_partitioning = true, hive_types = {'run_id': VARCHAR});
+SELECT * FROM read_parquet('${OUT}/faithfulness/**/*.parquet', hive_partitioning = true, hive_types = {'run_id': VARCHAR}, union_by_name = true);
 
 -- source: cohort_comparisons
 CREATE OR REPLACE VIEW cohort_comparisons AS
-SELECT * FROM read_parquet('${OUT}/cohort_comparisons/**/*.parquet', hive_partitioning = true, hive_types = {'run_id': VARCHAR});
+SELECT * FROM read_parquet('${OUT}/cohort_comparisons/**/*.parquet', hive_partitioning = true, hive_types = {'run_id': VARCHAR}, union_by_name = true);
 
 -- source: errors
 CREATE OR REPLACE VIEW errors AS
-SELECT * FROM read_parquet('${OUT}/errors/**/*.parquet', hive_partitioning = true, hive_types = {'run_id': VARCHAR});
+SELECT * FROM read_parquet('${OUT}/errors/**/*.parquet', hive_partitioning = true, hive_types = {'run_id': VARCHAR}, union_by_name = true);
 
 -- source: cohort_stats
 CREATE OR REPLACE VIEW cohort_stats AS
-SELECT * FROM read_parquet('${OUT}/cohort_stats/**/*.parquet', hive_partitioning = true, hive_types = {'run_id': VARCHAR});
+SELECT * FROM read_parquet('${OUT}/cohort_stats/**/*.parquet', hive_partitioning = true, hive_types = {'run_id': VARCHAR}, union_by_name = true);
 
 -- source: cohort_regions
 CREATE OR REPLACE VIEW cohort_regions AS
-SELECT * FROM read_parquet('${OUT}/cohort_regions/**/*.parquet', hive_partitioning = true, hive_types = {'run_id': VARCHAR});
+SELECT * FROM read_parquet('${OUT}/cohort_regions/**/*.parquet', hive_partitioning = true, hive_types = {'run_id': VARCHAR}, union_by_name = true);
 
 -- source: cohort_trust
 CREATE OR REPLACE VIEW cohort_trust AS
-SELECT * FROM read_parquet('${OUT}/cohort_trust/**/*.parquet', hive_partitioning = true, hive_types = {'run_id': VARCHAR});
+SELECT * FROM read_parquet('${OUT}/cohort_trust/**/*.parquet', hive_partitioning = true, hive_types = {'run_id': VARCHAR}, union_by_name = true);
 
 -- source: flags
 CREATE OR REPLACE VIEW flags AS
-SELECT * FROM read_parquet('${OUT}/flags/**/*.parquet', hive_partitioning = true, hive_types = {'run_id': VARCHAR});
+SELECT * FROM read_parquet('${OUT}/flags/**/*.parquet', hive_partitioning = true, hive_types = {'run_id': VARCHAR}, union_by_name = true);
 
 -- view: cohort_region_shares
 -- Cohort region shares over time: one row per (run, cohort, target class, region).
@@ -101,6 +102,7 @@ SELECT t.run_id,
        t.target_class,
        t.method,
        t.n_items,
+       t.n_checkable,
        t.spearman_median,
        t.top_cell_rate,
        t.morf_auc,

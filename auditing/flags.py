@@ -41,6 +41,9 @@ class FlagThresholds:
     roi_hit_rate: float = 0.5  # pointing-game hit rate below this
     off_anatomy_lung_share: float = 0.35  # an item whose lung zones hold less than this share
     trust_top_cell: float = 0.5  # a method's peak cell matches occlusion's in fewer items than this
+    # items count for agreement only where occluding one image token drops the target's score by at
+    # least this (logits); below it occlusion's map is noise with no peak to agree with
+    trust_min_reference_drop: float = 0.1
 
 
 SHORTCUT_REGIONS = {

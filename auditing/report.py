@@ -20,6 +20,7 @@ from markupsafe import Markup
 from PIL import Image
 
 from auditing.figures import Bar, ImageSink, colour_scale, heatmap, region_bars_svg
+from auditing.flags import FlagThresholds
 from auditing.report_data import ImageReader, RunNotFound, RunTables, cohort_members, load_run
 from auditing.report_gallery import gallery
 from auditing.report_sections import (
@@ -200,6 +201,7 @@ def build_report(out_uri: str, run_id: str, *, endpoint_url: str | None = None) 
         "cohorts_left_out": chosen_cohorts(tables)[1] if classes else 0,
         "gallery": gallery(tables, store, reader, sink),
         "trust": trust_tables(tables, classes),
+        "trust_min_drop": FlagThresholds().trust_min_reference_drop,
         "aggregated_here": tables.aggregated_here,
         "colour_scale": sink.add("colour-scale", colour_scale()),
     }

@@ -146,6 +146,10 @@ def flag_rows(flags: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def _count(value: Any) -> int | str:
+    return int(value) if is_number(value) else "–"
+
+
 def trust_verdict(row: pd.Series, flagged: bool, min_items: int) -> tuple[str, str]:
     """(plain-language verdict, css class) of one cohort × method trust row."""
     if row["method"] == "occlusion":
@@ -154,6 +158,12 @@ def trust_verdict(row: pd.Series, flagged: bool, min_items: int) -> tuple[str, s
         return "Not trustworthy: disagrees with the occlusion test", "bad"
     if not is_number(row["n_items"]) or row["n_items"] < min_items:
         return f"Too few sampled items to judge (fewer than {min_items})", "neutral"
+    checkable = row.get("n_checkable", row["n_items"])  # tables aggregated before it existed: all
+    if is_number(checkable) and checkable < min_items:
+        return (
+            "Not checkable: no single image region changes this answer, so occlusion has no peak to compare",
+            "neutral",
+        )
     if is_number(row["randomization_spearman"]) and row["randomization_spearman"] >= RANDOMIZATION_DOUBT:
         return "Doubtful: the map barely changes when the model is scrambled", "warn"
     return "Trustworthy: agrees with the occlusion test", "good"
@@ -181,7 +191,8 @@ def trust_tables(tables: RunTables, classes: list[str]) -> list[dict[str, Any]]:
                 {
                     "cohort": cohort_name(row["grouping"], row["cohort"]),
                     "method": row["method"],
-                    "n_items": int(row["n_items"]) if is_number(row["n_items"]) else "–",
+                    "n_items": _count(row["n_items"]),
+                    "n_checkable": _count(row.get("n_checkable", row["n_items"])),
                     "spearman": num(row["spearman_median"]),
                     "top_cell": pct(row["top_cell_rate"]),
                     "morf": num(row["morf_auc"]),

@@ -81,6 +81,7 @@ COHORT_TRUST_SCHEMA = pa.schema(
         *_COHORT_KEY,
         ("method", pa.string()),
         ("n_items", pa.int32()),
+        ("n_checkable", pa.int32()),
         ("spearman_median", pa.float64()),
         ("top_cell_rate", pa.float64()),
         ("morf_auc", pa.float64()),

@@ -119,7 +119,33 @@ def test_trust_flags_come_from_the_faithfulness_sample():
     assert "occlusion (faithfulness sample)" in set(by_method)
     summary = result.trust.set_index(["grouping", "cohort", "target_class", "method"])
     assert summary.loc[("site", "north", "answer", "chefer"), "spearman_median"] == pytest.approx(0.8)
+    assert (summary["n_checkable"] == summary["n_items"]).all()  # every reference map has a peak
     assert isinstance(result.trust, pd.DataFrame)
+
+
+def test_items_whose_occlusion_map_has_no_peak_are_not_counted_for_trust():
+    """A "no finding" answer depends on no single image cell: occlusion's map is noise of ~1e-5
+    logits, and a method cannot agree or disagree with its peak."""
+    answers, tokens = tables(*synthetic_run())
+    records = tokens.astype(object).where(tokens.notna(), None).to_dict("records")
+    rows = faithfulness_rows(records)
+    noise = np.random.default_rng(0)
+    for row in rows:
+        if row["item_id"].startswith("east") and row["method"] == "occlusion":
+            row["image_relevance"] = noise.normal(0, 1e-5, size=GRID[0] * GRID[1]).astype(np.float32)
+    faithfulness = to_arrow("faithfulness", rows).to_pandas().assign(run_id="r1")
+    result = aggregate(tokens, answers, CONFIG, faithfulness)
+    assert "explanations_not_trustworthy" not in set(result.flags["rule"])
+    summary = result.trust.set_index(["grouping", "cohort", "target_class", "method"])
+    east, north = (
+        summary.loc[("site", "east", "answer", "chefer")],
+        summary.loc[("site", "north", "answer", "chefer")],
+    )
+    assert east["n_items"] == 20 and east["n_checkable"] == 0 and np.isnan(east["top_cell_rate"])
+    assert north["n_checkable"] == north["n_items"] == 20 and north["top_cell_rate"] == 1.0
+    everyone = summary.loc[("all", "all", "answer", "chefer")]
+    assert everyone["n_checkable"] == everyone["n_items"] - 20
+    assert east["auc_gap"] == pytest.approx(1.0)  # removal curves need no reference: every item counts
 
 
 def test_aggregate_without_groupings_gives_the_whole_run():

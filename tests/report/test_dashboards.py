@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import duckdb
+import pyarrow.parquet as pq
 import pytest
 
 from auditing.dashboards import create_views, view_blocks
@@ -105,15 +106,30 @@ def test_trust_per_cohort(two_runs):
     con, _, _ = two_runs
     trust = rows(
         con,
-        "select run_id, grouping, cohort, method, n_items, spearman_median, top_cell_rate, not_trustworthy "
-        "from trust_per_cohort where target_class = 'answer' order by cohort",
+        "select run_id, grouping, cohort, method, n_items, n_checkable, spearman_median, top_cell_rate, "
+        "not_trustworthy from trust_per_cohort where target_class = 'answer' order by cohort",
     )
     assert trust == [
-        ("r1", "all", "all", "chefer", 60, pytest.approx(0.8), pytest.approx(2 / 3), False),
-        ("r1", "site", "east", "chefer", 20, pytest.approx(0.05), 0.0, True),
-        ("r1", "site", "north", "chefer", 20, pytest.approx(0.8), 1.0, False),
-        ("r1", "site", "south", "chefer", 20, pytest.approx(0.8), 1.0, False),
+        ("r1", "all", "all", "chefer", 60, 60, pytest.approx(0.8), pytest.approx(2 / 3), False),
+        ("r1", "site", "east", "chefer", 20, 20, pytest.approx(0.05), 0.0, True),
+        ("r1", "site", "north", "chefer", 20, 20, pytest.approx(0.8), 1.0, False),
+        ("r1", "site", "south", "chefer", 20, 20, pytest.approx(0.8), 1.0, False),
     ]  # occlusion, the reference, is left out; r2 had no faithfulness sample
+
+
+def test_parts_written_before_a_column_existed_read_as_null(tmp_path):
+    write_synthetic_run(tmp_path, "r1", faithfulness=True, overlays=())
+    old = tmp_path / "cohort_trust" / "run_id=r0"
+    old.mkdir()
+    (new_part,) = (tmp_path / "cohort_trust" / "run_id=r1").glob("*.parquet")
+    pq.write_table(pq.read_table(new_part).drop_columns(["n_checkable"]), old / "part-aggregate.parquet")
+    con = duckdb.connect()
+    create_views(con, str(tmp_path))
+    counts = rows(
+        con,
+        "select run_id, count(*), count(n_checkable) from trust_per_cohort group by run_id order by run_id",
+    )
+    assert counts == [("r0", 4, 0), ("r1", 4, 4)]  # all + three sites, chefer, the answer
 
 
 def test_answer_distribution_per_cohort(two_runs):

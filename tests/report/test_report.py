@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from auditing.report import RunNotFound, build_report
 from auditing.report_gallery import MAX_GALLERY_ITEMS, overlay_label
+from auditing.report_sections import trust_verdict
 from storage import open_store, write_part
 from tests.report.fixtures import write_synthetic_run
 from tests.report.pages import parse_page, squash
@@ -82,12 +84,29 @@ def test_trust_table_gives_a_verdict_per_cohort_and_method(built_report):
     text = built_report.page.text
     assert "Can the heatmaps be trusted?" in text
     assert re.search(
-        r"site = east chefer 20 0\.05 0% .*?Not trustworthy: disagrees with the occlusion test", text
+        r"site = east chefer 20 20 0\.05 0% .*?Not trustworthy: disagrees with the occlusion test", text
     )
     assert re.search(
-        r"site = north chefer 20 0\.80 100% .*?Trustworthy: agrees with the occlusion test", text
+        r"site = north chefer 20 20 0\.80 100% .*?Trustworthy: agrees with the occlusion test", text
     )
     assert "Reference: the occlusion test itself" in text
+
+
+@pytest.mark.parametrize(
+    ("n_checkable", "verdict"),
+    [
+        (0, "Not checkable: no single image region"),
+        (4, "Not checkable"),
+        (5, "Trustworthy"),
+        (None, "Trustworthy"),
+    ],
+)
+def test_a_cohort_whose_occlusion_maps_have_no_peak_is_not_checkable(n_checkable, verdict):
+    row = {"method": "chefer", "n_items": 20, "randomization_spearman": 0.1}
+    if n_checkable is not None:  # None: a cohort_trust table aggregated before the column existed
+        row["n_checkable"] = n_checkable
+    text, css = trust_verdict(pd.Series(row), flagged=False, min_items=5)
+    assert text.startswith(verdict) and css == ("good" if verdict == "Trustworthy" else "neutral")
 
 
 def test_unreadable_images_are_reported_in_words_and_the_heatmaps_drawn_alone(tmp_path):
