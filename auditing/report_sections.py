@@ -161,7 +161,8 @@ def trust_verdict(row: pd.Series, flagged: bool, min_items: int) -> tuple[str, s
     checkable = row.get("n_checkable", row["n_items"])  # tables aggregated before it existed: all
     if is_number(checkable) and checkable < min_items:
         return (
-            "Not checkable: no single image region changes this answer, so occlusion has no peak to compare",
+            f"Not checkable: in fewer than {min_items} items does one image region change the answer, "
+            "so occlusion has no peak to compare with",
             "neutral",
         )
     if is_number(row["randomization_spearman"]) and row["randomization_spearman"] >= RANDOMIZATION_DOUBT:

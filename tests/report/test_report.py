@@ -95,7 +95,7 @@ def test_trust_table_gives_a_verdict_per_cohort_and_method(built_report):
 @pytest.mark.parametrize(
     ("n_checkable", "verdict"),
     [
-        (0, "Not checkable: no single image region"),
+        (0, "Not checkable: in fewer than 5 items"),
         (4, "Not checkable"),
         (5, "Trustworthy"),
         (None, "Trustworthy"),
