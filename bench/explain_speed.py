@@ -115,8 +115,7 @@ def forward_flops(model, inputs) -> tuple[int, int]:
 
 
 def build(spec: TinyGemma3Spec, device: torch.device, dtype: torch.dtype):
-    model, processor = random_gemma3(spec, CORPUS, vocab_size=200)  # the tokenizer's 200 tokens
-    return model.to(device=device, dtype=dtype), processor
+    return random_gemma3(spec, CORPUS, vocab_size=200, device=device, dtype=dtype)  # 200: the tokenizer's
 
 
 def timed(fn, device: torch.device, repeats: int = 1):

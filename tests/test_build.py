@@ -1,6 +1,13 @@
+import torch
 from transformers import AutoProcessor
 
-from explainer.phantom.build import TinyGemma3Spec, build_processor, build_tokenizer, gemma3_config
+from explainer.phantom.build import (
+    TinyGemma3Spec,
+    build_processor,
+    build_tokenizer,
+    gemma3_config,
+    random_gemma3,
+)
 
 
 def test_processor_round_trips_offline(tmp_path):
@@ -21,3 +28,13 @@ def test_padded_vocabulary_extends_the_model_past_the_tokenizer():
     assert padded.text_config.vocab_size == 1_000
     smaller = gemma3_config(TinyGemma3Spec(padded_vocab_size=10), tokenizer)
     assert smaller.text_config.vocab_size == len(tokenizer)  # never below the tokenizer's ids
+
+
+def test_random_models_are_created_on_the_requested_device_and_dtype():
+    corpus = ["Where is the nodule? The nodule is in the right upper zone."]
+    model, _ = random_gemma3(TinyGemma3Spec(), corpus, vocab_size=120, dtype=torch.bfloat16)
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.bfloat16}
+    projection = model.model.multi_modal_projector.mm_input_projection_weight.float()
+    assert 0.4 < projection.std().item() < 0.6  # drawn from N(0, 0.5²), not Gemma3's zeros
+    on_meta, _ = random_gemma3(TinyGemma3Spec(), corpus, vocab_size=120, device="meta")
+    assert {parameter.device.type for parameter in on_meta.parameters()} == {"meta"}
