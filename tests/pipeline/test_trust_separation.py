@@ -15,6 +15,7 @@ import pytest
 
 from explainer.phantom import MODEL_PATH, POOLING_MODEL_PATH, sample
 from flows import cli
+from flows.demo import write_demo_dataset
 from storage import read_table
 
 pytestmark = pytest.mark.integration
@@ -77,3 +78,29 @@ def test_positive_control_is_trusted_and_pooling_controls_attention_maps_are_fla
     assert pooling.loc["chefer", "top_cell_rate"] >= 0.5, pooling
     assert ("chefer", "all") not in flagged
     assert pooling_flags["message"].str.contains("not trustworthy").all()
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_no_finding_answers_do_not_make_the_honest_model_untrustworthy(tmp_path, capsys):
+    """The demo's cohort (presence questions, the nodule in half the images): "no" answers depend on
+    no single image cell, so their occlusion maps are noise and are not counted for agreement."""
+    manifest = str(write_demo_dataset(tmp_path / "data", n=24))
+    out = str(tmp_path / "out")
+    code = cli.main(
+        ["run", manifest, "--out", out, "--model", str(MODEL_PATH), "--targets", "answer", "--overlays", "none",
+         "--group-by", "site", "--faithfulness-sample", "24", "--max-new-tokens", "8", "--no-report"]
+    )  # fmt: skip
+    assert code == cli.EXIT_OK
+    run_id = next(
+        line.split()[1].rstrip(":")
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("run ")
+    )
+    flags = read_table(out, "flags", run_id=run_id).to_pandas()
+    assert "explanations_not_trustworthy" not in set(flags["rule"])
+    trust = read_table(out, "cohort_trust", run_id=run_id).to_pandas()
+    whole = trust[(trust["cohort"] == "all") & (trust["target_class"] == "answer")].set_index("method")
+    answers = read_table(out, "answers", run_id=run_id).to_pandas()
+    n_yes = int((answers["answer"].str.lower() == "yes").sum())
+    assert whole.loc["chefer", "n_items"] == 24 and 5 <= whole.loc["chefer", "n_checkable"] <= n_yes < 24
+    assert whole.loc["chefer", "top_cell_rate"] >= 0.75, whole
