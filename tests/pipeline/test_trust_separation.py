@@ -40,17 +40,22 @@ def locate_manifest(tmp_path_factory) -> str:
     return str(manifest)
 
 
-def audit_trust(manifest: str, out: str, model: str, capsys) -> tuple:
+def run_audit(manifest: str, out: str, model: str, capsys, *options: str) -> str:
+    """Audit `manifest` with `model` through the CLI (answer targets, no overlays or report); the run id."""
     code = cli.main(
         ["run", manifest, "--out", out, "--model", str(model), "--targets", "answer", "--overlays", "none",
-         "--faithfulness-sample", str(N_CASES), "--max-new-tokens", "8", "--no-report"]
+         "--max-new-tokens", "8", "--no-report", *options]
     )  # fmt: skip
     assert code == cli.EXIT_OK
-    run_id = next(
+    return next(
         line.split()[1].rstrip(":")
         for line in capsys.readouterr().out.splitlines()
         if line.startswith("run ")
     )
+
+
+def audit_trust(manifest: str, out: str, model: str, capsys) -> tuple:
+    run_id = run_audit(manifest, out, model, capsys, "--faithfulness-sample", str(N_CASES))
     trust = read_table(out, "cohort_trust", run_id=run_id).to_pandas()
     flags = read_table(out, "flags", run_id=run_id).to_pandas()
     whole_cohort = trust[trust["cohort"] == "all"].set_index("method")
@@ -86,16 +91,7 @@ def test_no_finding_answers_do_not_make_the_honest_model_untrustworthy(tmp_path,
     no single image cell, so their occlusion maps are noise and are not counted for agreement."""
     manifest = str(write_demo_dataset(tmp_path / "data", n=24))
     out = str(tmp_path / "out")
-    code = cli.main(
-        ["run", manifest, "--out", out, "--model", str(MODEL_PATH), "--targets", "answer", "--overlays", "none",
-         "--group-by", "site", "--faithfulness-sample", "24", "--max-new-tokens", "8", "--no-report"]
-    )  # fmt: skip
-    assert code == cli.EXIT_OK
-    run_id = next(
-        line.split()[1].rstrip(":")
-        for line in capsys.readouterr().out.splitlines()
-        if line.startswith("run ")
-    )
+    run_id = run_audit(manifest, out, MODEL_PATH, capsys, "--group-by", "site", "--faithfulness-sample", "24")
     flags = read_table(out, "flags", run_id=run_id).to_pandas()
     assert "explanations_not_trustworthy" not in set(flags["rule"])
     trust = read_table(out, "cohort_trust", run_id=run_id).to_pandas()
