@@ -13,8 +13,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-test: setup
-	$(PY) -m ruff check .
+# lint first: CI runs `make test` (.ci/run), so a formatting slip fails CI too
+test: lint
 	PYTHONFAULTHANDLER=1 $(PY) -m pytest
 
 lint: setup
