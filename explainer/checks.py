@@ -73,7 +73,7 @@ def check_explanation(
         return [relevance_row[run].reshape(rows, cols).numpy() for run in layout.image_token_runs]
 
     started = time.perf_counter()
-    occlusion = explainer.relevance_for_targets(inputs, list(targets), "occlusion")
+    occlusion = explainer.relevance(inputs, list(targets), "occlusion")
     occlusion_seconds = time.perf_counter() - started
     randomized: dict[str, torch.Tensor] = {}
     randomized_seconds: dict[str, float] = {}
@@ -82,17 +82,13 @@ def check_explanation(
         with randomized_top_layers(explainer.model, randomize_layers):
             for method in attention_methods:
                 started = time.perf_counter()
-                randomized[method] = explainer.relevance_for_targets(inputs, list(targets), method)
+                randomized[method] = explainer.relevance(inputs, list(targets), method)
                 randomized_seconds[method] = time.perf_counter() - started
 
     checks = []
     for method in methods:
         started = time.perf_counter()
-        relevance = (
-            occlusion
-            if method == "occlusion"
-            else explainer.relevance_for_targets(inputs, list(targets), method)
-        )
+        relevance = occlusion if method == "occlusion" else explainer.relevance(inputs, list(targets), method)
         seconds = occlusion_seconds if method == "occlusion" else time.perf_counter() - started
         for index, target in enumerate(targets):
             maps = image_maps(relevance[index])

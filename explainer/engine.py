@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
 from PIL import Image
 from torch import nn
 
-from explainer import _explain
 from explainer._capture import relevance_mode, use_eager_attention
 from explainer._sequence import (
     SequenceLayout,
@@ -18,9 +19,11 @@ from explainer._sequence import (
     token_type_ids_for,
 )
 from explainer.explanation import Explanation
+from explainer.generation import full_sequence, prompt_and_answer
 from explainer.loading import ModelInfo, check_vision_language_model, freeze, load_pretrained, model_info
 from explainer.methods import ExplainContext, get_method
-from explainer.targets import Target
+from explainer.targets import Target, answer_targets
+from explainer.words import answer_tokens, prompt_roles
 
 DEFAULT_MAX_CHUNK_BYTES = 2 * 1024**3
 
@@ -91,41 +94,53 @@ class Explainer:
     def layout(self, inputs: Mapping[str, torch.Tensor]) -> SequenceLayout:
         return sequence_layout(inputs["input_ids"], self.model.config)
 
-    def relevance_for_targets(
-        self, inputs: Mapping[str, torch.Tensor], targets: list[Target], method: str = "chefer"
-    ) -> torch.Tensor:
-        """Relevance rows [len(targets), seq_len] (float32, CPU) for arbitrary targets."""
-        relevance_method = get_method(method)
+    @contextmanager
+    def context(self, inputs: Mapping[str, torch.Tensor]) -> Iterator[ExplainContext]:
+        """One sequence ready for relevance methods and perturbations: inputs on the model's device,
+        its layout, the model in relevance mode (undone on exit) and this explainer's memory budget."""
         prepared = self.prepare_inputs(inputs)
         layout = self.layout(prepared)
-        for target in targets:
-            check_target_positions(list(target.positions), layout.seq_len)
         with relevance_mode(self.model) as recorder:
-            context = ExplainContext(self.model, prepared, layout, recorder, self.max_chunk_bytes)
-            return relevance_method.relevance(context, targets)
+            yield ExplainContext(self.model, prepared, layout, recorder, self.max_chunk_bytes)
 
     def relevance(
-        self, inputs: Mapping[str, torch.Tensor], target_positions: list[int], method: str = "chefer"
+        self,
+        inputs: Mapping[str, torch.Tensor],
+        targets: Sequence[int | Target],
+        method: str = "chefer",
     ) -> torch.Tensor:
-        """Relevance of every position for the tokens at `target_positions`.
+        """Relevance of every position for each target.
 
         Args:
             inputs: batch-1 tensors of the full sequence (prompt + answer): `input_ids`,
                 `attention_mask`, `pixel_values`, optionally `token_type_ids` (else built from
                 `config.image_token_id`).
-            target_positions: positions p; the token at p is explained through logits[p-1, token].
-            method: "chefer", "rollout", "raw_attention" or "occlusion".
+            targets: positions p (the token at p, explained through logits[p-1, token]) or
+                `Target`s (y = the sum of those logits over the target's positions).
+            method: a name in `explainer.methods.METHODS`: "chefer", "rollout", "raw_attention" or
+                "occlusion".
         Returns:
-            float32 [len(target_positions), seq_len] on CPU; row k is row p_k - 1 of R.
+            float32 [len(targets), seq_len] on CPU; row k is row p_k - 1 of R for a position target.
+            Targets with the same positions are computed once.
         """
+        relevance_method = get_method(method)
         check_batch_one(inputs)
         seq_len = inputs["input_ids"].shape[1]
-        targets = [Target((p,)) for p in check_target_positions(target_positions, seq_len)]
-        return self.relevance_for_targets(inputs, targets, method)
+        targets = [target if isinstance(target, Target) else Target((int(target),)) for target in targets]
+        for target in targets:
+            check_target_positions(list(target.positions), seq_len)
+        if not targets:
+            return torch.zeros(0, seq_len)
+        distinct: dict[tuple[int, ...], int] = {}
+        for target in targets:
+            distinct.setdefault(target.positions, len(distinct))
+        with self.context(inputs) as context:
+            rows = relevance_method.relevance(context, [Target(positions) for positions in distinct])
+        return rows[[distinct[target.positions] for target in targets]].float()
 
     def explain(
         self,
-        images: Image.Image | list[Image.Image],
+        images: Image.Image | Sequence[Image.Image],
         question: str,
         *,
         max_new_tokens: int = 64,
@@ -144,14 +159,52 @@ class Explainer:
                 (the whole answer only) or a list of words (those answer words, never prompt words,
                 plus the whole answer).
             method: "chefer", "rollout", "raw_attention" or "occlusion".
+        Raises:
+            GenerationError: prompting or generation failed (the original error is its cause).
         """
-        return _explain.explain(
-            self,
+        if self.processor is None:
+            raise ValueError(
+                "explain() needs a processor: Explainer(model, processor) or Explainer.from_pretrained"
+            )
+        images = [images] if isinstance(images, Image.Image) else list(images)
+        started = time.perf_counter()
+        prompt, answer_ids = prompt_and_answer(
+            self.model,
+            self.processor,
             images,
             question,
-            max_new_tokens=max_new_tokens,
-            targets=targets,
-            method=method,
             system_prompt=system_prompt,
+            max_new_tokens=max_new_tokens,
             generation_kwargs=generation_kwargs,
+        )
+        generated = time.perf_counter()
+
+        tokenizer = self.processor.tokenizer
+        answer_text, tokens = answer_tokens(tokenizer, answer_ids, prompt.length)
+        explained_targets = answer_targets(tokens, targets)
+        inputs = full_sequence(prompt, answer_ids)
+        layout = self.layout(inputs)
+        relevance = self.relevance(inputs, explained_targets, method)
+        prompt_text_positions = layout.text_positions[layout.text_positions < prompt.length]
+        strings, roles = prompt_roles(tokenizer, prompt, prompt_text_positions)
+        rows, cols = layout.grid
+        return Explanation(
+            question=question,
+            answer=answer_text.strip(),
+            tokens=tokens,
+            targets=explained_targets,
+            image_maps=[relevance[:, run].reshape(-1, rows, cols).numpy() for run in layout.image_token_runs],
+            text_relevance=relevance[:, prompt_text_positions].numpy(),
+            prompt_tokens=strings,
+            prompt_token_roles=roles,
+            images=images,
+            method=method,
+            model_id=self.info.model_id,
+            model_revision=self.info.revision,
+            system_prompt=system_prompt,
+            timings={
+                "generate_seconds": generated - started,
+                "explain_seconds": time.perf_counter() - generated,
+                "answer_tokens": float(len(tokens)),
+            },
         )

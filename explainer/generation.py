@@ -10,6 +10,10 @@ from PIL import Image
 from torch import nn
 
 
+class GenerationError(RuntimeError):
+    """Prompting or generating the answer failed; the original error is the `__cause__`."""
+
+
 @dataclass(frozen=True)
 class Prompt:
     """The rendered chat prompt and the processor's tensors for it (batch 1)."""
@@ -72,6 +76,27 @@ def generate_answer(
     stops = stop_token_ids(model) | {config.get_text_config().pad_token_id}
     ends = [index for index, token in enumerate(answer.tolist()) if token in stops]
     return answer[: ends[0]] if ends else answer
+
+
+def prompt_and_answer(
+    model: nn.Module,
+    processor,
+    images: Sequence[Image.Image],
+    question: str,
+    *,
+    system_prompt: str | None,
+    max_new_tokens: int,
+    generation_kwargs: dict | None = None,
+) -> tuple[Prompt, torch.Tensor]:
+    """The chat prompt and the generated answer ids; any failure is raised as `GenerationError`."""
+    try:
+        prompt = build_prompt(processor, images, question, system_prompt)
+        answer = generate_answer(
+            model, prompt, max_new_tokens=max_new_tokens, generation_kwargs=generation_kwargs
+        )
+    except Exception as exc:
+        raise GenerationError(f"{type(exc).__name__}: {exc}") from exc
+    return prompt, answer
 
 
 def full_sequence(prompt: Prompt, answer_ids: torch.Tensor) -> dict[str, torch.Tensor]:

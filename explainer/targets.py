@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from explainer.explanation import AnswerToken
 
 
 @dataclass(frozen=True)
@@ -67,3 +71,27 @@ def start_rows(targets: Sequence[Target], seq_len: int) -> torch.Tensor:
     for index, target in enumerate(targets):
         rows[index, list(target.logit_positions)] += 1.0
     return rows
+
+
+def answer_targets(tokens: Sequence[AnswerToken], policy: str | Sequence[str]) -> list[Target]:
+    """Targets of an answer for a policy: "all" (every token, every word, the whole answer), "answer"
+    (the whole answer only) or a list of words (those answer words, plus the whole answer)."""
+    if not tokens:
+        return []
+    targets = []
+    if policy == "all":
+        targets += [Target((token.position,), "token", token.text) for token in tokens]
+        wanted = None
+    elif policy == "answer":
+        wanted = set()
+    elif isinstance(policy, (list, tuple, set)):
+        wanted = {word.lower() for word in policy}
+    else:
+        raise ValueError(f"targets must be 'all', 'answer' or a list of words; got {policy!r}")
+    seen: dict[str, list[int]] = {}
+    for token in tokens:
+        if token.word is not None and (wanted is None or token.word.lower() in wanted):
+            seen.setdefault(token.word.lower(), []).append(token.position)
+    targets += [Target(tuple(positions), "word", word) for word, positions in seen.items()]
+    targets.append(Target(tuple(token.position for token in tokens), "answer", "answer"))
+    return targets

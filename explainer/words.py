@@ -6,6 +6,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
+from explainer.explanation import AnswerToken
+from explainer.generation import Prompt
+
 WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -68,3 +73,34 @@ def span_roles(
                 break
         roles.append(role)
     return roles
+
+
+def answer_tokens(tokenizer, answer_ids: torch.Tensor, prompt_length: int) -> tuple[str, list[AnswerToken]]:
+    """The decoded answer and its tokens, each with its position in the full sequence and its word."""
+    answer_text, spans = token_char_spans(tokenizer, answer_ids.tolist())
+    token_words: list[str | None] = [None] * len(spans)
+    for word in words_of(answer_text, spans):
+        for index in word.token_indices:
+            token_words[index] = token_words[index] or word.text
+    tokens = [
+        AnswerToken(int(token_id), answer_text[start:end], prompt_length + index, token_words[index])
+        for index, (token_id, (start, end)) in enumerate(zip(answer_ids.tolist(), spans, strict=True))
+    ]
+    return answer_text, tokens
+
+
+def prompt_roles(tokenizer, prompt: Prompt, text_positions: torch.Tensor) -> tuple[list[str], list[str]]:
+    """Token strings and roles ("question", "system", "template", "special") of the prompt's text tokens."""
+    ids = prompt.inputs["input_ids"][0].tolist()
+    text, spans = token_char_spans(tokenizer, ids)
+    regions = {}
+    question_start = text.rfind(prompt.question.strip())
+    if question_start >= 0:
+        regions["question"] = (question_start, question_start + len(prompt.question.strip()))
+    if prompt.system_prompt and (system_start := text.find(prompt.system_prompt.strip())) >= 0:
+        regions["system"] = (system_start, system_start + len(prompt.system_prompt.strip()))
+    roles = span_roles(spans, regions, default="template")
+    special = set(tokenizer.all_special_ids)
+    positions = [p for p in text_positions.tolist() if p < len(ids)]
+    strings = tokenizer.convert_ids_to_tokens([ids[p] for p in positions])
+    return strings, ["special" if ids[p] in special else roles[p] for p in positions]

@@ -15,7 +15,6 @@ import os
 import socket
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -26,6 +25,7 @@ from PIL import Image
 
 from explainer import Explainer
 from explainer.explanation import Explanation
+from explainer.generation import GenerationError
 from explainer.overlay import heatmap_overlay
 from storage import (
     ErrorRecord,
@@ -45,7 +45,7 @@ from tasks.records import RoiError, answer_row, check_roi_box, overlay_targets, 
 from tasks.retry import with_backoff
 
 OverlaySink = Callable[[str, Image.Image], None]  # (overlay name, image) → stored
-__all__ = ["ItemOutcome", "ShardJob", "explain_item", "explain_shard", "failure_stage", "get_explainer"]
+__all__ = ["ItemOutcome", "ShardJob", "explain_item", "explain_shard", "get_explainer"]
 
 
 @dataclass
@@ -60,14 +60,6 @@ class ItemOutcome:
     @property
     def ok(self) -> bool:
         return self.answer["status"] == "ok"
-
-
-def failure_stage(exc: BaseException) -> str:
-    """'generate' when the exception came from prompting or generation, else 'explain'."""
-    for frame, _line in traceback.walk_tb(exc.__traceback__):
-        if frame.f_globals.get("__name__") == "explainer.generation":
-            return "generate"
-    return "explain"
 
 
 def load_image(
@@ -128,8 +120,10 @@ def explain_item(
                 method=config.method,
                 system_prompt=config.system_prompt,
             )
+    except GenerationError as exc:  # the error row names the original error, not the wrapper
+        return failed("generate", exc.__cause__ or exc, size)
     except Exception as exc:  # any model failure (OOM, shape mismatch, ...) is this item's error row
-        return failed(failure_stage(exc), exc, size)
+        return failed("explain", exc, size)
     try:
         roi = roi_weights(item, size, explanation.grid, mask) if explanation.targets else None
         outcome = ItemOutcome(

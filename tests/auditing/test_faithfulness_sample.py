@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from explainer import Explainer, _explain
+from explainer import Explainer, generation
 from storage import to_arrow
 from tasks.faithfulness import check_item, sampled_item_ids
 from tests.models import random_image
@@ -24,7 +24,7 @@ def test_the_sample_is_stable_and_of_the_asked_size():
 def test_checked_items_give_rows_for_every_method_and_checked_target(tiny, monkeypatch):
     explainer = Explainer(tiny.model, tiny.processor)
     ids = torch.tensor(tiny.tokenizer("right upper zone", add_special_tokens=False)["input_ids"])
-    monkeypatch.setattr(_explain, "generate_answer", lambda *args, **kwargs: ids)
+    monkeypatch.setattr(generation, "generate_answer", lambda *args, **kwargs: ids)
     explanation = explainer.explain(random_image(0), "Where is the nodule?", targets="all")
     rows = check_item(explainer, "item-1", explanation, findings=("upper", "nodule"))
     table = to_arrow("faithfulness", rows).to_pandas()

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from explainer import Explainer, _explain
+from explainer import Explainer, generation
 from explainer.generation import build_prompt, full_sequence
+from explainer.targets import Target
 from tests.model_state import model_state
 from tests.models import random_image
 
@@ -18,7 +19,7 @@ def scripted_answer(monkeypatch, tiny):
 
     def use(text: str) -> torch.Tensor:
         ids = torch.tensor(tiny.tokenizer(text, add_special_tokens=False)["input_ids"])
-        monkeypatch.setattr(_explain, "generate_answer", lambda *args, **kwargs: ids)
+        monkeypatch.setattr(generation, "generate_answer", lambda *args, **kwargs: ids)
         return ids
 
     return use
@@ -48,7 +49,7 @@ def test_explain_returns_maps_for_every_token_word_and_the_answer(tiny, scripted
     for index, row in enumerate(rows):
         assert np.allclose(explanation.map(index), row[image_positions].reshape(2, 2).numpy(), atol=1e-6)
     nodule = [t.position for t in explanation.tokens if t.word == "nodule"]
-    word_row = explainer.relevance_for_targets(inputs, [_explain.Target(tuple(nodule), "word")])[0]
+    word_row = explainer.relevance(inputs, [Target(tuple(nodule), "word")])[0]
     assert np.allclose(
         explanation.word_map("nodule"), word_row[image_positions].reshape(2, 2).numpy(), atol=1e-6
     )

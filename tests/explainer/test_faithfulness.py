@@ -74,12 +74,12 @@ def test_spearman_and_agreement_on_known_maps():
 
 
 def test_check_explanation_compares_every_method_with_occlusion(tiny_grid4, monkeypatch):
-    from explainer import _explain
+    from explainer import generation
     from explainer.checks import CHECKED_METHODS, check_explanation
 
     explainer = Explainer(tiny_grid4.model, tiny_grid4.processor)
     ids = torch.tensor(tiny_grid4.tokenizer("right upper zone", add_special_tokens=False)["input_ids"])
-    monkeypatch.setattr(_explain, "generate_answer", lambda *args, **kwargs: ids)
+    monkeypatch.setattr(generation, "generate_answer", lambda *args, **kwargs: ids)
     explanation = explainer.explain(random_image(0), "Where is the nodule?", targets=["upper"])
     before = {name: p.clone() for name, p in tiny_grid4.model.named_parameters()}
     targets = [t for t in explanation.targets if t.kind in ("answer", "word")]

@@ -86,7 +86,7 @@ def test_generation_and_explanation_failures_are_staged(tmp_path, config, explai
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(explainer, "relevance_for_targets", out_of_memory)
+    monkeypatch.setattr(explainer, "relevance", out_of_memory)
     [error] = explain_item(explainer, _item(tmp_path, "b.png", png_bytes(1)), config, StoreCache()).errors
     assert (error.stage, error.error_type) == ("explain", "RuntimeError") and "out of memory" in error.message
 
