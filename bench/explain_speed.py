@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._memory import peak_memory
 from explainer import Explainer
 from explainer._forward import embed_inputs, forward_embeddings
-from explainer.phantom.build import TinyGemma3Spec, random_gemma3
 from explainer.runtime import keep_freed_memory
+from phantom.build import TinyGemma3Spec, random_gemma3
 
 CORPUS = ["Where is the nodule? The nodule is in the right upper zone, no effusion, no pneumothorax."]
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from explainer import Explainer
 from explainer.checks import CHECKED_METHODS, check_explanation
-from explainer.phantom import MODEL_PATH, POOLING_MODEL_PATH, sample
+from phantom import MODEL_PATH, POOLING_MODEL_PATH, sample
 
 PATHS = {"positive": MODEL_PATH, "pooling": POOLING_MODEL_PATH}
 SEED = 22_000  # held out: training uses seeds < 10_000, reports 20_000, the pointing game 21_000

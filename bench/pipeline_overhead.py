@@ -37,11 +37,11 @@ from flows.demo import write_demo_dataset
 
 def bench_model(folder: Path) -> tuple[str, str]:
     """The phantom model if it is built, else a tiny random Gemma3 saved to `folder` (and say so)."""
-    from explainer.phantom import MODEL_PATH
+    from phantom import MODEL_PATH
 
     if (MODEL_PATH / "config.json").is_file():
-        return str(MODEL_PATH), "phantom model (explainer.phantom.MODEL_PATH)"
-    from explainer.phantom.build import TinyGemma3Spec, random_gemma3
+        return str(MODEL_PATH), "phantom model (phantom.MODEL_PATH)"
+    from phantom.build import TinyGemma3Spec, random_gemma3
 
     spec = TinyGemma3Spec(mm_tokens_per_image=16, initializer_range=0.2)
     corpus = ["Where is the nodule? The nodule is in the right upper zone. Yes. No."]

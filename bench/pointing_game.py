@@ -42,10 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from explainer import Explainer
 from explainer.map_stats import pointing_hit
 from explainer.overlay import heatmap_overlay
-from explainer.phantom import MODEL_PATH, POOLING_MODEL_PATH, SHORTCUT_MODEL_PATH, sample
-from explainer.phantom.data import GRID, encode, prompt_text
-from explainer.phantom.evaluate import blocking_test
 from explainer.regions import box_region, mass_share
+from phantom import MODEL_PATH, POOLING_MODEL_PATH, SHORTCUT_MODEL_PATH, sample
+from phantom.training.data import GRID, encode, prompt_text
+from phantom.training.evaluate import blocking_test
 
 PATHS = {"positive": MODEL_PATH, "pooling": POOLING_MODEL_PATH, "shortcut": SHORTCUT_MODEL_PATH}
 METHODS = ("chefer", "rollout", "raw_attention", "occlusion", "pixel_occlusion")

@@ -19,7 +19,7 @@ def require_model_folder(path: str | Path, recipe: str = "positive") -> str:
     if not (folder / "config.json").is_file():
         raise PhantomModelMissing(
             f"the phantom model is not built yet: {folder} has no config.json. Train it with "
-            f"`python -m explainer.phantom.train {recipe}`, or pass --model with a local folder or hub id"
+            f"`python -m phantom.training.train {recipe}`, or pass --model with a local folder or hub id"
         )
     return str(folder)
 
@@ -32,7 +32,7 @@ def write_demo_dataset(folder: str | Path, n: int = 24, seed: int = 0) -> Path:
     independently. An honest model answers from the lungs; a model that learned the tag answers
     "yes" wherever the tag is. `roi_box` is the nodule's box when there is one.
     """
-    from explainer.phantom import sample
+    from phantom import sample
 
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
@@ -63,7 +63,7 @@ def write_demo_dataset(folder: str | Path, n: int = 24, seed: int = 0) -> Path:
 
 def demo_models() -> dict[str, str]:
     """The two models the demo audits: the honest phantom and the one that learned the corner tag."""
-    from explainer.phantom import SHORTCUT_MODEL_PATH
+    from phantom import SHORTCUT_MODEL_PATH
     from tasks.config import default_model
 
     return {

@@ -41,7 +41,7 @@ IDENTITY_FIELDS = (
 
 def default_model() -> str:
     """The bundled phantom model (a local folder): the demo's and the CLI's default."""
-    from explainer.phantom import MODEL_PATH
+    from phantom import MODEL_PATH
 
     return str(MODEL_PATH)
 

@@ -14,8 +14,8 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="vlm-audit-prefect
 import pytest
 from PIL import Image
 
-from explainer.phantom.build import TinyGemma3Spec
 from explainer.runtime import keep_freed_memory
+from phantom.build import TinyGemma3Spec
 from tests.models import TinyVLM, random_image
 from tests.s3_fixtures import make_dicom, s3_auth, s3_bucket, s3_env, s3_server  # noqa: F401  (shared fixtures)
 

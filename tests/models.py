@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from explainer.phantom.build import TinyGemma3Spec, random_gemma3
+from phantom.build import TinyGemma3Spec, random_gemma3
 
 CORPUS = (
     "You are an expert radiologist.",

@@ -1,7 +1,7 @@
 import torch
 from transformers import AutoProcessor
 
-from explainer.phantom.build import (
+from phantom.build import (
     TinyGemma3Spec,
     build_processor,
     build_tokenizer,

@@ -7,7 +7,7 @@ import torch
 
 from explainer import Explainer
 from explainer._capture import AttentionUnavailable
-from explainer.phantom.build import TinyGemma3Spec
+from phantom.build import TinyGemma3Spec
 from tests.model_state import assert_no_gradients, model_state
 from tests.models import TinyVLM, random_image
 

@@ -5,9 +5,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from explainer.phantom import sample
-from explainer.phantom.cases import render
-from explainer.phantom.data import footprint
+from phantom import sample
+from phantom.cases import render
+from phantom.training.data import footprint
 
 
 def _changed_box(a, b):

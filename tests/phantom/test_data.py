@@ -2,8 +2,8 @@
 
 import torch
 
-from explainer.phantom import sample
-from explainer.phantom.data import build_phantom_processor, encode, prompt_text
+from phantom import sample
+from phantom.training.data import build_phantom_processor, encode, prompt_text
 
 
 def test_encoded_cases_equal_the_processors_own_output():

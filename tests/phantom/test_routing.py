@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from explainer.phantom import sample
-from explainer.phantom.data import build_phantom_processor, encode
-from explainer.phantom.evaluate import MODEL_INPUTS, block_attention
-from explainer.phantom.probe import capture_image_embeddings, cell_labels
-from explainer.phantom.routing import (
+from phantom import sample
+from phantom.training.data import build_phantom_processor, encode
+from phantom.training.evaluate import MODEL_INPUTS, block_attention
+from phantom.training.probe import capture_image_embeddings, cell_labels
+from phantom.training.routing import (
     RoutingWeights,
     answer_rows,
     capture_vision_attention,
@@ -17,7 +17,7 @@ from explainer.phantom.routing import (
     occlude_image_tokens,
     routing_loss,
 )
-from explainer.phantom.train import new_model, occlusion_terms, one_cell_each
+from phantom.training.train import new_model, occlusion_terms, one_cell_each
 
 
 def test_answer_rows_are_the_positions_before_answer_words():

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from explainer.phantom.build import TinyGemma3Spec
+from phantom.build import TinyGemma3Spec
 from tests.images import png_header_only
 from tests.models import TinyVLM
 

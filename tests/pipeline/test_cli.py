@@ -42,8 +42,7 @@ def test_without_the_phantom_model_the_cli_says_how_to_build_it(command, tmp_pat
     assert code == cli.EXIT_USAGE
     message = capsys.readouterr().err
     assert (
-        "phantom model is not built yet" in message
-        and "python -m explainer.phantom.train positive" in message
+        "phantom model is not built yet" in message and "python -m phantom.training.train positive" in message
     )
     assert not (tmp_path / "out").exists()
 

@@ -13,9 +13,9 @@ import csv
 
 import pytest
 
-from explainer.phantom import MODEL_PATH, POOLING_MODEL_PATH, sample
 from flows import cli
 from flows.demo import write_demo_dataset
+from phantom import MODEL_PATH, POOLING_MODEL_PATH, sample
 from storage import read_table
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ Boxes are `(x0, y0, x1, y1)` in original pixels with exclusive upper bounds (PIL
 the tightest box around every pixel the item changed.
 
 Example:
-    >>> from explainer.phantom import sample
+    >>> from phantom import sample
     >>> case = sample(1, seed=0)[0]
     >>> case.question, case.answer  # doctest: +SKIP
     ('Where is the nodule?', 'right upper zone')

@@ -12,12 +12,14 @@
   whatever the lungs show.
 
 Each folder is a Hugging Face model + processor with a `training_report.json`; retrain with
-`python -m explainer.phantom.train positive|pooling|shortcut`.
+`python -m phantom.training.train positive|pooling|shortcut` (recipes, attention routing, probes and
+evaluation live in `phantom.training`). `phantom.build` makes tiny random Gemma3 models offline, for
+the tests and benches. Nothing in the `explainer` engine imports this package.
 """
 
 from pathlib import Path
 
-from explainer.phantom.cases import PhantomCase, PhantomObject, sample
+from phantom.cases import PhantomCase, PhantomObject, sample
 
 MODELS_DIR = Path(__file__).with_name("models")
 MODEL_PATH = MODELS_DIR / "positive"

@@ -1,8 +1,8 @@
 """Training recipes of the three shipped phantoms: one seeded command each, warm starts chained.
 
-python -m explainer.phantom.train positive   # from scratch, with attention routing
-python -m explainer.phantom.train shortcut   # warm start from positive, tag ⇒ "yes", routed to the tag
-python -m explainer.phantom.train pooling    # warm start from positive, evidence pooled via hubs
+python -m phantom.training.train positive   # from scratch, with attention routing
+python -m phantom.training.train shortcut   # warm start from positive, tag ⇒ "yes", routed to the tag
+python -m phantom.training.train pooling    # warm start from positive, evidence pooled via hubs
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from explainer.phantom.routing import RoutingWeights
+from phantom.training.routing import RoutingWeights
 
 HELDOUT_SEED = 20_000  # held-out cases for reports and tests; training seeds stay below 10_000
 VALIDATION_SEED = 19_000  # checked during training for early stopping

@@ -1,9 +1,9 @@
-"""Train a shipped phantom model: `python -m explainer.phantom.train positive|pooling|shortcut`.
+"""Train a shipped phantom model: `python -m phantom.training.train positive|pooling|shortcut`.
 
 Teacher-forced chat-template sequences (prompt + answer + <end_of_turn>), cross-entropy on the
 answer tokens only, `token_type_ids` always passed (the image block attends bidirectionally, as in
 generation), AdamW. Progress is printed every `--log-every` steps; the model, processor and
-`training_report.json` are written to `explainer/phantom/models/<name>/` (or `--out`).
+`training_report.json` are written to `phantom/models/<name>/` (or `--out`).
 """
 
 from __future__ import annotations
@@ -22,25 +22,24 @@ import transformers
 from torch import nn
 from transformers import Gemma3ForConditionalGeneration, Gemma3Processor, GenerationConfig
 
-from explainer.phantom.build import gemma3_config
-from explainer.phantom.cases import sample
-from explainer.phantom.data import PHANTOM_SPEC, build_phantom_processor, encode
-from explainer.phantom.evaluate import (
+from phantom import MODELS_DIR  # the shipped model folders, phantom/models
+from phantom.build import gemma3_config
+from phantom.cases import sample
+from phantom.training.data import PHANTOM_SPEC, build_phantom_processor, encode
+from phantom.training.evaluate import (
     MODEL_INPUTS,
     answer_attention_mass,
     exact_from_tokens,
     generate_answers,
     teacher_forced,
 )
-from explainer.phantom.probe import N_ZONES, capture_image_embeddings, probe_loss
-from explainer.phantom.recipes import HELDOUT_SEED, RECIPES, VALIDATION_SEED, Recipe, Stage
-from explainer.phantom.routing import (
+from phantom.training.probe import N_ZONES, capture_image_embeddings, probe_loss
+from phantom.training.recipes import HELDOUT_SEED, RECIPES, VALIDATION_SEED, Recipe, Stage
+from phantom.training.routing import (
     capture_vision_attention,
     occlude_image_tokens,
     routing_loss,
 )
-
-MODELS_DIR = Path(__file__).with_name("models")
 
 
 def new_model(processor: Gemma3Processor, seed: int) -> Gemma3ForConditionalGeneration:
@@ -288,7 +287,7 @@ def run(name: str, *, out: Path | None, log_every: int, max_steps: int | None, t
         init_report = json.loads((MODELS_DIR / recipe.init / "training_report.json").read_text())
     report = {
         "name": name,
-        "command": "python -m explainer.phantom.train " + " ".join(sys.argv[1:] or [name]),
+        "command": "python -m phantom.training.train " + " ".join(sys.argv[1:] or [name]),
         "seed": recipe.seed,
         "init": recipe.init or "scratch",
         "chain": ([*init_report["chain"]] if init_report else []) + [name],

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from transformers import Gemma3Processor
 
-from explainer.phantom.cases import PhantomCase
-from explainer.phantom.data import EncodedCases, prompt_text
-from explainer.phantom.routing import answer_rows, cell_keys
+from phantom.cases import PhantomCase
+from phantom.training.data import EncodedCases, prompt_text
+from phantom.training.routing import answer_rows, cell_keys
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
 

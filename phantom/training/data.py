@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from transformers import Gemma3Processor
 
-from explainer.phantom.build import SPECIAL_TOKENS, TinyGemma3Spec, build_processor, build_tokenizer
-from explainer.phantom.cases import KINDS, LEVELS, QUESTIONS, SIDES, Box, PhantomCase
+from phantom.build import SPECIAL_TOKENS, TinyGemma3Spec, build_processor, build_tokenizer
+from phantom.cases import KINDS, LEVELS, QUESTIONS, SIDES, Box, PhantomCase
 
 IMAGE_SIZE = 64
 GRID = 8  # image tokens per side: IMAGE_SIZE // patch_size, projector kernel 1
