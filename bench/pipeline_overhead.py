@@ -32,7 +32,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from flows.demo import write_demo_dataset
+from phantom.demo import write_demo_dataset
 
 
 def bench_model(folder: Path) -> tuple[str, str]:

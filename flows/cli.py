@@ -213,13 +213,9 @@ def _audit_hook(name: str, args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     """Write the mixed phantom cohort, audit it with the honest and the shortcut model, compare."""
-    from flows.demo import (
-        DEMO_GROUPINGS,
-        demo_models,
-        format_comparison,
-        require_model_folder,
-        write_demo_dataset,
-    )
+    from flows.demo import demo_models, format_comparison
+    from phantom import require_model_folder
+    from phantom.demo import DEMO_GROUPINGS, write_demo_dataset
 
     models = {"model": require_model_folder(args.model)} if args.model else demo_models()
     manifest = write_demo_dataset(os.path.join(args.out, "data"), args.n, args.seed)
@@ -243,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("aggregate", "report"):
         return _audit_hook(args.command, args)
     _prepare_environment(args.verbose)
-    from flows.demo import PhantomModelMissing, require_model_folder
+    from phantom import PhantomModelMissing, require_model_folder
     from storage import StorageError
     from tasks.cache import ModelLoadError
     from tasks.config import default_model

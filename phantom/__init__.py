@@ -10,11 +10,14 @@
   budget here, so the pooling route is trained explicitly (docs/validation.md).
 - `SHORTCUT_MODEL_PATH`: says "yes" to presence questions when a burned-in corner tag is present,
   whatever the lungs show.
+- `require_model_folder(path, recipe)`: `path` if a shipped model folder is built, else
+  `PhantomModelMissing` naming the command that trains it.
 
 Each folder is a Hugging Face model + processor with a `training_report.json`; retrain with
 `python -m phantom.training.train positive|pooling|shortcut` (recipes, attention routing, probes and
 evaluation live in `phantom.training`). `phantom.build` makes tiny random Gemma3 models offline, for
-the tests and benches. Nothing in the `explainer` engine imports this package.
+the tests and benches; `phantom.demo` writes the demo's data set. Nothing in the `explainer` engine
+imports this package.
 """
 
 from pathlib import Path
@@ -26,11 +29,30 @@ MODEL_PATH = MODELS_DIR / "positive"
 POOLING_MODEL_PATH = MODELS_DIR / "pooling"
 SHORTCUT_MODEL_PATH = MODELS_DIR / "shortcut"
 
+
+class PhantomModelMissing(FileNotFoundError):
+    """The bundled phantom model folder has not been built yet."""
+
+
+def require_model_folder(path: str | Path, recipe: str = "positive") -> str:
+    """`path` as a string if it holds a Hugging Face model (config.json), else `PhantomModelMissing`."""
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise PhantomModelMissing(
+            f"the phantom model is not built yet: {folder} has no config.json. Train it with "
+            f"`python -m phantom.training.train {recipe}`, or pass --model with a local folder or hub id"
+        )
+    return str(folder)
+
+
 __all__ = [
+    "MODELS_DIR",
     "MODEL_PATH",
     "POOLING_MODEL_PATH",
     "SHORTCUT_MODEL_PATH",
     "PhantomCase",
+    "PhantomModelMissing",
     "PhantomObject",
+    "require_model_folder",
     "sample",
 ]

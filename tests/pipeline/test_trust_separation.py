@@ -14,8 +14,8 @@ import csv
 import pytest
 
 from flows import cli
-from flows.demo import write_demo_dataset
 from phantom import MODEL_PATH, POOLING_MODEL_PATH, sample
+from phantom.demo import write_demo_dataset
 from storage import read_table
 
 pytestmark = pytest.mark.integration
