@@ -33,7 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from explainer import Explainer
-from explainer.checks import CHECKED_METHODS, check_explanation
+from explainer.checks import check_explanation
+from explainer.methods import METHODS
 from phantom import MODEL_PATH, POOLING_MODEL_PATH, sample
 
 PATHS = {"positive": MODEL_PATH, "pooling": POOLING_MODEL_PATH}
@@ -43,7 +44,7 @@ SEED = 22_000  # held out: training uses seeds < 10_000, reports 20_000, the poi
 def score_model(name: str, n: int, seed: int) -> dict:
     explainer = Explainer.from_pretrained(PATHS[name])
     cases = sample(n, seed, finding_prob=1.0, distractor_prob=0.8)
-    per_method: dict[str, dict[str, list[float]]] = {m: {} for m in CHECKED_METHODS}
+    per_method: dict[str, dict[str, list[float]]] = {m: {} for m in METHODS}
     explain_seconds, correct = [], []
     for index, case in enumerate(cases):
         started = time.perf_counter()

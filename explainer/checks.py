@@ -1,28 +1,136 @@
-"""Faithfulness checks of one explanation: every method against occlusion, removal curves, randomisation.
+"""Checks of an explanation against the model itself: every method against the occlusion reference,
+removal curves and model randomisation.
 
 For a sample of audited items the pipeline asks, per target and image: how well does each method's
 map rank the image cells like the occlusion reference (Spearman, peak cell)? How fast does the
-target's log-probability fall when cells are removed in the map's order (MoRF) versus the reverse
-(LeRF)? And does the map survive re-initialising the top language layers (it should not)?
+target's log-probability fall when cells are removed in the map's order? And does the map survive
+re-initialising the top language layers (it should not)?
+
+Removal curves (deletion and insertion in the sense of Petsiuk et al., with tokens instead of
+pixels): image tokens are replaced by the occlusion baseline (their image's mean image-token
+embedding) in order of a map's relevance, most relevant first (MoRF: a faithful map makes the
+explained token's log-probability fall fast) or least relevant first (LeRF: it should stay high).
+
+Model randomisation (Adebayo et al. 2018): re-initialise the top language layers and explain
+again; a map that barely changes does not depend on what the model learned.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
-from explainer._sequence import sequence_layout
+from explainer._capture import language_layers
+from explainer.engine import Explainer
 from explainer.explanation import Explanation
-from explainer.faithfulness import randomized_top_layers, removal_curves
 from explainer.generation import build_prompt, full_sequence
 from explainer.map_stats import spearman, top_cell_agreement
-from explainer.targets import Target
+from explainer.methods import METHODS
+from explainer.targets import Target, logit_rows, logits_index
 
-CHECKED_METHODS = ("chefer", "rollout", "raw_attention", "occlusion")
+
+@dataclass(frozen=True)
+class RemovalCurves:
+    """Log-probability of the target after removing a fraction of image tokens, in two orders."""
+
+    fractions: np.ndarray  # [steps + 1], 0 .. 1
+    most_relevant_first: np.ndarray  # [steps + 1]
+    least_relevant_first: np.ndarray  # [steps + 1]
+
+    @property
+    def morf_auc(self) -> float:
+        """Mean log-probability along the MoRF curve (lower = more faithful)."""
+        return float(np.trapezoid(self.most_relevant_first, self.fractions))
+
+    @property
+    def lerf_auc(self) -> float:
+        """Mean log-probability along the LeRF curve (higher = more faithful)."""
+        return float(np.trapezoid(self.least_relevant_first, self.fractions))
+
+    @property
+    def auc_gap(self) -> float:
+        """LeRF − MoRF area: how much better the map's order is than its reverse (higher = better)."""
+        return self.lerf_auc - self.morf_auc
+
+
+def target_log_probability(
+    logits: torch.Tensor, input_ids: torch.Tensor, target: Target, rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Σ_p log softmax(logits[:, p-1])[token at p] for a batch of variants: [B].
+
+    `logits` [B, R, vocab] hold positions `rows` (None: every position).
+    """
+    index = torch.tensor(logits_index(target, rows), device=logits.device)
+    log_probs = torch.log_softmax(logits[:, index].float(), dim=-1)  # [B, P, vocab]
+    tokens = input_ids.to(logits.device)[torch.tensor(target.positions, device=logits.device)]
+    return log_probs[:, torch.arange(len(index)), tokens].sum(dim=-1)
+
+
+def removal_curves(
+    explainer: Explainer,
+    inputs: Mapping[str, torch.Tensor],
+    target: Target,
+    relevance_row: torch.Tensor,
+    *,
+    steps: int = 8,
+) -> RemovalCurves:
+    """MoRF and LeRF curves of one target for a relevance row [L] of any method.
+
+    Image tokens of all images are ranked together by the row's values; each step removes the next
+    `1/steps` of them. The 2·(steps+1) variants are scored in forwards batched within the
+    explainer's memory budget.
+    """
+    fractions = np.linspace(0.0, 1.0, steps + 1)
+    rows = logit_rows([target])
+    with torch.no_grad(), explainer.context(inputs) as context:
+        positions = context.layout.image_positions
+        order = positions[torch.argsort(relevance_row[positions], descending=True, stable=True)]
+        removed = [
+            ranking[: round(fraction * positions.numel())]
+            for ranking in (order, order.flip(0))
+            for fraction in fractions
+        ]
+
+        def log_probability(logits: torch.Tensor) -> torch.Tensor:
+            return target_log_probability(logits, context.input_ids, target, rows)
+
+        scores = context.perturbed_scores(context.embeddings(), removed, log_probability, rows).cpu()
+    count = steps + 1
+    return RemovalCurves(fractions, scores[:count].numpy(), scores[count:].numpy())
+
+
+@contextmanager
+def randomized_top_layers(model: nn.Module, n_layers: int, *, seed: int = 0) -> Iterator[nn.Module]:
+    """The model with its top `n_layers` language layers re-initialised; the weights come back on exit.
+
+    Matrices are drawn from N(0, initializer_range²), vectors (norms, biases) are zeroed, as Gemma
+    initialises them. Only those layers' weights are copied aside, not the whole model.
+    """
+    layers = list(language_layers(model))[-n_layers:]
+    saved = [{name: p.detach().clone() for name, p in layer.named_parameters()} for layer in layers]
+    std = getattr(model.config.get_text_config(), "initializer_range", 0.02)
+    generator = torch.Generator().manual_seed(seed)
+    try:
+        with torch.no_grad():
+            for layer in layers:
+                for parameter in layer.parameters():
+                    if parameter.dim() >= 2:
+                        noise = torch.randn(parameter.shape, generator=generator) * std
+                        parameter.copy_(noise.to(parameter.device, parameter.dtype))
+                    else:
+                        parameter.zero_()
+        yield model
+    finally:
+        with torch.no_grad():
+            for layer, state in zip(layers, saved, strict=True):
+                for name, parameter in layer.named_parameters():
+                    parameter.copy_(state[name])
 
 
 @dataclass(frozen=True)
@@ -46,7 +154,7 @@ class MethodCheck:
         return self.lerf_auc - self.morf_auc
 
 
-def explanation_inputs(explainer, explanation: Explanation) -> dict[str, torch.Tensor]:
+def explanation_inputs(explainer: Explainer, explanation: Explanation) -> dict[str, torch.Tensor]:
     """The full teacher-forced sequence (prompt + generated answer) an explanation was computed on."""
     prompt = build_prompt(
         explainer.processor, explanation.images, explanation.question, explanation.system_prompt
@@ -56,17 +164,17 @@ def explanation_inputs(explainer, explanation: Explanation) -> dict[str, torch.T
 
 
 def check_explanation(
-    explainer,
+    explainer: Explainer,
     explanation: Explanation,
     targets: Sequence[Target],
     *,
-    methods: Sequence[str] = CHECKED_METHODS,
+    methods: Sequence[str] = tuple(METHODS),
     randomize_layers: int = 2,
     removal_steps: int = 8,
 ) -> list[MethodCheck]:
     """Every method's maps for `targets`, compared with occlusion, with removal AUCs and randomisation."""
     inputs = explainer.prepare_inputs(explanation_inputs(explainer, explanation))
-    layout = sequence_layout(inputs["input_ids"], explainer.model.config)
+    layout = explainer.layout(inputs)
     rows, cols = layout.grid
 
     def image_maps(relevance_row: torch.Tensor) -> list[np.ndarray]:

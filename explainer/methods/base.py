@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -42,6 +42,44 @@ class ExplainContext:
     def attention_forward(self) -> None:
         """A forward for its attention maps only: no logits are computed."""
         self.logits(self.embeddings(), rows=torch.empty(0, dtype=torch.long))
+
+    def copies_per_forward(self) -> int:
+        """Perturbed copies of the sequence per forward within the memory budget (activations of one
+        copy ≈ 16 × L × hidden values), at most 64."""
+        hidden = self.model.config.get_text_config().hidden_size
+        per_copy = 16 * self.layout.seq_len * hidden * self.model.dtype.itemsize
+        return max(1, min(64, self.max_chunk_bytes // per_copy))
+
+    def occlusion_baseline(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """[1, L, hidden]: `embeddings` with every image token replaced by its image's mean image-token
+        embedding, the value an occluded token takes."""
+        baseline = embeddings.clone()
+        for run in self.layout.image_token_runs:
+            baseline[0, run] = embeddings[0, run].mean(dim=0)
+        return baseline
+
+    def perturbed_scores(
+        self,
+        embeddings: torch.Tensor,
+        occluded: Sequence[torch.Tensor],
+        score: Callable[[torch.Tensor], torch.Tensor],
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`score(logits)` of copies of `embeddings` [1, L, hidden], copy v with the positions
+        `occluded[v]` set to the occlusion baseline: [V, ...], forwards batched within the memory budget.
+
+        `rows` selects the logit rows computed (see `logits`); `score` maps [B, R, vocab] to [B, ...].
+        """
+        baseline = self.occlusion_baseline(embeddings)
+        per_forward = self.copies_per_forward()
+        scores = []
+        for first in range(0, len(occluded), per_forward):
+            group = occluded[first : first + per_forward]
+            batch = embeddings.repeat(len(group), 1, 1)  # [B, L, hidden]
+            for copy, positions in enumerate(group):
+                batch[copy, positions] = baseline[0, positions]
+            scores.append(score(self.logits(batch, rows)))
+        return torch.cat(scores)
 
     @contextmanager
     def recording(self) -> Iterator[list[torch.Tensor]]:

@@ -9,7 +9,7 @@ import torch
 from explainer import Explainer, Target
 from explainer._forward import embed_inputs, forward_embeddings
 from explainer._sequence import sequence_layout
-from explainer.faithfulness import randomized_top_layers, removal_curves, target_log_probability
+from explainer.checks import randomized_top_layers, removal_curves, target_log_probability
 from explainer.map_stats import average_ranks, spearman, top_cell_agreement
 from tests.models import random_image
 
@@ -75,7 +75,8 @@ def test_spearman_and_agreement_on_known_maps():
 
 def test_check_explanation_compares_every_method_with_occlusion(tiny_grid4, monkeypatch):
     from explainer import generation
-    from explainer.checks import CHECKED_METHODS, check_explanation
+    from explainer.checks import check_explanation
+    from explainer.methods import METHODS
 
     explainer = Explainer(tiny_grid4.model, tiny_grid4.processor)
     ids = torch.tensor(tiny_grid4.tokenizer("right upper zone", add_special_tokens=False)["input_ids"])
@@ -85,9 +86,7 @@ def test_check_explanation_compares_every_method_with_occlusion(tiny_grid4, monk
     targets = [t for t in explanation.targets if t.kind in ("answer", "word")]
     checks = check_explanation(explainer, explanation, targets, randomize_layers=2, removal_steps=4)
 
-    assert [(c.method, c.target.kind) for c in checks] == [
-        (m, t.kind) for m in CHECKED_METHODS for t in targets
-    ]
+    assert [(c.method, c.target.kind) for c in checks] == [(m, t.kind) for m in METHODS for t in targets]
     by_key = {(c.method, c.target.kind): c for c in checks}
     assert np.allclose(by_key[("chefer", "answer")].image_maps[0], explanation.answer_map(), atol=1e-6)
     occlusion = by_key[("occlusion", "answer")]
