@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from explainer._capture import relevance_mode, use_eager_attention
+from explainer._capture import relevance_mode
 from explainer._sequence import (
     SequenceLayout,
     check_batch_one,
@@ -20,7 +20,7 @@ from explainer._sequence import (
 )
 from explainer.explanation import Explanation
 from explainer.generation import full_sequence, prompt_and_answer
-from explainer.loading import ModelInfo, check_vision_language_model, freeze, load_pretrained, model_info
+from explainer.loading import ModelInfo, check_vision_language_model, load_pretrained, model_info
 from explainer.methods import ExplainContext, get_method
 from explainer.targets import Target, answer_targets
 from explainer.words import answer_tokens, prompt_roles
@@ -31,8 +31,10 @@ DEFAULT_MAX_CHUNK_BYTES = 2 * 1024**3
 class Explainer:
     """Explains what a Gemma3-family VLM's answer tokens were computed from.
 
-    Wrapping a model puts it in eval mode, freezes its parameters and switches its language model
-    to eager attention (the only implementation that returns attention probabilities).
+    Wrapping a model changes nothing on it. Generation and relevance run inside `relevance_mode`:
+    eval mode, frozen parameters and eager attention on the language model (the only implementation
+    that returns attention probabilities), all undone when they return. A model that cannot switch
+    to eager attention is refused here, not at its first item.
 
     Example:
         >>> explainer = Explainer.from_pretrained("google/medgemma-1.5-4b-it")
@@ -49,8 +51,8 @@ class Explainer:
         info: ModelInfo | None = None,
     ) -> None:
         check_vision_language_model(model)
-        freeze(model)
-        use_eager_attention(model)
+        with relevance_mode(model):  # raises AttentionUnavailable with the fix; leaves the model as it was
+            pass
         self.model = model
         self.processor = processor
         self.max_chunk_bytes = max_chunk_bytes
@@ -168,15 +170,16 @@ class Explainer:
             )
         images = [images] if isinstance(images, Image.Image) else list(images)
         started = time.perf_counter()
-        prompt, answer_ids = prompt_and_answer(
-            self.model,
-            self.processor,
-            images,
-            question,
-            system_prompt=system_prompt,
-            max_new_tokens=max_new_tokens,
-            generation_kwargs=generation_kwargs,
-        )
+        with relevance_mode(self.model):  # the answer comes from the computation that is then explained
+            prompt, answer_ids = prompt_and_answer(
+                self.model,
+                self.processor,
+                images,
+                question,
+                system_prompt=system_prompt,
+                max_new_tokens=max_new_tokens,
+                generation_kwargs=generation_kwargs,
+            )
         generated = time.perf_counter()
 
         tokenizer = self.processor.tokenizer

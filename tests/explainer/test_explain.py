@@ -126,9 +126,9 @@ def test_generation_is_real_and_suppresses_image_tokens(tiny, monkeypatch):
 
 
 def test_explain_leaves_nothing_behind(tiny, scripted_answer):
-    explainer = Explainer(tiny.model, tiny.processor)
     scripted_answer("right upper zone")
     before = model_state(tiny.model)
+    explainer = Explainer(tiny.model, tiny.processor)
     explainer.explain(random_image(0), "Where is the nodule?")
     assert model_state(tiny.model) == before
     assert all(parameter.grad is None for parameter in tiny.model.parameters())

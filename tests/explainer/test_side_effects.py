@@ -14,19 +14,20 @@ from tests.models import TinyVLM, random_image
 
 @pytest.mark.parametrize("method", ["chefer", "rollout", "raw_attention", "occlusion"])
 def test_relevance_leaves_the_model_as_it_found_it(tiny, method):
-    explainer = Explainer(tiny.model, tiny.processor)
     inputs = tiny.inputs([random_image(0)], "Where is the nodule?", "right upper zone")
-    before = model_state(tiny.model)
+    before = model_state(tiny.model)  # before the Explainer is built: wrapping must change nothing either
+    explainer = Explainer(tiny.model, tiny.processor)
+    assert model_state(tiny.model) == before
     explainer.relevance(inputs, [inputs["input_ids"].shape[1] - 1], method=method)
     assert model_state(tiny.model) == before
     assert_no_gradients(tiny.model)
 
 
 def test_relevance_restores_the_model_when_it_raises(tiny, monkeypatch):
-    explainer = Explainer(tiny.model, tiny.processor)
     inputs = tiny.inputs([random_image(0)], "Where is the nodule?", "right upper zone")
     tiny.model.train()  # a state that relevance changes (to eval) and must restore
     before = model_state(tiny.model)
+    explainer = Explainer(tiny.model, tiny.processor)
 
     def broken_grad(*args, **kwargs):
         raise RuntimeError("injected failure in the backward pass")
@@ -41,16 +42,19 @@ def test_relevance_restores_the_model_when_it_raises(tiny, monkeypatch):
         tiny.model.eval()
 
 
-def test_wrapping_an_sdpa_model_switches_to_eager_and_relevance_works():
+def test_an_sdpa_model_with_trainable_weights_is_explained_and_given_back_as_it_was():
     vlm = TinyVLM(TinyGemma3Spec(initializer_range=0.2), seed=3)
     vlm.model.set_attn_implementation("sdpa")
-    assert vlm.model.config.get_text_config()._attn_implementation == "sdpa"
+    for parameter in vlm.model.parameters():
+        parameter.requires_grad_(True)
+    before = model_state(vlm.model)
+    assert before["attention"] == "sdpa" and all(before["requires_grad"])
     explainer = Explainer(vlm.model, vlm.processor)
-    assert vlm.model.config.get_text_config()._attn_implementation == "eager"
-    assert not any(parameter.requires_grad for parameter in vlm.model.parameters())
     inputs = vlm.inputs([random_image(0)], "Where is the nodule?", "right upper zone")
     row = explainer.relevance(inputs, [inputs["input_ids"].shape[1] - 1])[0]
     assert torch.isfinite(row).all() and row.sum() > 1.0
+    assert model_state(vlm.model) == before  # relevance switched to eager and froze only while it ran
+    assert_no_gradients(vlm.model)
 
 
 def test_a_model_that_cannot_switch_to_eager_is_refused_with_the_fix(monkeypatch):
