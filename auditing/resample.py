@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def overlap_matrix(source: int, target: int) -> np.ndarray:
-    """[target, source]: the fraction of target cell i covered by source cell j (rows sum to 1)."""
-    source_edges = np.arange(source + 1) / source
-    target_edges = np.arange(target + 1) / target
-    low = np.maximum(target_edges[:-1, None], source_edges[None, :-1])
-    high = np.minimum(target_edges[1:, None], source_edges[None, 1:])
-    return np.clip(high - low, 0, None) * target
+from explainer.regions import unit_overlap  # numpy only: importing it loads no torch
 
 
 def resample(cell_map: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """Area-weighted average of `cell_map` [h, w] on a `grid` (mass shares are preserved)."""
-    rows = overlap_matrix(cell_map.shape[0], grid[0])
-    cols = overlap_matrix(cell_map.shape[1], grid[1])
+    rows = unit_overlap(cell_map.shape[0], grid[0])
+    cols = unit_overlap(cell_map.shape[1], grid[1])
     return (rows @ cell_map @ cols.T).astype(np.float32)
 
 

@@ -15,15 +15,29 @@ import numpy as np
 Grid = tuple[int, int]
 
 
+def cell_overlap(lo: float | np.ndarray, hi: float | np.ndarray, n_cells: int) -> np.ndarray:
+    """[..., n_cells]: the fraction of each of `n_cells` equal cells over [0, 1] that the interval
+    [lo, hi) covers (fractions of the image; arrays of intervals give one row each).
+
+    >>> cell_overlap(0.0, 0.5, 4)  # the first half of a 4-cell axis
+    array([1., 1., 0., 0.])
+    """
+    edges = np.arange(n_cells + 1) / n_cells
+    lo, hi = np.asarray(lo, dtype=np.float64)[..., None], np.asarray(hi, dtype=np.float64)[..., None]
+    return np.clip(np.minimum(edges[1:], hi) - np.maximum(edges[:-1], lo), 0, None) * n_cells
+
+
+def unit_overlap(n_units: int, n_cells: int) -> np.ndarray:
+    """[n_cells, n_units]: the fraction of each cell that each of `n_units` equal units (pixels, or the
+    cells of another grid) covers along one axis; every row sums to 1."""
+    units = np.arange(n_units + 1) / n_units
+    return cell_overlap(units[:-1], units[1:], n_cells).T
+
+
 def rect_weights(grid: Grid, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
     """[rows, cols] fraction of each cell covered by the rectangle (image fractions, 0..1)."""
     rows, cols = grid
-
-    def overlap(lo: float, hi: float, n: int) -> np.ndarray:
-        edges = np.arange(n + 1) / n
-        return np.clip(np.minimum(edges[1:], hi) - np.maximum(edges[:-1], lo), 0, None) * n
-
-    return np.outer(overlap(y0, y1, rows), overlap(x0, x1, cols)).astype(np.float32)
+    return np.outer(cell_overlap(y0, y1, rows), cell_overlap(x0, x1, cols)).astype(np.float32)
 
 
 def quadrants(grid: Grid) -> dict[str, np.ndarray]:

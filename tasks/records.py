@@ -14,7 +14,7 @@ from PIL import Image
 
 from explainer.explanation import Explanation
 from explainer.map_stats import normalised_entropy, peak_cell, pointing_hit, top_fraction_mass
-from explainer.regions import Grid, box_region, mass_share, mass_shares, standard_regions
+from explainer.regions import Grid, box_region, mass_share, mass_shares, standard_regions, unit_overlap
 from explainer.targets import Target
 from storage import REGION_NAMES, ManifestItem
 
@@ -51,14 +51,6 @@ def check_roi_box(item: ManifestItem, image_size: tuple[int, int]) -> None:
         )
 
 
-def _cell_overlap(n_pixels: int, n_cells: int) -> np.ndarray:
-    """[n_cells, n_pixels] fraction of each cell's extent that each pixel covers (rows sum to 1)."""
-    edges = np.arange(n_cells + 1) * (n_pixels / n_cells)
-    pixels = np.arange(n_pixels)
-    overlap = np.minimum(edges[1:, None], pixels[None, :] + 1) - np.maximum(edges[:-1, None], pixels[None, :])
-    return np.clip(overlap, 0, None) / (n_pixels / n_cells)
-
-
 def mask_weights(mask: Image.Image, image_size: tuple[int, int], grid: Grid) -> np.ndarray:
     """[rows, cols] fraction of each grid cell covered by the mask's non-zero pixels.
 
@@ -73,7 +65,7 @@ def mask_weights(mask: Image.Image, image_size: tuple[int, int], grid: Grid) -> 
         )
     binary = (np.asarray(mask.convert("L")) > 0).astype(np.float64)  # [height, width]
     rows, cols = grid
-    weights = _cell_overlap(binary.shape[0], rows) @ binary @ _cell_overlap(binary.shape[1], cols).T
+    weights = unit_overlap(binary.shape[0], rows) @ binary @ unit_overlap(binary.shape[1], cols).T
     return np.clip(weights, 0.0, 1.0).astype(np.float32)
 
 
