@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from auditing import AggregateConfig, StatsConfig, aggregate_run
-from auditing.figures import heatmap, png_bytes
+from auditing.report.figures import heatmap, png_bytes
 from storage import ObjectStore, open_store, overlay_key, write_part, write_run
 from tests.auditing.synthetic import GRID, faithfulness_rows, synthetic_run
 

@@ -7,7 +7,7 @@ import re
 import numpy as np
 from PIL import Image
 
-from auditing.figures import Bar, heatmap, min_max, region_bars_svg
+from auditing.report.figures import Bar, heatmap, min_max, region_bars_svg
 
 
 def brightness(image: Image.Image, box: tuple[int, int, int, int]) -> float:

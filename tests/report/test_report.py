@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from auditing.report import RunNotFound, build_report
-from auditing.report_gallery import MAX_GALLERY_ITEMS, overlay_label
-from auditing.report_sections import trust_verdict
+from auditing.report.gallery import MAX_GALLERY_ITEMS, overlay_label
+from auditing.report.sections import trust_verdict
 from storage import open_store, write_part
 from tests.report.fixtures import write_synthetic_run
 from tests.report.pages import parse_page, squash

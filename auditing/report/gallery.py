@@ -10,9 +10,9 @@ from typing import Any
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from auditing.figures import ImageSink, thumbnail
-from auditing.report_data import ImageReader, RunTables, cohort_members
-from auditing.report_sections import RULE_TITLES, cohort_name
+from auditing.report.data import ImageReader, RunTables, cohort_members
+from auditing.report.figures import ImageSink, thumbnail
+from auditing.report.sections import RULE_TITLES, cohort_name
 from storage import ObjectStore, StorageError
 
 MAX_GALLERY_ITEMS = 12

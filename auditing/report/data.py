@@ -11,9 +11,9 @@ from PIL import Image
 
 from auditing.aggregate import DEFAULT_FINDINGS
 from auditing.cohorts import StatsConfig, cohort_stats, item_level
-from auditing.figures import HEATMAP_SIZE, THUMBNAIL_SIZE, thumbnail
 from auditing.flags import FlagThresholds, as_frame, off_anatomy_flags, roi_flags
 from auditing.load import expand_metadata, join_targets
+from auditing.report.figures import HEATMAP_SIZE, THUMBNAIL_SIZE, thumbnail
 from storage import (
     ObjectNotFound,
     ObjectStore,

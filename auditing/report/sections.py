@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from auditing.flags import FlagThresholds
-from auditing.report_data import RunTables
+from auditing.report.data import RunTables
 
 RULE_TITLES = {
     "border_share_above_baseline": "Looks at the image border",

@@ -19,11 +19,11 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 from PIL import Image
 
-from auditing.figures import Bar, ImageSink, colour_scale, heatmap, region_bars_svg
 from auditing.flags import FlagThresholds
-from auditing.report_data import ImageReader, RunNotFound, RunTables, cohort_members, load_run
-from auditing.report_gallery import gallery
-from auditing.report_sections import (
+from auditing.report.data import ImageReader, RunNotFound, RunTables, cohort_members, load_run
+from auditing.report.figures import Bar, ImageSink, colour_scale, heatmap, region_bars_svg
+from auditing.report.gallery import gallery
+from auditing.report.sections import (
     RULE_TITLES,
     cohort_name,
     error_rows,
@@ -172,7 +172,7 @@ def cohort_sections(
 def render(context: dict[str, Any]) -> str:
     """The page from templates/report.html.j2 (autoescaped)."""
     environment = Environment(
-        loader=PackageLoader("auditing", "templates"), autoescape=True, undefined=StrictUndefined
+        loader=PackageLoader("auditing.report", "templates"), autoescape=True, undefined=StrictUndefined
     )
     return environment.get_template("report.html.j2").render(**context)
 
