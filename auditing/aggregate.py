@@ -8,9 +8,9 @@ import pandas as pd
 
 from auditing.cohorts import StatsConfig, cohort_stats, item_level
 from auditing.compare import cohort_vs_rest
-from auditing.faithfulness import faithfulness_items, trust_flags, trust_summary
 from auditing.flags import FlagThresholds, as_frame, off_anatomy_flags, roi_flags, shortcut_flags
 from auditing.load import SHARE_COLUMNS, join_targets
+from auditing.trust import faithfulness_items, trust_flags, trust_summary
 from storage import open_store, read_table, write_part
 
 # Answer words worth a map of their own in chest radiology: findings, devices, laterality, zones, yes/no.

@@ -1,4 +1,5 @@
-"""Summaries of the faithfulness sample: does each method's map agree with the occlusion reference?"""
+"""Trust in the maps: the trust summary and trust flags over the faithfulness sample (does each method's
+map agree with the occlusion reference?)."""
 
 from __future__ import annotations
 
