@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ from auditing.resample import mass_distribution
 
 SCALAR_METRICS = ("image_share", "entropy", "top10_mass", "lung_share", "roi_hit", "roi_share")
 ITEM_KEYS = ["run_id", "item_id", "target_class"]
+MISSING = "(missing)"  # the label of a missing metadata value
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,22 @@ def item_level(targets: pd.DataFrame, grid: tuple[int, int]) -> pd.DataFrame:
     return pd.concat([items, first], axis=1).reset_index()
 
 
+def cohort_label(values: Iterable[Any]) -> str:
+    """The cohort name of one item's values of a grouping's columns, in order: "east+A"; a missing
+    value (None, NaN) is "(missing)". Statistics, comparisons and the report all name cohorts so.
+
+    >>> cohort_label(["east", None])
+    'east+(missing)'
+    """
+    return "+".join(MISSING if pd.isna(value) else str(value) for value in values)
+
+
+def cohort_labels(frame: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
+    """`cohort_label` of every row of `frame` over `columns` (same index, object dtype)."""
+    rows = zip(*(frame[column] for column in columns), strict=True)
+    return pd.Series([cohort_label(values) for values in rows], index=frame.index, dtype=object)
+
+
 def cohorts(items: pd.DataFrame, group_by: Sequence[str]) -> Iterator[tuple[str, str, pd.DataFrame]]:
     """(grouping, cohort, rows) for the whole run and for every value of every grouping."""
     yield "all", "all", items
@@ -62,7 +80,7 @@ def cohorts(items: pd.DataFrame, group_by: Sequence[str]) -> Iterator[tuple[str,
             raise KeyError(f"cannot group by {missing}: not in the manifest metadata {sorted(items.columns)}")
         for values, rows in items.groupby(columns, dropna=False, sort=True):
             values = values if isinstance(values, tuple) else (values,)
-            yield grouping, "+".join("(missing)" if pd.isna(v) else str(v) for v in values), rows
+            yield grouping, cohort_label(values), rows
 
 
 def cohort_stats(items: pd.DataFrame, config: StatsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from auditing.bootstrap import DEFAULT_RESAMPLES, difference_ci, mean_ci
+from auditing.cohorts import cohort_labels
 from auditing.load import SHARE_COLUMNS
 
 COMPARED_METRICS = ("image_share", "entropy", "lung_share", *SHARE_COLUMNS)
@@ -25,7 +26,7 @@ def cohort_vs_rest(
     columns = grouping.split("+")
     rows = []
     for (run_id, target), frame in items.groupby(["run_id", "target_class"], sort=True):
-        labels = frame[columns].astype(str).agg("+".join, axis=1)
+        labels = cohort_labels(frame, columns)
         for cohort in sorted(labels.unique()):
             inside = frame[labels == cohort]
             outside = frame[labels != cohort]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +9,7 @@ import pandas as pd
 from PIL import Image
 
 from auditing.aggregate import DEFAULT_FINDINGS
-from auditing.cohorts import StatsConfig, cohort_stats, item_level
+from auditing.cohorts import StatsConfig, cohort_labels, cohort_stats, item_level
 from auditing.flags import FlagThresholds, as_frame, off_anatomy_flags, roi_flags
 from auditing.load import expand_metadata, join_targets
 from auditing.report.figures import HEATMAP_SIZE, THUMBNAIL_SIZE, thumbnail
@@ -104,11 +103,6 @@ def load_run(store: ObjectStore, run_id: str) -> RunTables:
     )
 
 
-def cohort_label(values: Mapping[str, Any] | pd.Series, columns: list[str]) -> str:
-    """The cohort name `audit.cohorts` gives these metadata values ('(missing)' for a gap)."""
-    return "+".join("(missing)" if pd.isna(values.get(c)) else str(values.get(c)) for c in columns)
-
-
 def cohort_members(answers: pd.DataFrame, grouping: str, cohort: str) -> pd.DataFrame:
     """The ok answers in a cohort (the whole run for ("all", "all")), in manifest order."""
     if grouping == "all":
@@ -116,9 +110,7 @@ def cohort_members(answers: pd.DataFrame, grouping: str, cohort: str) -> pd.Data
     columns = grouping.split("+")
     if any(column not in answers.columns for column in columns):
         return answers.iloc[0:0]
-    frame = answers[columns].astype(object).where(answers[columns].notna(), None)
-    labels = frame.apply(lambda row: cohort_label(row, columns), axis=1)
-    return answers[labels == cohort]
+    return answers[cohort_labels(answers, columns) == cohort]
 
 
 @dataclass(frozen=True)
