@@ -52,6 +52,51 @@ SHORTCUT_REGIONS = {
 }
 
 
+def flag_row(
+    *,
+    rule: str,
+    method: str,
+    metric: str,
+    value: float,
+    threshold: float,
+    message: str,
+    n_items: int,
+    run_id: str,
+    scope: str = "cohort",
+    grouping: str | None = None,
+    cohort: str | None = None,
+    target_class: str | None = None,
+    item_id: str | None = None,
+    baseline: float | None = None,
+    ci_low: float | None = None,
+    ci_high: float | None = None,
+) -> dict:
+    """One flag: the rule that raised it, the evidence and the threshold, as a row for `as_frame`.
+
+    Fields left None are left out of the row, so `as_frame` fills them as nulls exactly as for a
+    rule that never sets them (a column no row sets stays an all-NaN float column, not None objects).
+    """
+    row = {
+        "run_id": run_id,
+        "scope": scope,
+        "rule": rule,
+        "method": method,
+        "grouping": grouping,
+        "cohort": cohort,
+        "target_class": target_class,
+        "item_id": item_id,
+        "metric": metric,
+        "value": value,
+        "baseline": baseline,
+        "threshold": threshold,
+        "ci_low": ci_low,
+        "ci_high": ci_high,
+        "n_items": n_items,
+        "message": message,
+    }
+    return {key: field for key, field in row.items() if field is not None}
+
+
 def shortcut_flags(comparisons: pd.DataFrame, thresholds: FlagThresholds, method: str) -> list[dict]:
     """Cohorts whose border or corner share is far above the baseline (shortcut reliance)."""
     flags = []
@@ -64,61 +109,57 @@ def shortcut_flags(comparisons: pd.DataFrame, thresholds: FlagThresholds, method
             and row.ci_low > thresholds.share_margin
         ):
             flags.append(
-                {
-                    "run_id": row.run_id,
-                    "scope": "cohort",
-                    "rule": f"{row.metric}_share_above_baseline",
-                    "method": method,
-                    "grouping": row.grouping,
-                    "cohort": row.cohort,
-                    "target_class": row.target_class,
-                    "metric": f"{row.metric}_share",
-                    "value": row.cohort_mean,
-                    "baseline": baseline,
-                    "threshold": thresholds.share_ratio,
-                    "ci_low": row.ci_low,
-                    "ci_high": row.ci_high,
-                    "n_items": row.n_cohort,
-                    "message": (
+                flag_row(
+                    run_id=row.run_id,
+                    rule=f"{row.metric}_share_above_baseline",
+                    method=method,
+                    grouping=row.grouping,
+                    cohort=row.cohort,
+                    target_class=row.target_class,
+                    metric=f"{row.metric}_share",
+                    value=row.cohort_mean,
+                    baseline=baseline,
+                    threshold=thresholds.share_ratio,
+                    ci_low=row.ci_low,
+                    ci_high=row.ci_high,
+                    n_items=row.n_cohort,
+                    message=(
                         f"{method} maps of '{row.target_class}' in {row.grouping}={row.cohort} put "
                         f"{row.cohort_mean:.1%} of their mass on {SHORTCUT_REGIONS[row.metric]}, against "
                         f"{baseline:.1%} in the rest of the audit (difference {row.cohort_mean - baseline:+.1%}, "
                         f"95% CI {row.ci_low:+.1%} to {row.ci_high:+.1%}); the model may be reading markers or "
                         "burned-in text"
                     ),
-                }
+                )
             )
     return flags
 
 
 def roi_flags(stats: pd.DataFrame, thresholds: FlagThresholds, method: str) -> list[dict]:
     """Cohorts whose maps' peak falls inside the ROI too rarely (pointing game)."""
-    flags = []
     rows = stats[(stats["n_roi"] >= thresholds.min_items) & (stats["roi_hit_mean"] < thresholds.roi_hit_rate)]
-    for row in rows.itertuples(index=False):
-        flags.append(
-            {
-                "run_id": row.run_id,
-                "scope": "cohort",
-                "rule": "roi_hit_rate_low",
-                "method": method,
-                "grouping": row.grouping,
-                "cohort": row.cohort,
-                "target_class": row.target_class,
-                "metric": "roi_hit",
-                "value": row.roi_hit_mean,
-                "threshold": thresholds.roi_hit_rate,
-                "ci_low": row.roi_hit_ci_low,
-                "ci_high": row.roi_hit_ci_high,
-                "n_items": row.n_roi,
-                "message": (
-                    f"the peak of {method} maps of '{row.target_class}' falls inside the region of interest in "
-                    f"{row.roi_hit_mean:.0%} of {row.grouping}={row.cohort} items (95% CI {row.roi_hit_ci_low:.0%}"
-                    f"–{row.roi_hit_ci_high:.0%}), below {thresholds.roi_hit_rate:.0%}"
-                ),
-            }
+    return [
+        flag_row(
+            run_id=row.run_id,
+            rule="roi_hit_rate_low",
+            method=method,
+            grouping=row.grouping,
+            cohort=row.cohort,
+            target_class=row.target_class,
+            metric="roi_hit",
+            value=row.roi_hit_mean,
+            threshold=thresholds.roi_hit_rate,
+            ci_low=row.roi_hit_ci_low,
+            ci_high=row.roi_hit_ci_high,
+            n_items=row.n_roi,
+            message=(
+                f"the peak of {method} maps of '{row.target_class}' falls inside the region of interest in "
+                f"{row.roi_hit_mean:.0%} of {row.grouping}={row.cohort} items (95% CI {row.roi_hit_ci_low:.0%}"
+                f"–{row.roi_hit_ci_high:.0%}), below {thresholds.roi_hit_rate:.0%}"
+            ),
         )
-    return flags
+        for row in rows.itertuples(index=False)
+    ]
 
 
 def off_anatomy_flags(items: pd.DataFrame, thresholds: FlagThresholds, method: str) -> list[dict]:
@@ -127,22 +168,22 @@ def off_anatomy_flags(items: pd.DataFrame, thresholds: FlagThresholds, method: s
         (items["target_class"] == "answer") & (items["lung_share"] < thresholds.off_anatomy_lung_share)
     ]
     return [
-        {
-            "run_id": row.run_id,
-            "scope": "item",
-            "rule": "off_anatomy",
-            "method": method,
-            "target_class": "answer",
-            "item_id": row.item_id,
-            "metric": "lung_share",
-            "value": row.lung_share,
-            "threshold": thresholds.off_anatomy_lung_share,
-            "n_items": 1,
-            "message": (
+        flag_row(
+            run_id=row.run_id,
+            scope="item",
+            rule="off_anatomy",
+            method=method,
+            target_class="answer",
+            item_id=row.item_id,
+            metric="lung_share",
+            value=row.lung_share,
+            threshold=thresholds.off_anatomy_lung_share,
+            n_items=1,
+            message=(
                 f"item {row.item_id}: only {row.lung_share:.0%} of the answer's {method} relevance lies in the lung "
                 f"zones (threshold {thresholds.off_anatomy_lung_share:.0%})"
             ),
-        }
+        )
         for row in answers.itertuples(index=False)
     ]
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from auditing.cohorts import cohorts
-from auditing.flags import FlagThresholds
+from auditing.flags import FlagThresholds, flag_row
 from auditing.load import SHARE_COLUMNS, join_targets
 
 AGREEMENT_COLUMNS = (
@@ -94,25 +94,24 @@ def trust_flags(trust: pd.DataFrame, thresholds: FlagThresholds) -> list[dict]:
         # near zero and occlusion's are noise where nothing is hidden, so Spearman is reported only
         if row.top_cell_rate < thresholds.trust_top_cell:
             flags.append(
-                {
-                    "run_id": row.run_id,
-                    "scope": "cohort",
-                    "rule": "explanations_not_trustworthy",
-                    "method": row.method,
-                    "grouping": row.grouping,
-                    "cohort": row.cohort,
-                    "target_class": row.target_class,
-                    "metric": "top_cell_rate",
-                    "value": row.top_cell_rate,
-                    "threshold": thresholds.trust_top_cell,
-                    "n_items": row.n_checkable,
-                    "message": (
+                flag_row(
+                    run_id=row.run_id,
+                    rule="explanations_not_trustworthy",
+                    method=row.method,
+                    grouping=row.grouping,
+                    cohort=row.cohort,
+                    target_class=row.target_class,
+                    metric="top_cell_rate",
+                    value=row.top_cell_rate,
+                    threshold=thresholds.trust_top_cell,
+                    n_items=row.n_checkable,
+                    message=(
                         f"explanations not trustworthy for {row.grouping}={row.cohort} ('{row.target_class}'): "
                         f"the peak of {row.method} maps matches the occlusion reference's in {row.top_cell_rate:.0%} "
                         f"of {row.n_checkable} sampled items where occlusion has a peak (threshold {thresholds.trust_top_cell:.0%}; median rank "
                         f"correlation {row.spearman_median:.2f}); the evidence may not travel where "
                         "attention shows"
                     ),
-                }
+                )
             )
     return flags
