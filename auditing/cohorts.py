@@ -12,8 +12,9 @@ import pandas as pd
 from auditing.bootstrap import mean_ci
 from auditing.load import SHARE_COLUMNS
 from auditing.resample import mass_distribution
+from storage import COHORT_METRICS
 
-SCALAR_METRICS = ("image_share", "entropy", "top10_mass", "lung_share", "roi_hit", "roi_share")
+SCALAR_METRICS = COHORT_METRICS  # summarised per cohort: cohort_stats' <metric>_mean, _ci_low, _ci_high
 ITEM_KEYS = ["run_id", "item_id", "target_class"]
 MISSING = "(missing)"  # the label of a missing metadata value
 

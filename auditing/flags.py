@@ -10,25 +10,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import pandas as pd
+import pyarrow as pa
 
-FLAG_COLUMNS = (
-    "run_id",
-    "scope",
-    "rule",
-    "method",
-    "grouping",
-    "cohort",
-    "target_class",
-    "item_id",
-    "metric",
-    "value",
-    "baseline",
-    "threshold",
-    "ci_low",
-    "ci_high",
-    "n_items",
-    "message",
-)
+from storage import FLAGS_SCHEMA
+
+# the flags table's columns in its order; run_id is the part's path (hive partition), a column in memory
+FLAG_COLUMNS = ("run_id", *FLAGS_SCHEMA.names)
+_FLOAT_COLUMNS = tuple(field.name for field in FLAGS_SCHEMA if pa.types.is_float64(field.type))
 
 
 @dataclass(frozen=True)
@@ -191,9 +179,7 @@ def off_anatomy_flags(items: pd.DataFrame, thresholds: FlagThresholds, method: s
 def as_frame(flags: list[dict]) -> pd.DataFrame:
     """Flags in the documented column order (missing fields as nulls)."""
     frame = pd.DataFrame(flags, columns=list(FLAG_COLUMNS))
-    return frame.astype(
-        {"value": float, "baseline": float, "threshold": float, "ci_low": float, "ci_high": float}
-    )
+    return frame.astype(dict.fromkeys(_FLOAT_COLUMNS, float))
 
 
 def thresholds_record(thresholds: FlagThresholds) -> dict:

@@ -11,14 +11,11 @@ import pandas as pd
 from auditing.cohorts import cohorts
 from auditing.flags import FlagThresholds, flag_row
 from auditing.load import SHARE_COLUMNS, join_targets
+from storage import FAITHFULNESS_SCHEMA, TOKENS_SCHEMA
 
-AGREEMENT_COLUMNS = (
-    "spearman_vs_occlusion",
-    "top_cell_agrees",
-    "morf_auc",
-    "lerf_auc",
-    "auc_gap",
-    "randomization_spearman",
+# the faithfulness table's own measures: its columns beyond those it shares with tokens, less the timing
+AGREEMENT_COLUMNS = tuple(
+    name for name in FAITHFULNESS_SCHEMA.names if name not in TOKENS_SCHEMA.names and name != "seconds"
 )
 
 

@@ -1,7 +1,7 @@
 """Storage layer of vlm-audit: URIs and object stores (local, s3://), manifests, image decoding,
 Parquet output tables and the run ledger. Imports no torch and no prefect."""
 
-from storage.audit_schemas import COHORT_METRICS
+from storage.audit_schemas import COHORT_METRICS, FAITHFULNESS_SCHEMA, FLAGS_SCHEMA
 from storage.engines import arrow_filesystem, duckdb_connect, load_httpfs, parquet_source, table_glob
 from storage.errors import (
     CorruptImage,
@@ -64,6 +64,8 @@ __all__ = [
     "COHORT_METRICS",
     "DEFAULT_MAX_PIXELS",
     "ERRORS_SCHEMA",
+    "FAITHFULNESS_SCHEMA",
+    "FLAGS_SCHEMA",
     "MANIFEST_PART",
     "REGION_NAMES",
     "SCHEMA_VERSION",
