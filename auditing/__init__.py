@@ -1,4 +1,5 @@
-"""Cohort statistics, comparisons, flags and faithfulness summaries: pure functions over the Parquet tables."""
+"""Cohort statistics, comparisons, flags, trust summaries of the faithfulness sample, the HTML report
+(`auditing.report`) and dashboard views: pure functions over the Parquet tables."""
 
 from auditing.aggregate import DEFAULT_FINDINGS, Aggregate, AggregateConfig, aggregate, aggregate_run
 from auditing.bootstrap import difference_ci, mean_ci

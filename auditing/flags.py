@@ -177,7 +177,7 @@ def off_anatomy_flags(items: pd.DataFrame, thresholds: FlagThresholds, method: s
 
 
 def as_frame(flags: list[dict]) -> pd.DataFrame:
-    """Flags in the documented column order (missing fields as nulls)."""
+    """Flags in the flags table's column order, run_id first (missing fields as nulls)."""
     frame = pd.DataFrame(flags, columns=list(FLAG_COLUMNS))
     return frame.astype(dict.fromkeys(_FLOAT_COLUMNS, float))
 
