@@ -22,7 +22,7 @@ from flows.runners import DaskSettings, task_resources, task_runner_for
 from storage import manifest_fingerprint
 from tasks import cache, ledger, steps
 from tasks.config import AuditConfig, Method, OverlaysPolicy, ShardJob, TargetsPolicy, derive_run_id
-from tasks.faithfulness import sampled_item_ids
+from tasks.faithfulness_sample import sampled_item_ids
 
 
 class ShardsFailed(RuntimeError):

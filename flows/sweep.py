@@ -20,7 +20,7 @@ from storage.uri import normalize_uri
 from tasks.ledger import now_iso
 from tasks.steps import STORAGE_IO
 
-LEDGER_KEY = "sweeps/launched.json"
+LAUNCHES_KEY = "sweeps/launched.json"  # manifest URI → what the sweep launched for it
 
 
 def manifest_uris(store: ObjectStore, exclude: str | None = None) -> list[str]:
@@ -52,9 +52,10 @@ def completed_manifests(out_store: ObjectStore) -> set[str]:
     return done
 
 
-def read_ledger(out_store: ObjectStore) -> dict[str, Any]:
+def read_launches(out_store: ObjectStore) -> dict[str, Any]:
+    """What earlier sweeps launched, keyed by manifest URI (empty before the first launch)."""
     try:
-        return read_json(out_store, LEDGER_KEY)
+        return read_json(out_store, LAUNCHES_KEY)
     except ObjectNotFound:
         return {}
 
@@ -64,16 +65,16 @@ def find_pending(prefix: str, out: str, endpoint_url: str | None, region: str | 
     lake = open_store(prefix, endpoint_url=endpoint_url, region=region)
     out_store = open_store(out, endpoint_url=endpoint_url, region=region)
     return pending_manifests(
-        manifest_uris(lake, exclude=out), completed_manifests(out_store), read_ledger(out_store)
+        manifest_uris(lake, exclude=out), completed_manifests(out_store), read_launches(out_store)
     )
 
 
 @task(name="record-launch", **STORAGE_IO)
 def record_launch(out: str, endpoint_url: str | None, region: str | None, manifest: str, entry: dict) -> None:
     out_store = open_store(out, endpoint_url=endpoint_url, region=region)
-    ledger = read_ledger(out_store)
-    ledger[manifest] = entry
-    write_json(out_store, LEDGER_KEY, ledger)
+    launches = read_launches(out_store)
+    launches[manifest] = entry
+    write_json(out_store, LAUNCHES_KEY, launches)
 
 
 @task(name="launch-deployment", cache_policy=NO_CACHE)

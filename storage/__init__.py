@@ -1,5 +1,5 @@
 """Storage layer of vlm-audit: URIs and object stores (local, s3://), manifests, image decoding,
-Parquet output tables and the run ledger. Imports no torch and no prefect."""
+Parquet output tables, run.json and committed shards. Imports no torch and no prefect."""
 
 from storage.audit_schemas import COHORT_METRICS, FAITHFULNESS_SCHEMA, FLAGS_SCHEMA
 from storage.engines import arrow_filesystem, duckdb_connect, load_httpfs, parquet_source, table_glob

@@ -1,4 +1,4 @@
-"""The output layout, atomic Parquet/JSON writers, readers and the run ledger.
+"""The output layout, atomic Parquet/JSON writers and readers, run.json and the committed shards.
 
 ```
 <out>/runs/run_id=<id>/run.json

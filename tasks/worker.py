@@ -40,7 +40,7 @@ from storage import (
 from tasks import cache
 from tasks.cache import get_explainer
 from tasks.config import AuditConfig, ShardJob
-from tasks.faithfulness import check_item
+from tasks.faithfulness_sample import check_item
 from tasks.records import RoiError, answer_row, check_roi_box, overlay_targets, roi_weights, token_rows
 from tasks.retry import with_backoff
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flows.sweep import LEDGER_KEY, manifest_uris, pending_manifests, sweep
+from flows.sweep import LAUNCHES_KEY, manifest_uris, pending_manifests, sweep
 from storage import LocalStore, read_json
 from tests.pipeline.conftest import local_dataset
 
@@ -38,8 +38,8 @@ def test_sweep_launches_each_new_manifest_once(tmp_path, model_dir):
     first = sweep(lake, out, audit_parameters=parameters)
     assert sorted(entry["manifest"] for entry in first["launched"]) == sorted(manifests)
     assert {entry["status"] for entry in first["launched"]} == {"completed"}
-    ledger = read_json(LocalStore(out), LEDGER_KEY)
-    assert set(ledger) == set(manifests) and all(entry["run_id"] for entry in ledger.values())
+    launches = read_json(LocalStore(out), LAUNCHES_KEY)
+    assert set(launches) == set(manifests) and all(entry["run_id"] for entry in launches.values())
 
     assert sweep(lake, out, audit_parameters=parameters)["launched"] == []  # nothing new
 

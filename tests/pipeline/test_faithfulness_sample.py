@@ -6,7 +6,7 @@ import torch
 
 from explainer import Explainer, generation
 from storage import to_arrow
-from tasks.faithfulness import check_item, sampled_item_ids
+from tasks.faithfulness_sample import check_item, sampled_item_ids
 from tests.models import random_image
 
 
