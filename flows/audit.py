@@ -21,8 +21,9 @@ from prefect.futures import as_completed
 from flows.runners import DaskSettings, task_resources, task_runner_for
 from storage import manifest_fingerprint
 from tasks import cache, ledger, steps
-from tasks.config import AuditConfig, Method, OverlaysPolicy, ShardJob, TargetsPolicy, derive_run_id
+from tasks.config import AuditConfig, Method, OverlaysPolicy, TargetsPolicy, derive_run_id
 from tasks.faithfulness_sample import sampled_item_ids
+from tasks.shards import ShardFailure, ShardJob, ShardSummary
 
 
 class ShardsFailed(RuntimeError):
@@ -37,8 +38,8 @@ def run_shards(
     dask: DaskSettings | None = None,
     progress: bool = False,
     checked_items: list[str] | None = None,
-) -> list[dict[str, Any]]:
-    """Submit the shards on the current flow's task runner; one summary (or failure record) per shard."""
+) -> list[ShardSummary | ShardFailure]:
+    """Submit the shards on the current flow's task runner; one summary (or failure) per shard."""
     checked = frozenset(checked_items or ())
     with task_resources(dask):
         futures = [
@@ -46,19 +47,17 @@ def run_shards(
             for index in shard_indices
         ]
     shard_of = {future.task_run_id: index for future, index in zip(futures, shard_indices, strict=True)}
-    summaries: list[dict[str, Any]] = []
+    summaries: list[ShardSummary | ShardFailure] = []
     bar = _progress_bar(len(futures), progress)
     ok = failed = 0
     for future in as_completed(futures):
         outcome = future.result(raise_on_failure=False)  # the summary, or the exception of a failed shard
-        if isinstance(outcome, dict):
-            summary = outcome
+        if isinstance(outcome, ShardSummary):
+            summaries.append(outcome)
+            ok, failed = ok + outcome.ok, failed + outcome.failed
         else:
             shard = shard_of[future.task_run_id]
-            error = f"shard {shard}: {type(outcome).__name__}: {outcome}"
-            summary = {"shard": shard, "failed_shard": True, "error": error}
-        summaries.append(summary)
-        ok, failed = ok + summary.get("ok", 0), failed + summary.get("failed", 0)
+            summaries.append(ShardFailure(shard, f"shard {shard}: {type(outcome).__name__}: {outcome}"))
         if bar is not None:
             bar.update(1)
             bar.set_postfix(ok=ok, failed=failed)
@@ -76,7 +75,7 @@ def explain_shards(
     dask: DaskSettings | None = None,
     progress: bool = False,
     checked_items: list[str] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[ShardSummary | ShardFailure]:
     """The shards on this subflow's task runner (a DaskTaskRunner: see `audit`)."""
     return run_shards(config, run_id, fingerprint, shard_indices, dask, progress, checked_items)
 
@@ -159,11 +158,11 @@ def audit(
         summaries = run_shards(
             config, run_id, fingerprint, plan.pending, progress=progress, checked_items=checked
         )
-    failed = [summary for summary in summaries if summary.get("failed_shard")]
-    done = [summary for summary in summaries if not summary.get("failed_shard")]
+    failed = [summary for summary in summaries if isinstance(summary, ShardFailure)]
+    done = [summary for summary in summaries if isinstance(summary, ShardSummary)]
     counts = ledger.run_counts(parsed, plan, steps.count_outputs(config, run_id), done, n_failed=len(failed))
     timings = _timings(done, time.perf_counter() - started)
-    revision = next((summary["model_revision"] for summary in done if summary.get("model_revision")), None)
+    revision = next((summary.model_revision for summary in done if summary.model_revision), None)
     record = ledger.run_record(
         run_id,
         config,
@@ -177,13 +176,13 @@ def audit(
         model_revision=revision,
         finished_at=ledger.now_iso(),
         workers=ledger.worker_report(done),
-        errors_of_failed_shards=[summary["error"] for summary in failed][:20],
+        errors_of_failed_shards=[failure.error for failure in failed][:20],
         **extra,
     )
     run_json = steps.write_run_json(config, run_id, record)
     if failed:
         raise ShardsFailed(
-            f"{len(failed)} of {plan.n_shards} shards of run {run_id} did not commit (first: {failed[0]['error']}); "
+            f"{len(failed)} of {plan.n_shards} shards of run {run_id} did not commit (first: {failed[0].error}); "
             "rerun with the same run id to redo only those"
         )
     outputs = {
@@ -200,15 +199,15 @@ def audit(
     return outputs
 
 
-def _timings(summaries: list[dict[str, Any]], total_seconds: float) -> dict[str, float]:
+def _timings(summaries: list[ShardSummary], total_seconds: float) -> dict[str, float]:
     """Wall-clock seconds of this attempt; the per-stage figures are sums over shards (all workers)."""
-    items = sum(summary["items"] for summary in summaries)
+    items = sum(summary.items for summary in summaries)
     return {
         "total_seconds": round(total_seconds, 3),
-        "model_load_seconds": round(sum(s["model_load_seconds"] for s in summaries), 3),
-        "generate_seconds": round(sum(s["generate_seconds"] for s in summaries), 3),
-        "explain_seconds": round(sum(s["explain_seconds"] for s in summaries), 3),
-        "write_seconds": round(sum(s["write_seconds"] for s in summaries), 3),
-        "shard_seconds": round(sum(s["seconds"] for s in summaries), 3),
+        "model_load_seconds": round(sum(s.model_load_seconds for s in summaries), 3),
+        "generate_seconds": round(sum(s.generate_seconds for s in summaries), 3),
+        "explain_seconds": round(sum(s.explain_seconds for s in summaries), 3),
+        "write_seconds": round(sum(s.write_seconds for s in summaries), 3),
+        "shard_seconds": round(sum(s.seconds for s in summaries), 3),
         "items_per_second": round(items / total_seconds, 4) if total_seconds > 0 else 0.0,
     }

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -135,14 +134,3 @@ def derive_run_id(manifest: Manifest, config: AuditConfig) -> str:
     name = parse_uri(manifest.uri).path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
     stem = _UNSAFE.sub("_", name).strip("._-")[:48] or "manifest"
     return f"{stem}-{digest}"
-
-
-@dataclass(frozen=True)
-class ShardJob:
-    """Everything a worker needs for one shard: small, so it travels cheaply to any process."""
-
-    run_id: str
-    shard_index: int
-    fingerprint: str
-    config: AuditConfig
-    checked_items: frozenset[str] = frozenset()  # the faithfulness sample's items in this run

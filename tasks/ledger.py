@@ -32,6 +32,7 @@ from storage import (
     write_run,
 )
 from tasks.config import AuditConfig
+from tasks.shards import ShardSummary
 
 RUN_STATUSES = ("running", "completed", "failed")
 
@@ -147,7 +148,7 @@ def count_outputs(store: ObjectStore, run_id: str) -> dict[str, int]:
 
 
 def run_counts(
-    manifest: Manifest, plan: RunPlan, stored: dict[str, int], done: list[dict[str, Any]], *, n_failed: int
+    manifest: Manifest, plan: RunPlan, stored: dict[str, int], done: list[ShardSummary], *, n_failed: int
 ) -> dict[str, int]:
     """run.json's counts: totals from the committed parts (`count_outputs`), this attempt's shard figures."""
     return {
@@ -155,7 +156,7 @@ def run_counts(
         "items": len(manifest.items),
         "manifest_errors": len(manifest.errors),
         **{key: stored[key] for key in ("ok", "failed", "errors", "targets")},
-        "overlays_written": sum(summary["overlays"] for summary in done),
+        "overlays_written": sum(summary.overlays for summary in done),
         "shards": plan.n_shards,
         "shards_done": stored["shards_done"],
         "shards_skipped": len(plan.done),
@@ -163,19 +164,18 @@ def run_counts(
     }
 
 
-def worker_report(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def worker_report(summaries: list[ShardSummary]) -> list[dict[str, Any]]:
     """Per worker process: shards run, models loaded, and the most shards it ran at the same time.
 
     One model load per process and at most one shard at a time per GPU worker are the scale-out
     contract (docs/pipeline.md); run.json records both so a misconfigured cluster shows.
     """
-    by_worker: dict[str, list[dict[str, Any]]] = {}
+    by_worker: dict[str, list[ShardSummary]] = {}
     for summary in summaries:
-        worker = summary["worker"]
-        by_worker.setdefault(f"{worker['host']}:{worker['pid']}", []).append(summary)
+        by_worker.setdefault(summary.worker.name, []).append(summary)
     report = []
     for name, shards in sorted(by_worker.items()):
-        edges = sorted([(s["started_at"], 1) for s in shards] + [(s["finished_at"], -1) for s in shards])
+        edges = sorted([(s.started_at, 1) for s in shards] + [(s.finished_at, -1) for s in shards])
         running = peak = 0
         for _time, step in edges:  # an end sorts before a start at the same instant
             running += step
@@ -184,7 +184,7 @@ def worker_report(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {
                 "worker": name,
                 "shards": len(shards),
-                "model_loads": max(s["worker"]["model_loads"] for s in shards),
+                "model_loads": max(s.worker.model_loads for s in shards),
                 "max_concurrent_shards": peak,
             }
         )

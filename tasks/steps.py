@@ -18,8 +18,9 @@ from auditing import aggregate_run as audit_aggregate_run
 from auditing import build_report as audit_build_report
 from storage import Manifest, read_manifest, write_run
 from tasks import cache, ledger
-from tasks.config import AuditConfig, ShardJob
+from tasks.config import AuditConfig
 from tasks.retry import retry_condition
+from tasks.shards import ShardJob, ShardSummary
 
 STORAGE_IO = {
     "retries": 3,
@@ -47,8 +48,8 @@ def plan_run(
 
 
 @task(name="explain-shard", cache_policy=NO_CACHE)
-def explain_shard_task(job: ShardJob) -> dict[str, Any]:
-    """One shard on whichever worker runs it; returns a small summary dict."""
+def explain_shard_task(job: ShardJob) -> ShardSummary:
+    """One shard on whichever worker runs it; returns its small summary."""
     from tasks.worker import explain_shard  # torch loads here, in the worker process
 
     return explain_shard(job)

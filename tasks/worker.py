@@ -39,10 +39,11 @@ from storage import (
 )
 from tasks import cache
 from tasks.cache import get_explainer
-from tasks.config import AuditConfig, ShardJob
+from tasks.config import AuditConfig
 from tasks.faithfulness_sample import check_item
 from tasks.records import RoiError, answer_row, check_roi_box, overlay_targets, roi_weights, token_rows
 from tasks.retry import with_backoff
+from tasks.shards import ShardJob, ShardSummary, WorkerInfo
 
 OverlaySink = Callable[[str, Image.Image], None]  # (overlay name, image) → stored
 __all__ = ["ItemOutcome", "ShardJob", "explain_item", "explain_shard", "get_explainer"]
@@ -172,9 +173,11 @@ class OverlayWriter:
     """Encodes overlays as PNG and stores them on one background thread (zlib, Pillow's encoder and
     file or network I/O release the GIL, so this overlaps the model's work on the next item).
 
-    At most `max_pending` overlays wait at a time (each is a full-size image). `close` waits for all
-    of them and returns how many were stored and one error row per item whose overlay could not be
-    stored (a storage error after retries); any other exception is raised there.
+    A context manager: leaving the block stops the thread, after the queued overlays are stored, or
+    at once (queued ones dropped) when the block raised. At most `max_pending` overlays wait at a
+    time (each is a full-size image). `results` waits for all of them and returns how many were
+    stored and one error row per item whose overlay could not be stored (a storage error after
+    retries); any other exception is raised there.
     """
 
     def __init__(self, store: ObjectStore, run_id: str, max_pending: int = 8) -> None:
@@ -195,7 +198,13 @@ class OverlayWriter:
     def _store_png(self, key: str, image: Image.Image) -> None:
         with_backoff(lambda: self._store.write_bytes(key, _png(image)), what=f"overlay {key}")
 
-    def close(self) -> tuple[int, list[ErrorRecord]]:
+    def __enter__(self) -> OverlayWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_details: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=exc_type is not None)
+
+    def results(self) -> tuple[int, list[ErrorRecord]]:
         self._pool.shutdown(wait=True)
         stored, errors, failed_items = 0, [], set()
         for item, future in self._submitted:
@@ -210,8 +219,8 @@ class OverlayWriter:
         return stored, errors
 
 
-def explain_shard(job: ShardJob) -> dict[str, Any]:
-    """Process one shard and commit its parts; returns a small summary (counts, timings, worker)."""
+def explain_shard(job: ShardJob) -> ShardSummary:
+    """Process one shard and commit its parts; returns its summary (counts, timings, worker)."""
     started, started_wall = time.perf_counter(), time.time()
     config = job.config
     store = cache.output_store(config.out, config.endpoint_url, config.region)
@@ -230,27 +239,26 @@ def explain_shard(job: ShardJob) -> dict[str, Any]:
 
     answers, tokens, errors, faithfulness = [], [], [], []
     generate_seconds = explain_seconds = 0.0
-    overlay_writer = OverlayWriter(store, job.run_id)
-    for item in items:
-        outcome = explain_item(
-            loaded.explainer,
-            item,
-            config,
-            reader,
-            overlay_writer.sink_for(item) if config.overlays != "none" else None,
-            model_revision=loaded.revision,
-            model_lock=loaded.lock,
-            check_faithfulness=item.item_id in job.checked_items,
-        )
-        answers.append(outcome.answer)
-        tokens.extend(outcome.tokens)
-        faithfulness.extend(outcome.faithfulness)
-        errors.extend(record.to_row() for record in outcome.errors)
-        generate_seconds += outcome.answer.get("generate_seconds") or 0.0
-        explain_seconds += outcome.answer.get("explain_seconds") or 0.0
-
-    writing = time.perf_counter()
-    overlays, overlay_errors = overlay_writer.close()
+    with OverlayWriter(store, job.run_id) as overlay_writer:
+        for item in items:
+            outcome = explain_item(
+                loaded.explainer,
+                item,
+                config,
+                reader,
+                overlay_writer.sink_for(item) if config.overlays != "none" else None,
+                model_revision=loaded.revision,
+                model_lock=loaded.lock,
+                check_faithfulness=item.item_id in job.checked_items,
+            )
+            answers.append(outcome.answer)
+            tokens.extend(outcome.tokens)
+            faithfulness.extend(outcome.faithfulness)
+            errors.extend(record.to_row() for record in outcome.errors)
+            generate_seconds += outcome.answer.get("generate_seconds") or 0.0
+            explain_seconds += outcome.answer.get("explain_seconds") or 0.0
+        writing = time.perf_counter()
+        overlays, overlay_errors = overlay_writer.results()
     errors.extend(record.to_row() for record in overlay_errors)
     parts = [("tokens", tokens), ("errors", errors), ("answers", answers)]  # answers last: the commit marker
     if config.faithfulness_sample:
@@ -262,22 +270,23 @@ def explain_shard(job: ShardJob) -> dict[str, Any]:
             what=f"{table} part {job.shard_index}",
         )
     finished = time.perf_counter()
-    return {
-        "shard": job.shard_index,
-        "items": len(items),
-        "ok": sum(row["status"] == "ok" for row in answers),
-        "failed": sum(row["status"] != "ok" for row in answers),
-        "token_rows": len(tokens),
-        "error_rows": len(errors),
-        "overlays": overlays,
-        "model_id": config.model,
-        "model_revision": loaded.revision,
-        "seconds": finished - started,
-        "model_load_seconds": load_seconds,
-        "generate_seconds": generate_seconds,
-        "explain_seconds": explain_seconds,
-        "write_seconds": finished - writing,
-        "started_at": started_wall,
-        "finished_at": time.time(),
-        "worker": {"pid": os.getpid(), "host": socket.gethostname(), "model_loads": cache.model_load_count()},
-    }
+    n_ok = sum(row["status"] == "ok" for row in answers)
+    return ShardSummary(
+        shard=job.shard_index,
+        items=len(items),
+        ok=n_ok,
+        failed=len(answers) - n_ok,
+        token_rows=len(tokens),
+        error_rows=len(errors),
+        overlays=overlays,
+        model_id=config.model,
+        model_revision=loaded.revision,
+        seconds=finished - started,
+        model_load_seconds=load_seconds,
+        generate_seconds=generate_seconds,
+        explain_seconds=explain_seconds,
+        write_seconds=finished - writing,
+        started_at=started_wall,
+        finished_at=time.time(),
+        worker=WorkerInfo(socket.gethostname(), os.getpid(), cache.model_load_count()),
+    )

@@ -17,6 +17,7 @@ from storage import (
 from tasks.config import AuditConfig
 from tasks.ledger import RunConflict, check_compatible, count_outputs, plan_run, run_record, worker_report
 from tasks.retry import is_transient, retry_condition, with_backoff
+from tasks.shards import ShardSummary, WorkerInfo
 from tests.storage.rows import answer_row, token_row
 
 MANIFEST = parse_manifest(b"item_id,image,question\na1,a.png,Where?\na2,b.png,Where?\n", "/data/m.csv")
@@ -58,11 +59,17 @@ def test_plan_writes_manifest_errors_and_a_running_record_and_refuses_other_sett
 
 def test_worker_report_counts_loads_and_concurrency():
     def summary(pid, start, end, loads=1):
-        return {
-            "worker": {"host": "h", "pid": pid, "model_loads": loads},
-            "started_at": start,
-            "finished_at": end,
-        }
+        timings = dict.fromkeys(("seconds", "model_load_seconds", "generate_seconds", "explain_seconds"), 0.0)
+        return ShardSummary(
+            **dict.fromkeys(("shard", "items", "ok", "failed", "token_rows", "error_rows", "overlays"), 0),
+            **timings,
+            write_seconds=0.0,
+            model_id="m",
+            model_revision=None,
+            started_at=start,
+            finished_at=end,
+            worker=WorkerInfo("h", pid, loads),
+        )
 
     report = worker_report([summary(1, 0, 2), summary(1, 2, 3), summary(2, 0, 5), summary(2, 1, 2, loads=1)])
     assert report == [

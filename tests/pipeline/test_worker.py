@@ -19,7 +19,8 @@ from storage import (
     to_arrow,
 )
 from tasks import cache
-from tasks.config import AuditConfig, ShardJob
+from tasks.config import AuditConfig
+from tasks.shards import ShardJob
 from tasks.worker import OverlayWriter, explain_item, explain_shard
 from tests.pipeline.conftest import local_dataset, png_bytes
 
@@ -117,11 +118,11 @@ def test_shard_continues_past_bad_items_and_commits_answers_last(
     cache.get_explainer(model_dir, "cpu")  # loaded before: this process must not load it again
     loads = cache.model_load_count()
     summary = explain_shard(ShardJob("r1", 0, manifest_fingerprint(manifest), config))
-    assert cache.model_load_count() == loads and summary["model_load_seconds"] == 0.0
-    assert (summary["items"], summary["ok"], summary["failed"], summary["error_rows"]) == (3, 2, 1, 1)
+    assert cache.model_load_count() == loads and summary.model_load_seconds == 0.0
+    assert (summary.items, summary.ok, summary.failed, summary.error_rows) == (3, 2, 1, 1)
     parts = [key.split("/")[0] for key in written if key.endswith(".parquet")]
     assert parts == ["tokens", "errors", "answers"]  # the answers part is the commit marker
-    assert all(key.startswith("overlays/") for key in written[: summary["overlays"]])
+    assert all(key.startswith("overlays/") for key in written[: summary.overlays])
     errors = read_table(config.out, "errors", "r1").to_pylist()
     assert [(row["item_id"], row["stage"], row["error_type"]) for row in errors] == [
         ("bad-1", "image", "CorruptImage")
@@ -155,12 +156,12 @@ class _FailingStore(LocalStore):
 
 def test_overlay_writer_stores_pngs_in_the_background_and_reports_failures_per_item(tmp_path):
     store = _FailingStore(str(tmp_path / "out"))
-    writer = OverlayWriter(store, "r1")
-    for name in "ab":
-        sink = writer.sink_for(_item(tmp_path, f"{name}.png", None, item_id=name))
-        sink("answer", _overlay(1))
-        sink("word-nodule", _overlay(2))
-    stored, errors = writer.close()
+    with OverlayWriter(store, "r1") as writer:
+        for name in "ab":
+            sink = writer.sink_for(_item(tmp_path, f"{name}.png", None, item_id=name))
+            sink("answer", _overlay(1))
+            sink("word-nodule", _overlay(2))
+        stored, errors = writer.results()
     assert stored == 2
     assert [(error.item_id, error.stage, error.error_type) for error in errors] == [
         ("b", "write", "CredentialsError")
@@ -181,15 +182,44 @@ def test_overlay_writer_bounds_pending_overlays_and_raises_unexpected_errors(tmp
                 raise RuntimeError("bug in the store")
             return super().write_bytes(key, data)
 
-    writer = OverlayWriter(SlowStore(str(tmp_path / "out")), "r1", max_pending=2)
-    sink = writer.sink_for(_item(tmp_path, "a.png", None, item_id="a"))
-    sink("one", _overlay(1))
-    sink("two", _overlay(2))
-    third = threading.Thread(target=sink, args=("boom", _overlay(3)))
-    third.start()
-    third.join(0.3)
-    assert third.is_alive()  # blocked: two overlays are already waiting
-    release.set()
-    third.join(10)
-    with pytest.raises(RuntimeError, match="bug in the store"):
-        writer.close()
+    with OverlayWriter(SlowStore(str(tmp_path / "out")), "r1", max_pending=2) as writer:
+        sink = writer.sink_for(_item(tmp_path, "a.png", None, item_id="a"))
+        sink("one", _overlay(1))
+        sink("two", _overlay(2))
+        third = threading.Thread(target=sink, args=("boom", _overlay(3)))
+        third.start()
+        third.join(0.3)
+        assert third.is_alive()  # blocked: two overlays are already waiting
+        release.set()
+        third.join(10)
+        with pytest.raises(RuntimeError, match="bug in the store"):
+            writer.results()
+
+
+def test_overlay_writer_stops_its_thread_when_the_shard_raises(tmp_path):
+    started, release = threading.Event(), threading.Event()
+    stored_keys = []
+
+    class SlowStore(LocalStore):
+        def write_bytes(self, key: str, data: bytes) -> str:
+            started.set()
+            release.wait(10)
+            stored_keys.append(key)
+            return super().write_bytes(key, data)
+
+    def writer_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("overlay-writer")]
+
+    assert not writer_threads()
+    with (
+        pytest.raises(RuntimeError, match="a part write failed"),
+        OverlayWriter(SlowStore(str(tmp_path / "out")), "r1") as writer,
+    ):
+        sink = writer.sink_for(_item(tmp_path, "a.png", None, item_id="a"))
+        for name in ("one", "two", "three"):
+            sink(name, _overlay(1))
+        assert writer_threads() and started.wait(10)  # the first overlay is being stored
+        threading.Timer(0.2, release.set).start()  # the first overlay finishes while the block unwinds
+        raise RuntimeError("a part write failed")
+    assert not writer_threads()  # the background thread is gone, not left running
+    assert len(stored_keys) == 1  # the overlay in flight was finished; the queued ones were dropped

@@ -1,0 +1,63 @@
+"""What travels between the flow and the workers: a `ShardJob` out, a `ShardSummary` (or a
+`ShardFailure` the flow records for a shard that raised) back. All small, so they cross any process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tasks.config import AuditConfig
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Everything a worker needs for one shard."""
+
+    run_id: str
+    shard_index: int
+    fingerprint: str
+    config: AuditConfig
+    checked_items: frozenset[str] = frozenset()  # the faithfulness sample's items in this run
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """The process that ran a shard, and how many models it had loaded by then."""
+
+    host: str
+    pid: int
+    model_loads: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.pid}"
+
+
+@dataclass(frozen=True)
+class ShardSummary:
+    """A committed shard: counts, the model it used, timings (seconds; wall-clock start and end)."""
+
+    shard: int
+    items: int
+    ok: int
+    failed: int
+    token_rows: int
+    error_rows: int
+    overlays: int
+    model_id: str
+    model_revision: str | None
+    seconds: float
+    model_load_seconds: float
+    generate_seconds: float
+    explain_seconds: float
+    write_seconds: float
+    started_at: float
+    finished_at: float
+    worker: WorkerInfo
+
+
+@dataclass(frozen=True)
+class ShardFailure:
+    """A shard that raised instead of committing; rerunning the run id redoes it."""
+
+    shard: int
+    error: str
