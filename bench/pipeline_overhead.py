@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import typing
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -33,6 +34,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from phantom.demo import write_demo_dataset
+from tasks.config import AuditConfig, OverlaysPolicy
 
 
 def bench_model(folder: Path) -> tuple[str, str]:
@@ -69,10 +71,9 @@ def bare_loop(manifest: str, model: str, device: str, max_new_tokens: int, targe
 def flow_run(manifest: str, out: str, model: str, args: argparse.Namespace) -> dict:
     from flows.audit import audit
 
-    started = time.perf_counter()
-    result = audit(
-        manifest,
-        out,
+    config = AuditConfig(
+        manifest=manifest,
+        out=out,
         model=model,
         device=args.device,
         shard_size=args.shard_size,
@@ -80,6 +81,8 @@ def flow_run(manifest: str, out: str, model: str, args: argparse.Namespace) -> d
         overlays=args.overlays,
         aggregate=False,
     )
+    started = time.perf_counter()
+    result = audit(config)
     return {"seconds": time.perf_counter() - started, "counts": result["counts"]}
 
 
@@ -115,12 +118,16 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=2000, help="items of the second RSS run (0: skip)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--shard-size", type=int, default=16)
+    parser.add_argument("--shard-size", type=int, default=AuditConfig.model_fields["shard_size"].default)
     parser.add_argument(
         "--repeats", type=int, default=3, help="alternated passes of each; the best of each is compared"
     )
     parser.add_argument("--max-new-tokens", type=int, default=8)
-    parser.add_argument("--overlays", default="answer", choices=["none", "answer", "findings", "all"])
+    parser.add_argument(
+        "--overlays",
+        default=AuditConfig.model_fields["overlays"].default,
+        choices=typing.get_args(OverlaysPolicy),
+    )
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -21,7 +21,8 @@ from explainer._sequence import (
 from explainer.explanation import Explanation
 from explainer.generation import full_sequence, prompt_and_answer
 from explainer.loading import ModelInfo, check_vision_language_model, load_pretrained, model_info
-from explainer.methods import ExplainContext, get_method
+from explainer.methods import get_method
+from explainer.methods.base import ExplainContext
 from explainer.targets import Target, answer_targets
 from explainer.words import answer_tokens, prompt_roles
 

@@ -1,12 +1,14 @@
 """`audit`: manifest → shards → explain on workers → Parquet parts + overlays → run.json → cohort stats.
 
     from flows.audit import audit
-    audit("s3://scans/batch-07/manifest.csv", "s3://audits/out", model="google/medgemma-1.5-4b-it")
+    from tasks.config import AuditConfig
+    audit(AuditConfig(manifest="s3://scans/batch-07/manifest.csv", out="s3://audits/out",
+                      model="google/medgemma-1.5-4b-it"))
 
 Rerunning with the same manifest content and settings resumes: the run id is derived from both, and
-shards whose answers part exists are skipped. Shards run in this process on two threads sharing one
-model (one explanation at a time), or on Dask (`dask={"address": "tcp://scheduler:8786"}` or
-`{"n_workers": 2}`) through the `explain-shards` subflow.
+shards whose answers part exists are skipped. Shards run in this process one at a time on the model
+it keeps loaded (`flows.runners.LOCAL_SHARD_THREADS`), or on Dask (`dask={"address":
+"tcp://scheduler:8786"}` or `{"n_workers": 2}`) through the `explain-shards` subflow.
 """
 
 from __future__ import annotations
@@ -18,12 +20,11 @@ from prefect import flow, get_run_logger
 from prefect.context import get_run_context
 from prefect.futures import as_completed
 
-from flows.runners import DaskSettings, task_resources, task_runner_for
+from flows.runners import task_resources, task_runner_for
 from storage import manifest_fingerprint
 from tasks import cache, ledger, steps
-from tasks.config import AuditConfig, Method, OverlaysPolicy, TargetsPolicy, derive_run_id
-from tasks.faithfulness_sample import sampled_item_ids
-from tasks.shards import ShardFailure, ShardJob, ShardSummary
+from tasks.config import AuditConfig, DaskSettings, derive_run_id
+from tasks.shards import ShardFailure, ShardJob, ShardSummary, sampled_item_ids
 
 
 class ShardsFailed(RuntimeError):
@@ -90,52 +91,27 @@ def _progress_bar(total: int, enabled: bool):
 
 @flow(name="vlm-audit", task_runner=task_runner_for(None))
 def audit(
-    manifest: str,
-    out: str,
-    model: str | None = None,
-    method: Method = "chefer",
-    targets: TargetsPolicy = "findings",
-    findings: list[str] | None = None,
-    overlays: OverlaysPolicy = "answer",
-    shard_size: int = 16,
-    max_new_tokens: int = 32,
+    config: AuditConfig,
     run_id: str | None = None,
-    device: str = "auto",
-    dtype: str | None = None,
-    model_revision: str | None = None,
-    endpoint_url: str | None = None,
-    region: str | None = None,
     dask: DaskSettings | None = None,
-    faithfulness_sample: int = 0,
-    group_by: list[str] | None = None,
-    aggregate: bool = True,
-    report: bool = True,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Audit every item of a manifest; returns the run's summary (run id, counts, where outputs are).
 
     Raises `ManifestError` (e.g. a missing required column) or a storage error (e.g. wrong
     credentials) before anything is written; `ShardsFailed` after run.json when shards did not commit.
+
+    Args:
+        config: the run's settings (`tasks.config.AuditConfig`: manifest, output root, model, method,
+            targets, cohorts, faithfulness sample ...).
+        run_id: the run id to use or resume; default: derived from the manifest's content and the
+            settings that decide the results.
+        dask: run the shards on a Dask cluster (an existing scheduler or a local one) instead of in
+            this process.
+        progress: show a progress bar over shards on the terminal.
     """
     logger = get_run_logger()
     started, started_at = time.perf_counter(), ledger.now_iso()
-    options = {"model": model, "findings": findings, "group_by": group_by}
-    config = AuditConfig(
-        manifest=manifest,
-        out=out,
-        method=method,
-        targets=targets,
-        overlays=overlays,
-        shard_size=shard_size,
-        max_new_tokens=max_new_tokens,
-        device=device,
-        dtype=dtype,
-        model_revision=model_revision,
-        endpoint_url=endpoint_url,
-        region=region,
-        faithfulness_sample=faithfulness_sample,
-        **{key: value for key, value in options.items() if value is not None},
-    )
     parsed = steps.load_manifest(config)
     fingerprint = manifest_fingerprint(parsed)
     run_id = run_id or derive_run_id(parsed, config)
@@ -192,9 +168,9 @@ def audit(
         "counts": counts,
         "timings": timings,
     }
-    if aggregate:
+    if config.aggregate:
         outputs["flags"] = steps.aggregate_run(config, run_id)
-        if report:
+        if config.report:
             outputs["report"] = steps.build_report(config, run_id)
     return outputs
 

@@ -13,36 +13,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-
-class DaskSettings(BaseModel):
-    """A Dask cluster for the shards: an existing scheduler (`address`) or a local one (`n_workers`)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    address: str | None = Field(None, description="scheduler address, e.g. tcp://scheduler:8786")
-    n_workers: int | None = Field(None, ge=1, le=1024, description="local cluster: worker processes")
-    threads_per_worker: int = Field(1, ge=1, le=64, description="local cluster: threads per worker")
-    cluster_class: str = Field(
-        "distributed.LocalCluster", description="local cluster class, e.g. dask_cuda.LocalCUDACluster"
-    )
-    resources: dict[str, float] | None = Field(
-        None, description="per-task resources, e.g. {'GPU': 1}; a local cluster's workers get the same amount"
-    )
-
-    @model_validator(mode="after")
-    def _one_cluster(self) -> DaskSettings:
-        if (self.address is None) == (self.n_workers is None):
-            raise ValueError(
-                "give either address (an existing Dask scheduler) or n_workers (a local cluster), not "
-                f"{'both' if self.address else 'neither'}"
-            )
-        return self
-
-    def describe(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=True)
-
+from tasks.config import DaskSettings
 
 # One shard at a time in this process: the model runs one explanation at a time anyway (under its
 # lock), overlays are encoded and stored on the shard's own background thread, and a second shard

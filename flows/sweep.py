@@ -3,7 +3,8 @@
 For lakes without event hooks. What it launched is remembered in the output store
 (`<out>/sweeps/launched.json`, keyed by manifest URI), so a second sweep launches nothing new.
 By default each audit runs here as a subflow; with `deployment` each becomes a flow run of that
-deployment (`run_deployment(..., timeout=0)`), picked up by workers of its pool.
+deployment (`run_deployment(..., timeout=0)`), picked up by workers of its pool, with the
+deployment's own settings (its `config` parameter) under the sweep's.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from storage import ObjectNotFound, ObjectStore, list_runs, open_store, read_json, read_run, write_json
 from storage.manifests import MANIFEST_FORMATS
 from storage.uri import normalize_uri
+from tasks.config import AuditConfig
 from tasks.ledger import now_iso
 from tasks.steps import STORAGE_IO
 
@@ -78,14 +80,23 @@ def record_launch(out: str, endpoint_url: str | None, region: str | None, manife
 
 
 @task(name="launch-deployment", cache_policy=NO_CACHE)
-def launch_deployment(deployment: str, parameters: dict[str, Any]) -> str:
+def launch_deployment(deployment: str, settings: dict[str, Any]) -> str:
+    """A flow run of `deployment` for one manifest; returns its id.
+
+    Prefect replaces a flow run's parameter as a whole, so the deployment's own `config` is merged
+    with `settings` here and validated before the run is created.
+    """
+    from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
+    with get_client(sync_client=True) as client:
+        defaults = client.read_deployment_by_name(deployment).parameters.get("config") or {}
+    config = AuditConfig(**{**defaults, **settings})
     flow_run = run_deployment(
         deployment,
-        parameters=parameters,
+        parameters={"config": config.model_dump(mode="json")},
         timeout=0,
-        idempotency_key=f"vlm-audit-sweep:{parameters['manifest']}",
+        idempotency_key=f"vlm-audit-sweep:{config.manifest}",
     )
     return str(flow_run.id)
 
@@ -95,25 +106,37 @@ def sweep(
     prefix: str,
     out: str,
     deployment: str | None = None,
-    audit_parameters: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
     endpoint_url: str | None = None,
     region: str | None = None,
     limit: int | None = None,
 ) -> dict[str, Any]:
-    """Start an audit for each manifest under `prefix` without a completed run; returns what it launched."""
+    """Start an audit for each manifest under `prefix` without a completed run; returns what it launched.
+
+    Args:
+        prefix: the data-lake folder or s3:// prefix to list for manifests.
+        out: the audits' output root (also where the sweep records what it launched).
+        deployment: launch each audit as a flow run of this deployment ("flow-name/deployment-name")
+            instead of running it here.
+        settings: `AuditConfig` fields for every audit (model, method, cohorts ...); the manifest,
+            output root, endpoint and region come from the sweep.
+        endpoint_url: S3-compatible endpoint (unset: the AWS configuration).
+        region: S3 region (unset: the AWS configuration).
+        limit: launch at most this many audits in this sweep.
+    """
     from flows.audit import audit
 
     logger = get_run_logger()
     pending = find_pending(prefix, out, endpoint_url, region)
     pending = pending[:limit] if limit is not None else pending
-    parameters = {**(audit_parameters or {}), "out": out, "endpoint_url": endpoint_url, "region": region}
+    common = {**(settings or {}), "out": out, "endpoint_url": endpoint_url, "region": region}
     launched = []
     for manifest in pending:
         entry: dict[str, Any] = {"mode": "deployment" if deployment else "subflow"}
         if deployment:
-            entry["flow_run_id"] = launch_deployment(deployment, {**parameters, "manifest": manifest})
+            entry["flow_run_id"] = launch_deployment(deployment, {**common, "manifest": manifest})
         else:
-            state = audit(manifest=manifest, **parameters, return_state=True)
+            state = audit(AuditConfig(**common, manifest=manifest), return_state=True)
             result = state.result(raise_on_failure=False)
             entry.update(
                 {"status": "completed", "run_id": result["run_id"]}

@@ -9,17 +9,34 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from auditing import DEFAULT_FINDINGS
+from explainer.methods import METHODS  # the registry's names only: no torch is loaded
 from storage import DEFAULT_MAX_PIXELS, Manifest, manifest_fingerprint
 from storage.uri import parse_uri
 
 TargetsPolicy = Literal["answer", "findings", "all"]
 OverlaysPolicy = Literal["none", "answer", "findings", "all"]
-Method = Literal["chefer", "rollout", "raw_attention", "occlusion"]
+Method = Literal[tuple(METHODS)]
+DType = Literal["float32", "bfloat16", "float16"]
+DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
+
+
+def _words(value: Any) -> list[str]:
+    """A comma-separated string or a list, stripped, empty entries dropped."""
+    if isinstance(value, str):
+        value = value.split(",")
+    return [str(word).strip() for word in value or () if str(word).strip()]
+
+
+# comma-separated strings are accepted wherever a list is (CLI options, deployment parameters)
+Groupings = Annotated[tuple[str, ...], BeforeValidator(_words)]
+Findings = Annotated[
+    tuple[str, ...], BeforeValidator(lambda value: list(dict.fromkeys(w.lower() for w in _words(value))))
+]
 
 # fields that change what a run computes; a rerun of a run id must agree on all of them
 IDENTITY_FIELDS = (
@@ -54,18 +71,25 @@ class AuditConfig(BaseModel):
         description="manifest URI: local path, file:// or s3://bucket/key (.csv, .jsonl, .parquet)"
     )
     out: str = Field(description="output root: local folder or s3://bucket/prefix")
-    model: str = Field(default_factory=default_model, description="hub id or local folder of a Gemma3 VLM")
+    model: str = Field(
+        default_factory=default_model,
+        description="hub id or local folder of a Gemma3 VLM (default: the bundled phantom model)",
+    )
     model_revision: str | None = Field(None, description="hub revision (commit, tag or branch) to pin")
     method: Method = Field("chefer", description="relevance method")
     targets: TargetsPolicy = Field("findings", description="which answer targets get relevance rows")
-    findings: tuple[str, ...] = Field(DEFAULT_FINDINGS, description="answer words explained by 'findings'")
+    findings: Findings = Field(
+        DEFAULT_FINDINGS, description="answer words explained by 'findings' (comma-separated on the CLI)"
+    )
     overlays: OverlaysPolicy = Field("answer", description="which explained targets get a PNG overlay")
     shard_size: int = Field(16, ge=1, le=100_000, description="items per shard (one task, one part file)")
     max_new_tokens: int = Field(32, ge=1, le=4096, description="answer length limit")
-    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
-    dtype: str | None = Field(None, description="model dtype, e.g. 'bfloat16'; None: the checkpoint's")
-    endpoint_url: str | None = Field(None, description="S3-compatible endpoint; None: AWS configuration")
-    region: str | None = Field(None, description="S3 region; None: AWS configuration")
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', 'mps', ...")
+    dtype: DType | None = Field(None, description="model dtype (unset: the checkpoint's)")
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (unset: the AWS configuration)"
+    )
+    region: str | None = Field(None, description="S3 region (unset: the AWS configuration)")
     max_pixels: int = Field(
         DEFAULT_MAX_PIXELS, ge=1, description="images announcing more pixels are rejected"
     )
@@ -73,24 +97,21 @@ class AuditConfig(BaseModel):
     faithfulness_sample: int = Field(
         0, ge=0, description="items checked against occlusion, removal curves and randomisation (0: off)"
     )
-    group_by: tuple[str, ...] = Field(
-        (), description="manifest metadata columns that form cohorts ('site+scanner' groups by both)"
+    group_by: Groupings = Field(
+        (), description="manifest metadata columns that form cohorts, comma-separated ('site+scanner': both)"
     )
+    aggregate: bool = Field(True, description="compute cohort statistics and flags after the audit")
+    report: bool = Field(True, description="build the HTML report after aggregating")
 
-    @field_validator("group_by", mode="before")
+    @field_validator("device")
     @classmethod
-    def _split_groupings(cls, value: Any) -> tuple[str, ...]:
-        if isinstance(value, str):
-            value = value.split(",")
-        return tuple(str(column).strip() for column in value or () if str(column).strip())
-
-    @field_validator("findings", mode="before")
-    @classmethod
-    def _normalise_findings(cls, value: Any) -> tuple[str, ...]:
-        if isinstance(value, str):
-            value = value.split(",")
-        words = [str(word).strip().lower() for word in value or ()]
-        return tuple(dict.fromkeys(word for word in words if word))
+    def _known_device(cls, value: str) -> str:
+        if not DEVICE.fullmatch(value):
+            raise ValueError(
+                f"device {value!r} is not one of auto, cpu, cuda, cuda:N, mps, xpu, xpu:N "
+                "('auto' takes cuda where a GPU is visible)"
+            )
+        return value
 
     @field_validator("manifest", "out")
     @classmethod
@@ -134,3 +155,31 @@ def derive_run_id(manifest: Manifest, config: AuditConfig) -> str:
     name = parse_uri(manifest.uri).path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
     stem = _UNSAFE.sub("_", name).strip("._-")[:48] or "manifest"
     return f"{stem}-{digest}"
+
+
+class DaskSettings(BaseModel):
+    """A Dask cluster for the shards: an existing scheduler (`address`) or a local one (`n_workers`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    address: str | None = Field(None, description="scheduler address, e.g. tcp://scheduler:8786")
+    n_workers: int | None = Field(None, ge=1, le=1024, description="local cluster: worker processes")
+    threads_per_worker: int = Field(1, ge=1, le=64, description="local cluster: threads per worker")
+    cluster_class: str = Field(
+        "distributed.LocalCluster", description="local cluster class, e.g. dask_cuda.LocalCUDACluster"
+    )
+    resources: dict[str, float] | None = Field(
+        None, description="per-task resources, e.g. {'GPU': 1}; a local cluster's workers get the same amount"
+    )
+
+    @model_validator(mode="after")
+    def _one_cluster(self) -> DaskSettings:
+        if (self.address is None) == (self.n_workers is None):
+            raise ValueError(
+                "give either address (an existing Dask scheduler) or n_workers (a local cluster), not "
+                f"{'both' if self.address else 'neither'}"
+            )
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)

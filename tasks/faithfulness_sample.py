@@ -1,9 +1,9 @@
-"""The faithfulness sample: which items are checked, and their rows of the faithfulness table."""
+"""The faithfulness sample's rows: each sampled item's maps checked, as rows of the faithfulness table.
+
+Which items are sampled is decided before the shards start (`tasks.shards.sampled_item_ids`)."""
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -12,17 +12,6 @@ from explainer.checks import MethodCheck, check_explanation
 from explainer.explanation import Explanation
 from explainer.regions import mass_shares
 from tasks.records import _regions, _token_fields
-
-
-def sampled_item_ids(item_ids: Iterable[str], size: int, *, seed: str = "") -> set[str]:
-    """A deterministic sample of `size` items: the lowest sha256(seed + item id) ranks.
-
-    It depends on the items and the seed alone, so a resumed run checks the same items.
-    """
-    if size <= 0:
-        return set()
-    ranked = sorted(item_ids, key=lambda item_id: hashlib.sha256(f"{seed}\n{item_id}".encode()).hexdigest())
-    return set(ranked[:size])
 
 
 def checked_targets(explanation: Explanation, findings: tuple[str, ...]):

@@ -3,9 +3,22 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tasks.config import AuditConfig
+
+
+def sampled_item_ids(item_ids: Iterable[str], size: int, *, seed: str = "") -> set[str]:
+    """A deterministic sample of `size` items: the lowest sha256(seed + item id) ranks.
+
+    It depends on the items and the seed alone, so a resumed run checks the same items.
+    """
+    if size <= 0:
+        return set()
+    ranked = sorted(item_ids, key=lambda item_id: hashlib.sha256(f"{seed}\n{item_id}".encode()).hexdigest())
+    return set(ranked[:size])
 
 
 @dataclass(frozen=True)

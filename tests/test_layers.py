@@ -13,6 +13,9 @@ FORBIDDEN = {
     "storage": ("torch", "transformers", "prefect", "explainer", "auditing"),
     "auditing": ("torch", "transformers", "prefect", "tasks", "flows"),
     "auditing.report": ("torch", "transformers", "prefect", "tasks", "flows"),
+    # the orchestrator plans, validates settings and aggregates; torch loads where shards are explained
+    "flows.audit": ("torch", "transformers"),
+    "flows.cli": ("torch", "transformers", "prefect"),
 }
 
 

@@ -1,22 +1,34 @@
-"""Relevance methods, registered by name."""
+"""Relevance methods, registered by name.
 
-from explainer.methods.base import ExplainContext, RelevanceMethod
-from explainer.methods.chefer import Chefer
-from explainer.methods.occlusion import Occlusion
-from explainer.methods.raw_attention import RawAttention
-from explainer.methods.rollout import Rollout
+The registry names each method's class by its import path: the names can be read (run settings
+validated, CLI choices listed) in processes that never explain anything, without loading torch.
+A method's class is imported on first use.
+"""
 
-METHODS: dict[str, RelevanceMethod] = {
-    method.name: method for method in (Chefer(), Rollout(), RawAttention(), Occlusion())
+from __future__ import annotations
+
+from functools import cache
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from explainer.methods.base import RelevanceMethod
+
+METHODS: dict[str, str] = {
+    "chefer": "explainer.methods.chefer:Chefer",
+    "rollout": "explainer.methods.rollout:Rollout",
+    "raw_attention": "explainer.methods.raw_attention:RawAttention",
+    "occlusion": "explainer.methods.occlusion:Occlusion",
 }
 
 
+@cache
 def get_method(name: str) -> RelevanceMethod:
     """The registered method called `name`."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown relevance method {name!r}; valid methods: {sorted(METHODS)}") from None
+    if name not in METHODS:
+        raise ValueError(f"unknown relevance method {name!r}; valid methods: {list(METHODS)}")
+    module, _, class_name = METHODS[name].partition(":")
+    return getattr(import_module(module), class_name)()
 
 
-__all__ = ["METHODS", "ExplainContext", "RelevanceMethod", "get_method"]
+__all__ = ["METHODS", "get_method"]

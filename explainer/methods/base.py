@@ -93,9 +93,8 @@ class ExplainContext:
 
 
 class RelevanceMethod(ABC):
-    """Maps targets of one sequence to relevance rows over its positions."""
-
-    name: str
+    """Maps targets of one sequence to relevance rows over its positions (registered by name in
+    `explainer.methods.METHODS`)."""
 
     @abstractmethod
     def relevance(self, context: ExplainContext, targets: Sequence[Target]) -> torch.Tensor:

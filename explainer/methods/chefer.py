@@ -54,8 +54,6 @@ def targets_per_chunk(context: ExplainContext, n_layers: int, heads: int) -> int
 
 
 class Chefer(RelevanceMethod):
-    name = "chefer"
-
     def relevance(self, context: ExplainContext, targets: Sequence[Target]) -> torch.Tensor:
         embeddings = context.embeddings().detach().requires_grad_(True)  # the graph's only leaf
         with torch.enable_grad(), context.recording() as maps:

@@ -17,8 +17,6 @@ from explainer.targets import Target, logit_rows, target_scores
 
 
 class Occlusion(RelevanceMethod):
-    name = "occlusion"
-
     def relevance(self, context: ExplainContext, targets: Sequence[Target]) -> torch.Tensor:
         relevance = torch.zeros(len(targets), context.layout.seq_len)
         rows = logit_rows(targets)

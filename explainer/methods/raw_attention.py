@@ -11,8 +11,6 @@ from explainer.targets import Target, start_rows
 
 
 class RawAttention(RelevanceMethod):
-    name = "raw_attention"
-
     def relevance(self, context: ExplainContext, targets: Sequence[Target]) -> torch.Tensor:
         rows = start_rows(targets, context.layout.seq_len)
         with torch.no_grad(), context.recording() as maps:

@@ -15,8 +15,6 @@ from explainer.targets import Target, start_rows
 
 
 class Rollout(RelevanceMethod):
-    name = "rollout"
-
     def relevance(self, context: ExplainContext, targets: Sequence[Target]) -> torch.Tensor:
         rows = start_rows(targets, context.layout.seq_len)
         with torch.no_grad(), context.recording() as maps:

@@ -19,11 +19,17 @@ import pytest
 from PIL import Image
 
 from phantom.build import TinyGemma3Spec
+from tasks.config import AuditConfig
 from tests.images import png_header_only
 from tests.models import TinyVLM
 
 TINY_SPEC = TinyGemma3Spec(mm_tokens_per_image=16, initializer_range=0.2)  # 4×4 grid: regions mean something
 FAST = {"max_new_tokens": 3, "targets": "findings", "overlays": "answer", "aggregate": False}
+
+
+def fast_config(manifest: str | Path, out: str | Path, **settings: Any) -> AuditConfig:
+    """A short audit's settings (`FAST`: three answer tokens, no aggregation), `settings` on top."""
+    return AuditConfig(manifest=str(manifest), out=str(out), **{**FAST, **settings})
 
 
 @pytest.fixture(scope="package", autouse=True)

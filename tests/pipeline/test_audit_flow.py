@@ -10,7 +10,7 @@ import pytest
 from flows.audit import audit
 from storage import SCHEMA_VERSION, completed_shards, open_store, read_run, read_table
 from tasks.ledger import RunConflict
-from tests.pipeline.conftest import FAST, local_dataset
+from tests.pipeline.conftest import fast_config, local_dataset
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -23,7 +23,7 @@ def _part_mtimes(out: str, run_id: str) -> dict[str, int]:
 def test_local_run_writes_every_table_and_resumes_without_duplicates(tmp_path, model_dir):
     manifest = local_dataset(tmp_path / "data", 5)
     out = str(tmp_path / "out")
-    first = audit(manifest, out, model=model_dir, shard_size=2, **FAST)
+    first = audit(fast_config(manifest, out, model=model_dir, shard_size=2))
     run_id = first["run_id"]
     assert first["counts"]["shards"] == 3 and first["counts"]["shards_skipped"] == 0
 
@@ -49,7 +49,7 @@ def test_local_run_writes_every_table_and_resumes_without_duplicates(tmp_path, m
     assert metadata[b"vlm_audit.run_id"] == run_id.encode()
 
     before = _part_mtimes(out, run_id)
-    second = audit(manifest, out, model=model_dir, shard_size=2, **FAST)
+    second = audit(fast_config(manifest, out, model=model_dir, shard_size=2))
     assert second["run_id"] == run_id  # derived from manifest content + settings
     assert second["counts"]["shards_skipped"] == 3 and second["counts"]["ok"] == 5
     assert _part_mtimes(out, run_id) == before  # nothing recomputed or rewritten
@@ -60,12 +60,12 @@ def test_local_run_writes_every_table_and_resumes_without_duplicates(tmp_path, m
 def test_rerun_redoes_only_uncommitted_shards(tmp_path, model_dir):
     manifest = local_dataset(tmp_path / "data", 4)
     out = str(tmp_path / "out")
-    run_id = audit(manifest, out, model=model_dir, shard_size=2, run_id="partial", **FAST)["run_id"]
+    run_id = audit(fast_config(manifest, out, model=model_dir, shard_size=2), run_id="partial")["run_id"]
     store = open_store(out)
     store.delete("answers/run_id=partial/part-00001.parquet")  # as if killed before shard 1 committed
     assert completed_shards(store, run_id) == {0}
     before = _part_mtimes(out, run_id)
-    result = audit(manifest, out, model=model_dir, shard_size=2, run_id="partial", **FAST)
+    result = audit(fast_config(manifest, out, model=model_dir, shard_size=2), run_id="partial")
     assert result["counts"]["shards_skipped"] == 1 and result["counts"]["shards_done"] == 2
     assert _part_mtimes(out, run_id)["part-00000.parquet"] == before["part-00000.parquet"]
     answers = read_table(out, "answers", run_id).to_pandas()
@@ -79,6 +79,6 @@ def test_rerun_redoes_only_uncommitted_shards(tmp_path, model_dir):
 def test_rerun_with_other_settings_is_refused(tmp_path, model_dir):
     manifest = local_dataset(tmp_path / "data", 2)
     out = str(tmp_path / "out")
-    audit(manifest, out, model=model_dir, shard_size=2, run_id="fixed", **FAST)
+    audit(fast_config(manifest, out, model=model_dir, shard_size=2), run_id="fixed")
     with pytest.raises(RunConflict, match=r"shard_size=1 \(was 2\)"):
-        audit(manifest, out, model=model_dir, shard_size=1, run_id="fixed", **FAST)
+        audit(fast_config(manifest, out, model=model_dir, shard_size=1), run_id="fixed")

@@ -9,7 +9,7 @@ import pytest
 
 from flows.audit import audit
 from storage import CredentialsError, ManifestError, open_store, read_table
-from tests.pipeline.conftest import FAST, manifest_bytes, png_bytes
+from tests.pipeline.conftest import fast_config, manifest_bytes, png_bytes
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 QUESTION = "Where is the nodule?"
@@ -36,7 +36,7 @@ def test_every_bad_row_and_image_is_an_error_row_and_the_rest_completes(tmp_path
     (data / "manifest.csv").write_bytes(manifest_bytes(rows))
     out = str(tmp_path / "out")
 
-    result = audit(str(data / "manifest.csv"), out, model=model_dir, shard_size=3, **FAST)
+    result = audit(fast_config(data / "manifest.csv", out, model=model_dir, shard_size=3))
 
     counts = result["counts"]
     assert (counts["manifest_rows"], counts["items"], counts["manifest_errors"]) == (10, 7, 3)
@@ -66,7 +66,7 @@ def test_missing_required_column_fails_fast_naming_it(tmp_path, model_dir):
     with pytest.raises(
         ManifestError, match="lacks required column\\(s\\) question; found: item_id, image, site"
     ):
-        audit(str(tmp_path / "manifest.csv"), str(out), model=model_dir, **FAST)
+        audit(fast_config(tmp_path / "manifest.csv", out, model=model_dir))
     assert not out.exists()  # nothing written
 
 
@@ -80,7 +80,7 @@ def test_wrong_s3_credentials_fail_clearly_and_write_nothing(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_auth.access_key_id)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong_secret)
     with pytest.raises(CredentialsError, match=r"SignatureDoesNotMatch.*AWS_SECRET_ACCESS_KEY") as info:
-        audit(str(manifest), f"{s3_bucket}/out", model=model_dir, **FAST)
+        audit(fast_config(manifest, f"{s3_bucket}/out", model=model_dir))
     assert wrong_secret not in "".join(traceback.format_exception(info.value))
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_auth.secret_access_key)
     assert open_store(s3_bucket).list() == []  # not even run.json or the manifest errors part

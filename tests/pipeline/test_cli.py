@@ -9,7 +9,7 @@ from tasks import config
 from tests.pipeline.conftest import local_dataset
 
 
-def test_run_arguments_become_flow_parameters():
+def test_run_arguments_become_the_run_settings():
     args = cli.build_parser().parse_args(
         [
             *(
@@ -23,16 +23,54 @@ def test_run_arguments_become_flow_parameters():
                 "GPU=1",
             ),
             *("--findings", "nodule,effusion", "--targets", "all", "--endpoint-url", "http://minio:9000"),
+            *("--revision", "abc123", "--no-report", "--dtype", "bfloat16", "--model", "tiny"),
         ]
     )
-    parameters = cli.flow_parameters(args, args.manifest, args.out)
-    assert parameters["dask"] == {"address": None, "n_workers": 2, "resources": {"GPU": 1.0}}
-    assert parameters["findings"] == ["nodule", "effusion"] and parameters["targets"] == "all"
-    assert parameters["model"] is None and parameters["endpoint_url"] == "http://minio:9000"
-    with pytest.raises(SystemExit):
-        cli.build_parser().parse_args(
-            ["run", "m.csv", "--out", "o", "--dask-address", "tcp://x:1", "--dask-workers", "2"]
-        )
+    settings = cli.audit_config(args, args.manifest, args.out)
+    assert settings == config.AuditConfig(
+        manifest="s3://b/m.csv",
+        out="s3://b/out",
+        model="tiny",
+        model_revision="abc123",
+        findings=("nodule", "effusion"),
+        targets="all",
+        endpoint_url="http://minio:9000",
+        report=False,
+        dtype="bfloat16",
+    )  # every option not given keeps the setting's own default
+    assert cli.dask_settings(args) == config.DaskSettings(n_workers=2, resources={"GPU": 1.0})
+    assert cli.dask_settings(cli.build_parser().parse_args(["run", "m.csv", "--out", "o"])) is None
+
+
+def test_every_run_setting_is_an_option_with_its_description_choices_and_default():
+    run = cli.build_parser()._subparsers._group_actions[0].choices["run"]
+    options = {action.dest: action for action in run._actions}
+    for name, field in config.AuditConfig.model_fields.items():
+        action = options[name]
+        assert field.description.split(" (")[0] in action.help.replace("%%", "%"), name
+        if name not in ("manifest", "out", "model", "aggregate", "report") and field.default is not None:
+            assert f"default: {field.default}" in action.help or isinstance(field.default, tuple), name
+    assert options["method"].choices == ["chefer", "rollout", "raw_attention", "occlusion"]
+    assert options["dtype"].choices == ["float32", "bfloat16", "float16"]
+    assert options["overlays"].choices == ["none", "answer", "findings", "all"]
+    assert options["aggregate"].option_strings == ["--no-aggregate"]
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--device", "gpu"], "device 'gpu' is not one of auto, cpu, cuda"),
+        (["--shard-size", "0"], "greater than or equal to 1"),
+        (["--dask-address", "tcp://x:1", "--dask-workers", "2"], "not both"),
+        (["--dask-resource", "GPU=1"], "not neither"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_runs(option, message, tmp_path, model_dir, capsys):
+    code = cli.main(
+        ["run", str(tmp_path / "m.csv"), "--out", str(tmp_path / "out"), "--model", model_dir, *option]
+    )
+    assert code == cli.EXIT_USAGE and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("command", [["demo"], ["run", "manifest.csv"]])

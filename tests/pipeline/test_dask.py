@@ -7,9 +7,9 @@ import os
 import pytest
 
 from flows.audit import audit
-from flows.runners import DaskSettings
 from storage import open_store, read_run, read_table
-from tests.pipeline.conftest import FAST, local_dataset
+from tasks.config import DaskSettings
+from tests.pipeline.conftest import fast_config, local_dataset
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_server")]
 
@@ -20,7 +20,7 @@ def test_two_worker_processes_load_the_model_once_each_and_respect_gpu_resources
     # two threads per worker, but each shard asks for the worker's only "GPU": one shard at a time each
     dask = {"n_workers": 2, "threads_per_worker": 2, "resources": {"GPU": 1}}
 
-    result = audit(manifest, out, model=model_dir, shard_size=1, dask=dask, **FAST)
+    result = audit(fast_config(manifest, out, model=model_dir, shard_size=1), dask=dask)
 
     assert result["counts"]["ok"] == 6 and result["counts"]["shards_done"] == 6
     answers = read_table(out, "answers", result["run_id"]).to_pandas()

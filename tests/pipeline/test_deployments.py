@@ -13,6 +13,7 @@ from rich.console import Console
 
 from flows.events import EVENT_NAME, object_created_resource
 from storage import open_store, read_table
+from tasks.config import AuditConfig
 from tests.pipeline.conftest import local_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,8 +44,8 @@ def test_prefect_yaml_deployments_schedules_and_pools(deploy_configs, monkeypatc
     for name, config in deploy_configs.items():
         flow = load_flow_from_entrypoint(config["entrypoint"])
         parameters = dict(config["parameters"])
-        if name == "on-manifest-upload":
-            parameters["manifest"] = "s3://archive-lake/manifests/x.csv"  # the trigger supplies it
+        if name == "on-manifest-upload":  # the trigger supplies the whole config, manifest included
+            parameters["config"] = {**parameters["config"], "manifest": "s3://archive-lake/manifests/x.csv"}
         flow.validate_parameters(parameters)  # every parameter exists and has the right type
         schedules = _construct_schedules(
             config, {}, console=Console(quiet=True), is_interactive=lambda: False
@@ -55,6 +56,13 @@ def test_prefect_yaml_deployments_schedules_and_pools(deploy_configs, monkeypatc
     assert nightly["schedules"][0]["cron"] == "0 2 * * *" and nightly["parameters"]["dask"]["resources"] == {
         "GPU": 1
     }
+    audits = [
+        deploy_configs[name]["parameters"]["config"]
+        for name in ("retrospective-nightly", "on-manifest-upload")
+    ]
+    assert all(
+        config["model"] == "google/medgemma-1.5-4b-it" and config["dtype"] == "bfloat16" for config in audits
+    )
     gpu_pools = [
         deploy_configs[name]["work_pool"] for name in ("retrospective-nightly", "on-manifest-upload")
     ]
@@ -63,6 +71,21 @@ def test_prefect_yaml_deployments_schedules_and_pools(deploy_configs, monkeypatc
     )
     assert deploy_configs["sweep-hourly"]["work_pool"]["name"] == "cpu"
     assert deploy_configs["sweep-hourly"]["parameters"]["deployment"] == "vlm-audit/on-manifest-upload"
+
+
+def test_the_audit_flow_takes_one_config_that_prefect_shows_with_its_descriptions():
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.audit import audit
+
+    schema = parameter_schema(audit).model_dump()
+    assert set(schema["properties"]) == {"config", "run_id", "dask", "progress"}
+    assert all(schema["properties"][name]["description"] for name in ("config", "run_id", "dask", "progress"))
+    fields = schema["definitions"]["AuditConfig"]["properties"]
+    assert set(fields) == set(AuditConfig.model_fields)
+    for name, field in AuditConfig.model_fields.items():
+        assert fields[name]["description"] == field.description, name
+    assert fields["method"]["enum"] == ["chefer", "rollout", "raw_attention", "occlusion"]
 
 
 def test_s3_event_trigger_matches_the_prefix_and_renders_the_manifest_uri(deploy_configs):
@@ -95,7 +118,14 @@ def test_s3_event_trigger_matches_the_prefix_and_renders_the_manifest_uri(deploy
         automation=automation, triggered=now, triggering_labels={}, triggering_event=uploaded, action=action
     )
     parameters = asyncio.run(action.render_parameters(fired))
-    assert parameters == {"manifest": "s3://archive-lake/manifests/2024/batch-07.csv"}
+    assert parameters["config"]["manifest"] == "s3://archive-lake/manifests/2024/batch-07.csv"
+    # the rendered config is the deployment's own settings with the manifest: a complete, valid config
+    settings = {
+        **deploy_configs["on-manifest-upload"]["parameters"]["config"],
+        "manifest": parameters["config"]["manifest"],
+    }
+    assert parameters == {"config": settings}
+    AuditConfig(**parameters["config"])
 
 
 @pytest.mark.integration
@@ -109,10 +139,14 @@ def test_served_deployment_runs_to_completion(tmp_path, model_dir, prefect_serve
     monkeypatch.chdir(REPO)
     manifest = local_dataset(tmp_path / "data", 2)
     out = str(tmp_path / "out")
-    parameters = {"out": out, "model": model_dir, "max_new_tokens": 2, "aggregate": False, "run_id": "served"}
+    settings = {"out": out, "model": model_dir, "max_new_tokens": 2, "aggregate": False}
     runner = Runner(name="vlm-audit-test-runner")
-    runner.add_deployment(audit.to_deployment(name="served", parameters=parameters))
-    flow_run = run_deployment("vlm-audit/served", parameters={"manifest": manifest}, timeout=0)
+    runner.add_deployment(
+        audit.to_deployment(name="served", parameters={"config": settings, "run_id": "served"})
+    )
+    flow_run = run_deployment(
+        "vlm-audit/served", parameters={"config": {**settings, "manifest": manifest}}, timeout=0
+    )
 
     asyncio.run(runner.start(run_once=True))  # picks up the scheduled run, executes it in a subprocess
 

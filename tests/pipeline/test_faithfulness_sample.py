@@ -6,7 +6,8 @@ import torch
 
 from explainer import Explainer, generation
 from storage import to_arrow
-from tasks.faithfulness_sample import check_item, sampled_item_ids
+from tasks.faithfulness_sample import check_item
+from tasks.shards import sampled_item_ids
 from tests.models import random_image
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from flows.audit import audit
 from storage import completed_shards, open_store, read_run, read_table
-from tests.pipeline.conftest import FAST, local_dataset
+from tests.pipeline.conftest import fast_config, local_dataset
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_server")]
 REPO = Path(__file__).resolve().parents[2]
@@ -63,7 +63,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, model_dir, pref
         index: store.size(f"answers/run_id={RUN_ID}/part-{index:05d}.parquet") for index in done_before
     }
 
-    result = audit(manifest, str(out), model=model_dir, shard_size=SHARD_SIZE, run_id=RUN_ID, **FAST)
+    result = audit(fast_config(manifest, out, model=model_dir, shard_size=SHARD_SIZE), run_id=RUN_ID)
 
     assert result["counts"]["shards_skipped"] == len(done_before)
     assert result["counts"]["shards_done"] == N_ITEMS // SHARD_SIZE

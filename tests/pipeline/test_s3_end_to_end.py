@@ -9,7 +9,7 @@ import pytest
 
 from flows.audit import audit
 from storage import duckdb_connect, open_store, parquet_source, read_run, read_table
-from tests.pipeline.conftest import FAST, manifest_bytes, png_bytes
+from tests.pipeline.conftest import fast_config, manifest_bytes, png_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_server")]
 
@@ -32,12 +32,13 @@ def test_audit_reads_and_writes_s3_over_http(s3_bucket, s3_env, model_dir):
     out = f"{s3_bucket}/audit-out"
 
     result = audit(
-        f"{s3_bucket}/lake/batch.jsonl",
-        out,
-        model=model_dir,
-        shard_size=2,
-        endpoint_url=s3_env.endpoint_url,
-        **FAST,
+        fast_config(
+            f"{s3_bucket}/lake/batch.jsonl",
+            out,
+            model=model_dir,
+            shard_size=2,
+            endpoint_url=s3_env.endpoint_url,
+        )
     )
     run_id = result["run_id"]
     assert result["counts"]["ok"] == 3

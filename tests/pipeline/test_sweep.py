@@ -33,15 +33,15 @@ def test_manifest_listing_skips_other_files_and_the_output_tree(tmp_path):
 def test_sweep_launches_each_new_manifest_once(tmp_path, model_dir):
     lake, manifests = _lake(tmp_path)
     out = str(tmp_path / "out")
-    parameters = {"model": model_dir, "max_new_tokens": 2, "aggregate": False}
+    settings = {"model": model_dir, "max_new_tokens": 2, "aggregate": False}
 
-    first = sweep(lake, out, audit_parameters=parameters)
+    first = sweep(lake, out, settings=settings)
     assert sorted(entry["manifest"] for entry in first["launched"]) == sorted(manifests)
     assert {entry["status"] for entry in first["launched"]} == {"completed"}
     launches = read_json(LocalStore(out), LAUNCHES_KEY)
     assert set(launches) == set(manifests) and all(entry["run_id"] for entry in launches.values())
 
-    assert sweep(lake, out, audit_parameters=parameters)["launched"] == []  # nothing new
+    assert sweep(lake, out, settings=settings)["launched"] == []  # nothing new
 
 
 def test_sweep_through_a_deployment_creates_one_flow_run_per_manifest(tmp_path, model_dir):
@@ -51,12 +51,16 @@ def test_sweep_through_a_deployment_creates_one_flow_run_per_manifest(tmp_path, 
 
     lake, manifests = _lake(tmp_path)
     out = str(tmp_path / "out")
-    audit.to_deployment(name="sweep-target", parameters={"model": model_dir}).apply()
+    audit.to_deployment(name="sweep-target", parameters={"config": {"model": model_dir}}).apply()
 
     result = sweep(lake, out, deployment="vlm-audit/sweep-target")
 
     with get_client(sync_client=True) as client:
         runs = [client.read_flow_run(entry["flow_run_id"]) for entry in result["launched"]]
-    assert sorted(run.parameters["manifest"] for run in runs) == sorted(manifests)
-    assert all(run.parameters["out"] == out and run.state.is_scheduled() for run in runs)
+    configs = [run.parameters["config"] for run in runs]
+    assert sorted(config["manifest"] for config in configs) == sorted(manifests)
+    assert all(
+        config["out"] == out and run.state.is_scheduled() for config, run in zip(configs, runs, strict=True)
+    )
+    assert all(config["model"] == model_dir for config in configs)  # the deployment's own setting kept
     assert sweep(lake, out, deployment="vlm-audit/sweep-target")["launched"] == []
