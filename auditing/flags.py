@@ -40,6 +40,16 @@ SHORTCUT_REGIONS = {
 }
 
 
+def cohort_key(row: tuple) -> dict[str, str]:
+    """The run, grouping, cohort and target class of a cohort-level row (a frame's itertuples row)."""
+    return {
+        "run_id": row.run_id,
+        "grouping": row.grouping,
+        "cohort": row.cohort,
+        "target_class": row.target_class,
+    }
+
+
 def flag_row(
     *,
     rule: str,
@@ -98,12 +108,9 @@ def shortcut_flags(comparisons: pd.DataFrame, thresholds: FlagThresholds, method
         ):
             flags.append(
                 flag_row(
-                    run_id=row.run_id,
+                    **cohort_key(row),
                     rule=f"{row.metric}_share_above_baseline",
                     method=method,
-                    grouping=row.grouping,
-                    cohort=row.cohort,
-                    target_class=row.target_class,
                     metric=f"{row.metric}_share",
                     value=row.cohort_mean,
                     baseline=baseline,
@@ -128,12 +135,9 @@ def roi_flags(stats: pd.DataFrame, thresholds: FlagThresholds, method: str) -> l
     rows = stats[(stats["n_roi"] >= thresholds.min_items) & (stats["roi_hit_mean"] < thresholds.roi_hit_rate)]
     return [
         flag_row(
-            run_id=row.run_id,
+            **cohort_key(row),
             rule="roi_hit_rate_low",
             method=method,
-            grouping=row.grouping,
-            cohort=row.cohort,
-            target_class=row.target_class,
             metric="roi_hit",
             value=row.roi_hit_mean,
             threshold=thresholds.roi_hit_rate,

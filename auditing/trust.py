@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from auditing.cohorts import cohorts
-from auditing.flags import FlagThresholds, flag_row
+from auditing.flags import FlagThresholds, cohort_key, flag_row
 from auditing.load import SHARE_COLUMNS, join_targets
 from storage import FAITHFULNESS_SCHEMA, TOKENS_SCHEMA
 
@@ -92,12 +92,9 @@ def trust_flags(trust: pd.DataFrame, thresholds: FlagThresholds) -> list[dict]:
         if row.top_cell_rate < thresholds.trust_top_cell:
             flags.append(
                 flag_row(
-                    run_id=row.run_id,
+                    **cohort_key(row),
                     rule="explanations_not_trustworthy",
                     method=row.method,
-                    grouping=row.grouping,
-                    cohort=row.cohort,
-                    target_class=row.target_class,
                     metric="top_cell_rate",
                     value=row.top_cell_rate,
                     threshold=thresholds.trust_top_cell,
