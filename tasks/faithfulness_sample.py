@@ -11,7 +11,7 @@ import numpy as np
 from explainer.checks import MethodCheck, check_explanation
 from explainer.explanation import Explanation
 from explainer.regions import mass_shares
-from tasks.records import _regions, _token_fields
+from tasks.records import table_regions, target_fields
 
 
 def checked_targets(explanation: Explanation, findings: tuple[str, ...]):
@@ -39,14 +39,14 @@ def faithfulness_rows(
                     "target_kind": check.target.kind,
                     **{
                         k: v
-                        for k, v in _token_fields(check.target, explanation).items()
+                        for k, v in target_fields(check.target, explanation).items()
                         if k in ("target_text", "word")
                     },
                     "method": check.method,
                     "grid_h": grid[0],
                     "grid_w": grid[1],
                     "image_relevance": cell_map.ravel().astype(np.float32),
-                    "region_shares": mass_shares(cell_map, _regions(grid)),
+                    "region_shares": mass_shares(cell_map, table_regions(grid)),
                     "spearman_vs_occlusion": check.spearman_vs_occlusion[image_index],
                     "top_cell_agrees": check.top_cell_agrees[image_index],
                     "morf_auc": check.morf_auc,

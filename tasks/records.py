@@ -30,7 +30,8 @@ class RoiError(ValueError):
 
 
 @lru_cache(maxsize=8)
-def _regions(grid: Grid) -> dict[str, np.ndarray]:
+def table_regions(grid: Grid) -> dict[str, np.ndarray]:
+    """The standard regions of a grid, in the order of the tables' `region_shares` struct."""
     regions = standard_regions(grid)
     if tuple(regions) != REGION_NAMES:  # the struct's field order is the table's contract
         raise ValueError(f"standard_regions gives {tuple(regions)}, the tokens table expects {REGION_NAMES}")
@@ -85,7 +86,7 @@ def _positive_sum(values: np.ndarray) -> float:
     return float(np.clip(values, 0, None).sum())
 
 
-def _token_fields(target: Target, explanation: Explanation) -> dict[str, Any]:
+def target_fields(target: Target, explanation: Explanation) -> dict[str, Any]:
     """target_text, word, token_id and token_position of one target."""
     if target.kind == "answer":
         return {"target_text": explanation.answer, "word": None, "token_id": None, "token_position": None}
@@ -113,7 +114,7 @@ def token_rows(
     rows = []
     for image_index, image_maps in enumerate(explanation.image_maps):  # [n_targets, rows, cols]
         grid = tuple(image_maps.shape[1:])
-        regions = _regions(grid)
+        regions = table_regions(grid)
         for target_index, target in enumerate(explanation.targets):
             cell_map = image_maps[target_index]
             text_relevance = explanation.text_relevance[target_index]
@@ -125,7 +126,7 @@ def token_rows(
                     "item_id": item_id,
                     "image_index": image_index,
                     "target_kind": target.kind,
-                    **_token_fields(target, explanation),
+                    **target_fields(target, explanation),
                     "method": explanation.method,
                     "grid_h": grid[0],
                     "grid_w": grid[1],
