@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from explainer import Explainer
+from explainer import Explainer, Target
 from explainer.loading import ModelNotSupported
 from tests.models import random_image
 
@@ -45,3 +46,24 @@ def test_chunked_gradients_equal_one_batch(tiny):
     one_batch = Explainer(tiny.model, tiny.processor).relevance(inputs, positions)
     one_at_a_time = Explainer(tiny.model, tiny.processor, max_chunk_bytes=1).relevance(inputs, positions)
     assert torch.allclose(one_batch, one_at_a_time, atol=1e-6)
+
+
+def test_perturbations_batched_within_the_memory_budget_equal_one_copy_per_forward(tiny_grid4):
+    from explainer.checks import removal_curves
+
+    inputs = tiny_grid4.inputs([random_image(0), random_image(1)], "Where is the nodule?", "right upper zone")
+    seq_len = inputs["input_ids"].shape[1]
+    batched, one_copy = Explainer(tiny_grid4.model), Explainer(tiny_grid4.model, max_chunk_bytes=1)
+    with batched.context(inputs) as context:
+        assert context.copies_per_forward() > 1  # the default budget holds many copies of this sequence
+    with one_copy.context(inputs) as context:
+        assert context.copies_per_forward() == 1
+    occlusion = batched.relevance(inputs, [seq_len - 1, seq_len - 2], method="occlusion")
+    assert torch.allclose(
+        occlusion, one_copy.relevance(inputs, [seq_len - 1, seq_len - 2], "occlusion"), atol=1e-5
+    )
+    target = Target((seq_len - 2, seq_len - 1))
+    curves = removal_curves(batched, inputs, target, occlusion[0], steps=4)
+    reference = removal_curves(one_copy, inputs, target, occlusion[0], steps=4)
+    assert np.allclose(curves.most_relevant_first, reference.most_relevant_first, atol=1e-5)
+    assert np.allclose(curves.least_relevant_first, reference.least_relevant_first, atol=1e-5)
