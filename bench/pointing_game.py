@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from explainer import Explainer
 from explainer.map_stats import pointing_hit
+from explainer.methods import METHODS as ENGINE_METHODS
 from explainer.overlay import heatmap_overlay
 from explainer.regions import box_region, mass_share
 from phantom import MODEL_PATH, POOLING_MODEL_PATH, SHORTCUT_MODEL_PATH, sample
@@ -48,7 +49,7 @@ from phantom.training.data import GRID, encode, prompt_text
 from phantom.training.evaluate import blocking_test
 
 PATHS = {"positive": MODEL_PATH, "pooling": POOLING_MODEL_PATH, "shortcut": SHORTCUT_MODEL_PATH}
-METHODS = ("chefer", "rollout", "raw_attention", "occlusion", "pixel_occlusion")
+METHODS = (*ENGINE_METHODS, "pixel_occlusion")  # the engine's methods and this bench's pixel reference
 SEED = 21_000  # held out: training uses seeds < 10_000, the shipped reports 20_000, tests 20_000-20_013
 
 

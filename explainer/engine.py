@@ -161,7 +161,7 @@ class Explainer:
             targets: "all" (every answer token, every answer word and the whole answer), "answer"
                 (the whole answer only) or a list of words (those answer words, never prompt words,
                 plus the whole answer).
-            method: "chefer", "rollout", "raw_attention" or "occlusion".
+            method: a name in `explainer.methods.METHODS` (see `relevance`).
         Raises:
             GenerationError: prompting or generation failed (the original error is its cause).
         """
