@@ -106,6 +106,7 @@ def _run_flow(config: AuditConfig, args: argparse.Namespace) -> tuple[int, dict[
     """Run the audit flow; the exit code and, when it completed, its summary."""
     from flows.audit import ShardsFailed, audit
 
+    dask = dask_settings(args)  # validated before a server starts
     if not os.environ.get("PREFECT_API_URL"):
         print(
             "starting a temporary local Prefect server (set PREFECT_API_URL to use a running one)",
@@ -113,7 +114,7 @@ def _run_flow(config: AuditConfig, args: argparse.Namespace) -> tuple[int, dict[
         )
 
     try:
-        result = audit(config, run_id=args.run_id, dask=dask_settings(args), progress=True)
+        result = audit(config, run_id=args.run_id, dask=dask, progress=True)
     except ShardsFailed as exc:
         print(f"vlm-audit: {exc}", file=sys.stderr)
         return EXIT_FAILED_SHARDS, None
