@@ -37,9 +37,7 @@ def embed_inputs(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> torch.
                 f"the sequence has {n_image_tokens} image tokens but inputs carry no pixel_values"
             )
         return embeds
-    with torch.no_grad():
-        features = model.get_image_features(pixel_values=pixel_values)
-    features = getattr(features, "pooler_output", features)  # 5.x returns an output object
+    features = image_features(model, pixel_values)
     if features.numel() != n_image_tokens * embeds.shape[-1]:
         raise SequenceError(
             f"image features and image tokens do not match: tokens {n_image_tokens}, "
@@ -47,6 +45,13 @@ def embed_inputs(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> torch.
         )
     mask = is_image.to(embeds.device).unsqueeze(-1)
     return embeds.masked_scatter(mask, features.to(embeds.device, embeds.dtype))
+
+
+def image_features(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """[n_images, tokens per image, hidden]: the vision tower and projector's output, without gradients."""
+    with torch.no_grad():
+        features = model.get_image_features(pixel_values=pixel_values)
+    return getattr(features, "pooler_output", features)  # 5.x returns an output object
 
 
 def forward_embeddings(

@@ -100,7 +100,7 @@ def removal_curves(
         def log_probability(logits: torch.Tensor) -> torch.Tensor:
             return target_log_probability(logits, context.input_ids, target, rows)
 
-        scores = context.perturbed_scores(context.embeddings(), removed, log_probability, rows).cpu()
+        scores = context.occluded_token_scores(context.embeddings(), removed, log_probability, rows).cpu()
     count = steps + 1
     return RemovalCurves(fractions, scores[:count].numpy(), scores[count:].numpy())
 

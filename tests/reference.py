@@ -51,3 +51,32 @@ def occlusion_reference(model, embeddings, inputs, image_positions, position: in
                 occluded[0, index] = baseline
                 relevance[index] = reference - score(occluded)
     return relevance
+
+
+def pixel_occlusion_reference(model, inputs, position: int, grid: tuple[int, int]) -> list[torch.Tensor]:
+    """Per image [rows, cols]: drop of logits[p-1, token] when one cell's block of that image's pixels
+    is set to the image's per-channel mean, the whole model rerun each time."""
+    token = inputs["input_ids"][0, position]
+
+    def score(pixel_values):
+        output = model(**{**inputs, "pixel_values": pixel_values}, use_cache=False)
+        return output.logits[0, position - 1, token]
+
+    pixels = inputs["pixel_values"]
+    rows, cols = grid
+    height, width = pixels.shape[2] // rows, pixels.shape[3] // cols
+    maps = []
+    with torch.no_grad():
+        reference = score(pixels)
+        for image in range(pixels.shape[0]):
+            cell_map = torch.zeros(rows, cols)
+            for row in range(rows):
+                for col in range(cols):
+                    occluded = pixels.clone()
+                    block = occluded[
+                        image, :, row * height : (row + 1) * height, col * width : (col + 1) * width
+                    ]
+                    block[:] = pixels[image].mean(dim=(1, 2))[:, None, None]
+                    cell_map[row, col] = reference - score(occluded)
+            maps.append(cell_map)
+    return maps

@@ -19,6 +19,7 @@ METHODS: dict[str, str] = {
     "rollout": "explainer.methods.rollout:Rollout",
     "raw_attention": "explainer.methods.raw_attention:RawAttention",
     "occlusion": "explainer.methods.occlusion:Occlusion",
+    "pixel_occlusion": "explainer.methods.pixel_occlusion:PixelOcclusion",
 }
 
 

@@ -43,12 +43,35 @@ class ExplainContext:
         """A forward for its attention maps only: no logits are computed."""
         self.logits(self.embeddings(), rows=torch.empty(0, dtype=torch.long))
 
-    def copies_per_forward(self) -> int:
+    def copies_per_forward(self, extra_bytes_per_copy: int = 0) -> int:
         """Perturbed copies of the sequence per forward within the memory budget (activations of one
-        copy ≈ 16 × L × hidden values), at most 64."""
+        copy ≈ 16 × L × hidden values, plus `extra_bytes_per_copy`), at most 64."""
         hidden = self.model.config.get_text_config().hidden_size
-        per_copy = 16 * self.layout.seq_len * hidden * self.model.dtype.itemsize
+        per_copy = 16 * self.layout.seq_len * hidden * self.model.dtype.itemsize + extra_bytes_per_copy
         return max(1, min(64, self.max_chunk_bytes // per_copy))
+
+    def variant_scores(
+        self,
+        n_variants: int,
+        build: Callable[[range], torch.Tensor],
+        score: Callable[[torch.Tensor], torch.Tensor],
+        rows: torch.Tensor | None = None,
+        *,
+        extra_bytes_per_copy: int = 0,
+    ) -> torch.Tensor:
+        """`score(logits)` of `n_variants` perturbed copies of the sequence: [n_variants, ...].
+
+        Every perturbation goes through here: `build(indices)` returns the input embeddings
+        [B, L, hidden] of those variants, as many per forward as the memory budget allows; `rows`
+        selects the logit rows computed (see `logits`); `score` maps [B, R, vocab] to [B, ...].
+        """
+        per_forward = self.copies_per_forward(extra_bytes_per_copy)
+        return torch.cat(
+            [
+                score(self.logits(build(range(first, min(first + per_forward, n_variants))), rows))
+                for first in range(0, n_variants, per_forward)
+            ]
+        )
 
     def occlusion_baseline(self, embeddings: torch.Tensor) -> torch.Tensor:
         """[1, L, hidden]: `embeddings` with every image token replaced by its image's mean image-token
@@ -58,7 +81,7 @@ class ExplainContext:
             baseline[0, run] = embeddings[0, run].mean(dim=0)
         return baseline
 
-    def perturbed_scores(
+    def occluded_token_scores(
         self,
         embeddings: torch.Tensor,
         occluded: Sequence[torch.Tensor],
@@ -66,20 +89,16 @@ class ExplainContext:
         rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`score(logits)` of copies of `embeddings` [1, L, hidden], copy v with the positions
-        `occluded[v]` set to the occlusion baseline: [V, ...], forwards batched within the memory budget.
-
-        `rows` selects the logit rows computed (see `logits`); `score` maps [B, R, vocab] to [B, ...].
-        """
+        `occluded[v]` set to the occlusion baseline: [V, ...] (see `variant_scores`)."""
         baseline = self.occlusion_baseline(embeddings)
-        per_forward = self.copies_per_forward()
-        scores = []
-        for first in range(0, len(occluded), per_forward):
-            group = occluded[first : first + per_forward]
-            batch = embeddings.repeat(len(group), 1, 1)  # [B, L, hidden]
-            for copy, positions in enumerate(group):
-                batch[copy, positions] = baseline[0, positions]
-            scores.append(score(self.logits(batch, rows)))
-        return torch.cat(scores)
+
+        def build(indices: range) -> torch.Tensor:
+            batch = embeddings.repeat(len(indices), 1, 1)  # [B, L, hidden]
+            for copy, index in enumerate(indices):
+                batch[copy, occluded[index]] = baseline[0, occluded[index]]
+            return batch
+
+        return self.variant_scores(len(occluded), build, score, rows)
 
     @contextmanager
     def recording(self) -> Iterator[list[torch.Tensor]]:

@@ -28,6 +28,6 @@ class Occlusion(RelevanceMethod):
             embeddings = context.embeddings()  # [1, L, D]
             reference = scores(context.logits(embeddings, rows))  # [1, T]
             positions = context.layout.image_positions
-            occluded = context.perturbed_scores(embeddings, positions.split(1), scores, rows)  # [N, T]
+            occluded = context.occluded_token_scores(embeddings, positions.split(1), scores, rows)  # [N, T]
             relevance[:, positions] = (reference - occluded).T.float().cpu()
         return relevance

@@ -12,7 +12,7 @@ from explainer._sequence import SequenceError, sequence_layout
 from explainer.methods.base import ExplainContext
 from explainer.methods.chefer import propagate_rows
 from tests.models import random_image
-from tests.reference import chefer_reference, occlusion_reference
+from tests.reference import chefer_reference, occlusion_reference, pixel_occlusion_reference
 
 ANSWER = "The nodule is in the right upper zone."
 
@@ -127,6 +127,23 @@ def test_occlusion_equals_one_token_at_a_time_loop(tiny):
         reference = occlusion_reference(tiny.model, embeddings, inputs, layout.image_token_runs, position)
         assert reference[layout.image_positions].abs().max() > 1e-4
         assert torch.allclose(row, reference, atol=1e-5)
+        assert row[layout.text_positions].abs().max() == 0
+
+
+def test_pixel_occlusion_equals_a_whole_model_rerun_per_cell(tiny):
+    explainer = Explainer(tiny.model, tiny.processor)
+    inputs = explainer.prepare_inputs(tiny.inputs([random_image(0), random_image(1)], "Compare.", ANSWER))
+    positions = answer_positions(inputs, 3)
+    batched = explainer.relevance(inputs, positions, method="pixel_occlusion")
+    one_copy = Explainer(tiny.model, max_chunk_bytes=1).relevance(inputs, positions, "pixel_occlusion")
+    layout = sequence_layout(inputs["input_ids"], tiny.config)
+    assert batched.shape == (3, layout.seq_len) and batched.dtype == torch.float32
+    assert torch.allclose(batched, one_copy, atol=1e-5)  # one copy per forward: the same numbers
+    for row, position in zip(batched, positions, strict=True):
+        references = pixel_occlusion_reference(tiny.model, inputs, position, layout.grid)
+        for run, reference in zip(layout.image_token_runs, references, strict=True):
+            assert reference.abs().max() > 1e-4  # not trivially zero
+            assert torch.allclose(row[run], reference.flatten(), atol=1e-5)
         assert row[layout.text_positions].abs().max() == 0
 
 

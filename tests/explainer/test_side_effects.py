@@ -7,12 +7,13 @@ import torch
 
 from explainer import Explainer
 from explainer._capture import AttentionUnavailable
+from explainer.methods import METHODS
 from phantom.build import TinyGemma3Spec
 from tests.model_state import assert_no_gradients, model_state
 from tests.models import TinyVLM, random_image
 
 
-@pytest.mark.parametrize("method", ["chefer", "rollout", "raw_attention", "occlusion"])
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_relevance_leaves_the_model_as_it_found_it(tiny, method):
     inputs = tiny.inputs([random_image(0)], "Where is the nodule?", "right upper zone")
     before = model_state(tiny.model)  # before the Explainer is built: wrapping must change nothing either

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from explainer.methods import METHODS
 from flows import cli
 from tasks import config
 from tests.pipeline.conftest import local_dataset
@@ -50,7 +51,7 @@ def test_every_run_setting_is_an_option_with_its_description_choices_and_default
         assert field.description.split(" (")[0] in action.help.replace("%%", "%"), name
         if name not in ("manifest", "out", "model", "aggregate", "report") and field.default is not None:
             assert f"default: {field.default}" in action.help or isinstance(field.default, tuple), name
-    assert options["method"].choices == ["chefer", "rollout", "raw_attention", "occlusion"]
+    assert options["method"].choices == list(METHODS) and "pixel_occlusion" in METHODS  # the registry
     assert options["dtype"].choices == ["float32", "bfloat16", "float16"]
     assert options["overlays"].choices == ["none", "answer", "findings", "all"]
     assert options["aggregate"].option_strings == ["--no-aggregate"]

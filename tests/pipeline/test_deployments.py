@@ -11,6 +11,7 @@ import pytest
 import yaml
 from rich.console import Console
 
+from explainer.methods import METHODS
 from flows.events import EVENT_NAME, object_created_resource
 from storage import open_store, read_table
 from tasks.config import AuditConfig
@@ -85,7 +86,7 @@ def test_the_audit_flow_takes_one_config_that_prefect_shows_with_its_description
     assert set(fields) == set(AuditConfig.model_fields)
     for name, field in AuditConfig.model_fields.items():
         assert fields[name]["description"] == field.description, name
-    assert fields["method"]["enum"] == ["chefer", "rollout", "raw_attention", "occlusion"]
+    assert fields["method"]["enum"] == list(METHODS)
 
 
 def test_s3_event_trigger_matches_the_prefix_and_renders_the_manifest_uri(deploy_configs):
