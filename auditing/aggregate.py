@@ -10,7 +10,7 @@ from auditing.cohorts import StatsConfig, cohort_stats, item_level
 from auditing.compare import cohort_vs_rest
 from auditing.flags import FlagThresholds, as_frame, off_anatomy_flags, roi_flags, shortcut_flags
 from auditing.load import SHARE_COLUMNS, join_targets
-from auditing.trust import faithfulness_items, trust_flags, trust_summary
+from auditing.trust import faithfulness_items, reference_agreement, trust_flags, trust_summary
 from storage import open_store, read_table, write_part
 
 # Answer words worth a map of their own in chest radiology: findings, devices, laterality, zones, yes/no.
@@ -73,7 +73,7 @@ def aggregate(
     trust = pd.DataFrame()
     if faithfulness is not None and len(faithfulness):
         sample = faithfulness_items(faithfulness, answers, config.findings)
-        trust = trust_summary(sample, config.group_by, config.thresholds.trust_min_reference_drop)
+        trust = trust_summary(reference_agreement(sample, config.thresholds), config.group_by)
         flags += trust_flags(trust, config.thresholds)
         for sample_method, rows in sample.groupby("method"):
             sample_comparisons = _concat(

@@ -92,8 +92,9 @@ LEFT JOIN runs ON runs.run_id = f.run_id
 GROUP BY ALL;
 
 -- view: trust_per_cohort
--- Agreement of each attention method's maps with the occlusion reference, per cohort (the occlusion
--- rows themselves, which agree with themselves, stay in cohort_trust).
+-- Agreement of each method's maps with each perturbation reference's evidence set, per cohort (the
+-- pixel-occlusion rows, a reference checked against the other, stay in cohort_trust). `reference` is
+-- NULL (token occlusion) and the evidence columns NULL for runs aggregated with schema version 1.
 CREATE OR REPLACE VIEW trust_per_cohort AS
 SELECT t.run_id,
        runs.created_at,
@@ -101,22 +102,27 @@ SELECT t.run_id,
        t.cohort,
        t.target_class,
        t.method,
+       t.reference,
        t.n_items,
        t.n_checkable,
+       t.peak_in_evidence_rate,
+       t.peak_in_evidence_ci_low,
+       t.peak_in_evidence_ci_high,
+       t.evidence_mass_mean,
        t.spearman_median,
-       t.top_cell_rate,
        t.morf_auc,
        t.lerf_auc,
        t.auc_gap,
        t.randomization_spearman,
        EXISTS (
            SELECT 1 FROM flags AS f
-           WHERE f.rule = 'explanations_not_trustworthy' AND f.run_id = t.run_id AND f.grouping = t.grouping
-             AND f.cohort = t.cohort AND f.target_class = t.target_class AND f.method = t.method
+           WHERE f.rule IN ('explanations_not_trustworthy', 'evidence_relocated') AND f.run_id = t.run_id
+             AND f.grouping = t.grouping AND f.cohort = t.cohort AND f.target_class = t.target_class
+             AND f.method = t.method AND f.metric = 'peak_in_' || coalesce(t.reference, 'occlusion') || '_evidence'
        ) AS not_trustworthy
 FROM cohort_trust AS t
 LEFT JOIN runs ON runs.run_id = t.run_id
-WHERE t.method <> 'occlusion';
+WHERE t.method <> 'pixel_occlusion';
 
 -- view: answer_distribution
 -- Answers per cohort: every metadata key/value of the manifest, and the whole run as ('all', 'all').

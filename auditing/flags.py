@@ -28,9 +28,13 @@ class FlagThresholds:
     min_items: int = 5
     roi_hit_rate: float = 0.5  # pointing-game hit rate below this
     off_anatomy_lung_share: float = 0.35  # an item whose lung zones hold less than this share
-    trust_top_cell: float = 0.5  # a method's peak cell matches occlusion's in fewer items than this
-    # items count for agreement only where occluding one image token drops the target's score by at
-    # least this (logits); below it occlusion's map is noise with no peak to agree with
+    # a method's peak lies in a reference's evidence set in fewer items than this, with 95% confidence
+    # (the upper end of the Wilson interval below it)
+    trust_peak_rate: float = 0.5
+    # a reference's evidence set: cells whose drop is at least this fraction of its largest drop (and
+    # above its noise floor) ...
+    evidence_fraction: float = 0.5
+    # ... and at least this many logits; below it the reference is noise and the item not checkable
     trust_min_reference_drop: float = 0.1
 
 

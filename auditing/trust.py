@@ -1,5 +1,11 @@
-"""Trust in the maps: the trust summary and trust flags over the faithfulness sample (does each method's
-map agree with the occlusion reference?)."""
+"""Trust in the maps: does each method's map agree with the perturbation references on the
+faithfulness sample, and which cohorts' maps must not be trusted?
+
+Two references: token occlusion (image-token embeddings replaced at the language model's input) and
+pixel occlusion (image pixels replaced, the whole model rerun). Every other method is compared with
+each reference's evidence set (`auditing.evidence`); token occlusion itself is compared with pixel
+occlusion, which tells whether the vision tower moved the evidence before the language model.
+"""
 
 from __future__ import annotations
 
@@ -7,61 +13,91 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.stats import spearmanr
 
 from auditing.cohorts import cohorts
+from auditing.evidence import agreement, evidence_set, wilson_interval
 from auditing.flags import FlagThresholds, cohort_key, flag_row
 from auditing.load import SHARE_COLUMNS, join_targets
+from explainer.methods import REFERENCE_METHODS  # names only: no torch is loaded
 from storage import FAITHFULNESS_SCHEMA, TOKENS_SCHEMA
 
+TOKEN_REFERENCE, PIXEL_REFERENCE = REFERENCE_METHODS
 # the faithfulness table's own measures: its columns beyond those it shares with tokens, less the timing
 AGREEMENT_COLUMNS = tuple(
     name for name in FAITHFULNESS_SCHEMA.names if name not in TOKENS_SCHEMA.names and name != "seconds"
 )
+ITEM_KEYS = ["run_id", "item_id", "target_class"]
+
+
+def _cells(rows: pd.DataFrame) -> np.ndarray:
+    """One item's maps of every image, in image order, as one vector of cells."""
+    ordered = rows.sort_values("image_index")["image_relevance"]
+    return np.concatenate([np.asarray(cells, dtype=np.float64) for cells in ordered])
 
 
 def faithfulness_items(
     faithfulness: pd.DataFrame, answers: pd.DataFrame, findings: Sequence[str] | None
 ) -> pd.DataFrame:
-    """One row per (run, item, target class, method): region shares and agreement, averaged over images,
-    and `reference_peak`, the occlusion reference's largest drop for that item and target."""
+    """One row per (run, item, target class, method): region shares and the table's measures averaged
+    over images, and `cells`, the maps of all the item's images as one vector."""
     targets = join_targets(faithfulness, answers, findings=findings)
     targets["top_cell_agrees"] = targets["top_cell_agrees"].astype("float64")
-    keys = ["run_id", "item_id", "target_class", "method"]
+    keys = [*ITEM_KEYS, "method"]
     numeric = [*SHARE_COLUMNS, "lung_share", *AGREEMENT_COLUMNS]
     descriptive = [
         c for c in targets.columns if c not in {*keys, *numeric, "image_relevance", "region_shares"}
     ]
     grouped = targets.groupby(keys, sort=False)
-    items = pd.concat([grouped[numeric].mean(), grouped[descriptive].first()], axis=1).reset_index()
-    return items.join(reference_peaks(targets), on=keys[:3])
+    cells = grouped[["image_index", "image_relevance"]].apply(_cells).rename("cells")
+    items = pd.concat([grouped[numeric].mean(), grouped[descriptive].first(), cells], axis=1)
+    return items.reset_index()
 
 
-def reference_peaks(targets: pd.DataFrame) -> pd.Series:
-    """`reference_peak` per (run, item, target class): the largest drop of the target's score (logits)
-    when one image token is occluded, over the item's images. Near 0 when the answer depends on no
-    single image cell (typically "no finding" answers): occlusion's map is then noise and has no peak
-    that another map could agree with."""
-    reference = targets[targets["method"] == "occlusion"]
-    peaks = pd.Series(
-        [float(np.max(cells)) if len(cells) else np.nan for cells in reference["image_relevance"]],
-        index=reference.index,
-        name="reference_peak",
-    )
-    return peaks.groupby([reference["run_id"], reference["item_id"], reference["target_class"]]).max()
+def reference_agreement(items: pd.DataFrame, thresholds: FlagThresholds) -> pd.DataFrame:
+    """One row per (run, item, target class, method, reference) for every reference the sample holds
+    and every other method: `checkable` (the reference has an evidence set), `reference_peak` (its
+    largest drop, logits), `peak_in_evidence`, `evidence_mass` and a descriptive `spearman`."""
+    frames = []
+    for reference in REFERENCE_METHODS:
+        reference_cells = items.loc[items["method"] == reference, [*ITEM_KEYS, "cells"]]
+        if reference_cells.empty:
+            continue
+        paired = items[items["method"] != reference].merge(
+            reference_cells.rename(columns={"cells": "reference_cells"}), on=ITEM_KEYS
+        )
+        measures = []
+        for cells, reference_map in zip(paired["cells"], paired["reference_cells"], strict=True):
+            evidence = evidence_set(
+                reference_map,
+                fraction=thresholds.evidence_fraction,
+                min_drop=thresholds.trust_min_reference_drop,
+            )
+            checkable = bool(evidence.any())
+            peak_in, mass = agreement(cells, evidence) if checkable else (np.nan, np.nan)
+            varied = checkable and np.ptp(cells) > 0 and np.ptp(reference_map) > 0
+            rank = spearmanr(cells, reference_map).statistic if varied else np.nan
+            measures.append((checkable, float(reference_map.max()), float(peak_in), mass, float(rank)))
+        columns = ["checkable", "reference_peak", "peak_in_evidence", "evidence_mass", "spearman"]
+        paired[columns] = pd.DataFrame(measures, columns=columns, index=paired.index)
+        frames.append(paired.drop(columns=["reference_cells"]).assign(reference=reference))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def trust_summary(sample: pd.DataFrame, group_by: Sequence[str], min_reference_drop: float) -> pd.DataFrame:
-    """Per (run, cohort, target class, attention method): agreement with occlusion and removal AUCs.
-
-    Agreement with occlusion (rank correlation, peak cell) is taken over the `n_checkable` items whose
-    occlusion reference has a peak (`reference_peak` ≥ `min_reference_drop`); removal curves and
-    randomisation need no reference and cover every sampled item.
-    """
+def trust_summary(agreements: pd.DataFrame, group_by: Sequence[str]) -> pd.DataFrame:
+    """Per (run, cohort, target class, method, reference): how often the method's peak lies in the
+    reference's evidence set, with a Wilson interval, and the mass it puts there, over the
+    `n_checkable` items where the reference has evidence; removal curves and randomisation (which
+    need no reference) over every sampled item."""
     rows = []
-    for (run_id, target), frame in sample.groupby(["run_id", "target_class"], sort=True):
+    if agreements.empty:
+        return pd.DataFrame()
+    for (run_id, target), frame in agreements.groupby(["run_id", "target_class"], sort=True):
         for grouping, cohort, cohort_rows in cohorts(frame, group_by):
-            for method, method_rows in cohort_rows.groupby("method", sort=True):
-                checkable = method_rows[method_rows["reference_peak"] >= min_reference_drop]
+            for (method, reference), pair in cohort_rows.groupby(["method", "reference"], sort=True):
+                checkable = pair[pair["checkable"]]
+                hits = int(checkable["peak_in_evidence"].sum())
+                low, high = wilson_interval(hits, len(checkable))
                 rows.append(
                     {
                         "run_id": run_id,
@@ -69,43 +105,78 @@ def trust_summary(sample: pd.DataFrame, group_by: Sequence[str], min_reference_d
                         "cohort": cohort,
                         "target_class": target,
                         "method": method,
-                        "n_items": int(method_rows["item_id"].nunique()),
-                        "n_checkable": int(checkable["item_id"].nunique()),
-                        "spearman_median": float(checkable["spearman_vs_occlusion"].median()),
-                        "top_cell_rate": float(checkable["top_cell_agrees"].mean()),
-                        "morf_auc": float(method_rows["morf_auc"].mean()),
-                        "lerf_auc": float(method_rows["lerf_auc"].mean()),
-                        "auc_gap": float(method_rows["auc_gap"].mean()),
-                        "randomization_spearman": float(method_rows["randomization_spearman"].median()),
+                        "reference": reference,
+                        "n_items": int(pair["item_id"].nunique()),
+                        "n_checkable": len(checkable),
+                        "peak_in_evidence_rate": hits / len(checkable) if len(checkable) else np.nan,
+                        "peak_in_evidence_ci_low": low,
+                        "peak_in_evidence_ci_high": high,
+                        "evidence_mass_mean": float(checkable["evidence_mass"].mean()),
+                        "spearman_median": float(checkable["spearman"].median()),
+                        "morf_auc": float(pair["morf_auc"].mean()),
+                        "lerf_auc": float(pair["lerf_auc"].mean()),
+                        "auc_gap": float(pair["auc_gap"].mean()),
+                        "randomization_spearman": float(pair["randomization_spearman"].median()),
                     }
                 )
     return pd.DataFrame(rows)
 
 
+def _evidence_text(row) -> str:
+    return (
+        f"in {row.peak_in_evidence_rate:.0%} of {row.n_checkable} sampled items where the reference has "
+        f"evidence (95% CI {row.peak_in_evidence_ci_low:.0%}–{row.peak_in_evidence_ci_high:.0%}; mean mass "
+        f"there {row.evidence_mass_mean:.0%})"
+    )
+
+
 def trust_flags(trust: pd.DataFrame, thresholds: FlagThresholds) -> list[dict]:
-    """Cohorts where an attention method's maps disagree with occlusion: explanations not trustworthy."""
+    """Cohorts whose maps confidently disagree with a reference (the upper end of the 95% interval of
+    the peak-in-evidence rate below `trust_peak_rate`, at least `min_items` checkable items):
+
+    - `explanations_not_trustworthy` for chefer, rollout or raw attention against either reference;
+    - `evidence_relocated` when token occlusion disagrees with pixel occlusion: the vision tower moved
+      the evidence before the language model, so no map computed at the language model can be trusted
+      to show where the evidence is in the image (the method checked against pixel occlusion then
+      is flagged too).
+    """
+    if trust.empty:
+        return []
+    confident = trust[
+        (trust["n_checkable"] >= thresholds.min_items)
+        & (trust["peak_in_evidence_ci_high"] < thresholds.trust_peak_rate)
+        & (trust["method"] != PIXEL_REFERENCE)
+    ]
     flags = []
-    attention = trust[(trust["method"] != "occlusion") & (trust["n_checkable"] >= thresholds.min_items)]
-    for row in attention.itertuples(index=False):
-        # the peak cell, not the rank correlation over every cell: most cells of an attention map are
-        # near zero and occlusion's are noise where nothing is hidden, so Spearman is reported only
-        if row.top_cell_rate < thresholds.trust_top_cell:
-            flags.append(
-                flag_row(
-                    **cohort_key(row),
-                    rule="explanations_not_trustworthy",
-                    method=row.method,
-                    metric="top_cell_rate",
-                    value=row.top_cell_rate,
-                    threshold=thresholds.trust_top_cell,
-                    n_items=row.n_checkable,
-                    message=(
-                        f"explanations not trustworthy for {row.grouping}={row.cohort} ('{row.target_class}'): "
-                        f"the peak of {row.method} maps matches the occlusion reference's in {row.top_cell_rate:.0%} "
-                        f"of {row.n_checkable} sampled items where occlusion has a peak (threshold {thresholds.trust_top_cell:.0%}; median rank "
-                        f"correlation {row.spearman_median:.2f}); the evidence may not travel where "
-                        "attention shows"
-                    ),
-                )
+    for row in confident.itertuples(index=False):
+        evidence = _evidence_text(row)
+        if row.method == TOKEN_REFERENCE:
+            rule = "evidence_relocated"
+            message = (
+                f"evidence relocated before the language model for {row.grouping}={row.cohort} "
+                f"('{row.target_class}'): the token-occlusion peak lies in the pixel-occlusion evidence {evidence}. "
+                "The vision tower moves the evidence between image positions, so chefer, rollout, raw attention "
+                "and token occlusion all point where the evidence arrived, not where it is in the image"
             )
+        else:
+            rule = "explanations_not_trustworthy"
+            message = (
+                f"explanations not trustworthy for {row.grouping}={row.cohort} ('{row.target_class}'): the peak "
+                f"of {row.method} maps lies in the {row.reference} reference's evidence {evidence}; "
+                "the evidence does not travel where this map shows"
+            )
+        flags.append(
+            flag_row(
+                **cohort_key(row),
+                rule=rule,
+                method=row.method,
+                metric=f"peak_in_{row.reference}_evidence",
+                value=row.peak_in_evidence_rate,
+                threshold=thresholds.trust_peak_rate,
+                ci_low=row.peak_in_evidence_ci_low,
+                ci_high=row.peak_in_evidence_ci_high,
+                n_items=row.n_checkable,
+                message=message,
+            )
+        )
     return flags

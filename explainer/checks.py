@@ -31,7 +31,7 @@ from explainer.engine import Explainer
 from explainer.explanation import Explanation
 from explainer.generation import build_prompt, full_sequence
 from explainer.map_stats import spearman, top_cell_agreement
-from explainer.methods import METHODS
+from explainer.methods import METHODS, REFERENCE_METHODS
 from explainer.targets import Target, logit_rows, logits_index
 
 
@@ -172,7 +172,8 @@ def check_explanation(
     randomize_layers: int = 2,
     removal_steps: int = 8,
 ) -> list[MethodCheck]:
-    """Every method's maps for `targets`, compared with occlusion, with removal AUCs and randomisation."""
+    """Every method's maps for `targets`, compared with token occlusion (rank correlation, peak cell), with
+    removal AUCs, and for the methods that are not references, with model randomisation."""
     inputs = explainer.prepare_inputs(explanation_inputs(explainer, explanation))
     layout = explainer.layout(inputs)
     rows, cols = layout.grid
@@ -185,7 +186,7 @@ def check_explanation(
     occlusion_seconds = time.perf_counter() - started
     randomized: dict[str, torch.Tensor] = {}
     randomized_seconds: dict[str, float] = {}
-    attention_methods = [method for method in methods if method != "occlusion"]
+    attention_methods = [method for method in methods if method not in REFERENCE_METHODS]
     if randomize_layers:
         with randomized_top_layers(explainer.model, randomize_layers):
             for method in attention_methods:

@@ -19,7 +19,7 @@ from storage.errors import SchemaError
 from storage.records import STAGES
 from storage.region_names import REGION_SHARES_TYPE
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 ANSWER_STATUSES = ("ok", "error")
 TARGET_KINDS = ("token", "word", "answer")
 

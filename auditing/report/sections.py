@@ -21,7 +21,10 @@ RULE_TITLES = {
     "roi_hit_rate_low": "Misses the marked region of interest",
     "off_anatomy": "Looks outside the lungs",
     "explanations_not_trustworthy": "Heatmaps not trustworthy",
+    "evidence_relocated": "Evidence moved by the vision tower",
 }
+TRUST_RULES = ("explanations_not_trustworthy", "evidence_relocated")
+REFERENCE_NAMES = {"occlusion": "token occlusion", "pixel_occlusion": "pixel occlusion"}
 ITEM_FLAG_ROWS = 50  # item-level flags listed in the table; the flags table holds them all
 RANDOMIZATION_DOUBT = 0.5  # maps this similar after scrambling the model barely depend on it (Adebayo et al.)
 
@@ -150,52 +153,72 @@ def _count(value: Any) -> int | str:
     return int(value) if is_number(value) else "–"
 
 
-def trust_verdict(row: pd.Series, flagged: bool, min_items: int) -> tuple[str, str]:
-    """(plain-language verdict, css class) of one cohort × method trust row."""
-    if row["method"] == "occlusion":
-        return "Reference: the occlusion test itself", "neutral"
-    if flagged:
-        return "Not trustworthy: disagrees with the occlusion test", "bad"
+def trust_verdict(row: pd.Series, flag_rule: str | None, thresholds: FlagThresholds) -> tuple[str, str]:
+    """(plain-language verdict, css class) of one cohort × method × reference trust row."""
+    reference = REFERENCE_NAMES.get(row.get("reference"), "token occlusion")
+    if row["method"] == "pixel_occlusion":
+        return "Reference: pixel occlusion itself (token occlusion is checked against it)", "neutral"
+    if flag_rule == "evidence_relocated":
+        return (
+            "Evidence relocated: the vision tower moves it, so no map taken at the language model shows "
+            "where it is in the image",
+            "bad",
+        )
+    if flag_rule is not None:
+        return f"Not trustworthy: its peak misses the {reference} evidence", "bad"
+    min_items = thresholds.min_items
     if not is_number(row["n_items"]) or row["n_items"] < min_items:
         return f"Too few sampled items to judge (fewer than {min_items})", "neutral"
     checkable = row.get("n_checkable", row["n_items"])  # tables aggregated before it existed: all
     if is_number(checkable) and checkable < min_items:
         return (
             f"Not checkable: in fewer than {min_items} items does one image region change the answer, "
-            "so occlusion has no peak to compare with",
+            f"so {reference} has no evidence to compare with",
             "neutral",
+        )
+    low = row.get("peak_in_evidence_ci_low")
+    if is_number(low) and low < thresholds.trust_peak_rate:
+        return (
+            f"Undecided: the 95% interval of its agreement ({pct(low)}–{pct(row['peak_in_evidence_ci_high'])}) "
+            f"includes {pct(thresholds.trust_peak_rate)}; sample more items",
+            "warn",
         )
     if is_number(row["randomization_spearman"]) and row["randomization_spearman"] >= RANDOMIZATION_DOUBT:
         return "Doubtful: the map barely changes when the model is scrambled", "warn"
-    return "Trustworthy: agrees with the occlusion test", "good"
+    return f"Trustworthy: agrees with {reference}", "good"
 
 
 def trust_tables(tables: RunTables, classes: list[str]) -> list[dict[str, Any]]:
-    """Per target class, the cohort × method agreement rows with a verdict each."""
+    """Per target class, the cohort × method × reference agreement rows with a verdict each."""
     trust, flags = tables.trust, tables.flags
     if trust.empty:
         return []
-    flagged = set()
+    raised: dict[tuple, str] = {}
     if not flags.empty:
-        rows = flags[flags["rule"] == "explanations_not_trustworthy"]
-        flagged = set(
-            zip(rows["grouping"], rows["cohort"], rows["target_class"], rows["method"], strict=True)
-        )
-    min_items = FlagThresholds().min_items
+        for flag in flags[flags["rule"].isin(TRUST_RULES)].itertuples(index=False):
+            raised[(flag.grouping, flag.cohort, flag.target_class, flag.method, flag.metric)] = flag.rule
+    thresholds = FlagThresholds()
     result = []
     for target in [c for c in classes if c in set(trust["target_class"])]:
         rows = []
         for _, row in trust[trust["target_class"] == target].iterrows():
-            key = (row["grouping"], row["cohort"], row["target_class"], row["method"])
-            verdict, css = trust_verdict(row, key in flagged, min_items)
+            reference = row.get("reference", "occlusion")
+            metric = f"peak_in_{reference}_evidence"
+            key = (row["grouping"], row["cohort"], row["target_class"], row["method"], metric)
+            verdict, css = trust_verdict(row, raised.get(key), thresholds)
             rows.append(
                 {
                     "cohort": cohort_name(row["grouping"], row["cohort"]),
                     "method": row["method"],
+                    "reference": REFERENCE_NAMES.get(reference, reference),
                     "n_items": _count(row["n_items"]),
                     "n_checkable": _count(row.get("n_checkable", row["n_items"])),
+                    "in_evidence": (
+                        f"{pct(row.get('peak_in_evidence_rate'))} "
+                        f"({pct(row.get('peak_in_evidence_ci_low'))}–{pct(row.get('peak_in_evidence_ci_high'))})"
+                    ),
+                    "mass": pct(row.get("evidence_mass_mean")),
                     "spearman": num(row["spearman_median"]),
-                    "top_cell": pct(row["top_cell_rate"]),
                     "morf": num(row["morf_auc"]),
                     "lerf": num(row["lerf_auc"]),
                     "gap": num(row["auc_gap"]),

@@ -21,6 +21,9 @@ METHODS: dict[str, str] = {
     "occlusion": "explainer.methods.occlusion:Occlusion",
     "pixel_occlusion": "explainer.methods.pixel_occlusion:PixelOcclusion",
 }
+# the perturbation references other maps are checked against; the first is the language model's own
+# (token occlusion), the second also sees the vision tower (pixel occlusion)
+REFERENCE_METHODS: tuple[str, ...] = ("occlusion", "pixel_occlusion")
 
 
 @cache
@@ -32,4 +35,4 @@ def get_method(name: str) -> RelevanceMethod:
     return getattr(import_module(module), class_name)()
 
 
-__all__ = ["METHODS", "get_method"]
+__all__ = ["METHODS", "REFERENCE_METHODS", "get_method"]

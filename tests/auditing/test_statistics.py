@@ -106,44 +106,58 @@ def test_run_versus_run_sees_the_shift():
     assert border["ci_low"] > 0.2 and (border["run_before"], border["run_after"]) == ("r1", "r2")
 
 
-def test_trust_flags_come_from_the_faithfulness_sample():
-    answers, tokens = tables(*synthetic_run())
+def _sample(tokens: pd.DataFrame) -> pd.DataFrame:
     records = tokens.astype(object).where(tokens.notna(), None).to_dict("records")
-    rows = faithfulness_rows(records)
-    faithfulness = to_arrow("faithfulness", rows).to_pandas().assign(run_id="r1")
-    result = aggregate(tokens, answers, CONFIG, faithfulness)
+    return to_arrow("faithfulness", faithfulness_rows(records)).to_pandas().assign(run_id="r1")
+
+
+def test_trust_flags_come_from_agreement_with_each_references_evidence_set():
+    answers, tokens = tables(*synthetic_run())
+    result = aggregate(tokens, answers, CONFIG, _sample(tokens))
     trust = result.flags[result.flags["rule"] == "explanations_not_trustworthy"]
-    assert set(zip(trust["grouping"], trust["cohort"], strict=True)) == {("site", "east")}
+    assert set(zip(trust["grouping"], trust["cohort"], trust["metric"], strict=True)) == {
+        ("site", "east", "peak_in_occlusion_evidence"),
+        ("site", "east", "peak_in_pixel_occlusion_evidence"),
+    }  # chefer looks at the border at site east, where neither reference finds evidence
     assert set(trust["method"]) == {"chefer"} and "not trustworthy" in trust["message"].iloc[0]
+    assert (trust["ci_high"] < 0.5).all() and "95% CI 0%–16%" in trust["message"].iloc[0]  # 0 of 20
+    assert "evidence_relocated" not in set(result.flags["rule"])  # the references agree
     by_method = result.flags[result.flags["rule"] == "border_share_above_baseline"]["method"]
-    assert "occlusion (faithfulness sample)" in set(by_method)
-    summary = result.trust.set_index(["grouping", "cohort", "target_class", "method"])
-    assert summary.loc[("site", "north", "answer", "chefer"), "spearman_median"] == pytest.approx(0.8)
-    assert (summary["n_checkable"] == summary["n_items"]).all()  # every reference map has a peak
-    assert isinstance(result.trust, pd.DataFrame)
+    assert "chefer (faithfulness sample)" in set(by_method)
+    assert "occlusion (faithfulness sample)" not in set(by_method)
+    summary = result.trust.set_index(["grouping", "cohort", "target_class", "method", "reference"])
+    north = summary.loc[("site", "north", "answer", "chefer", "occlusion")]
+    assert north["peak_in_evidence_rate"] == 1.0 and north["evidence_mass_mean"] > 0.75  # some mass: column 5
+    assert north["n_checkable"] == north["n_items"] == 20 and north["peak_in_evidence_ci_low"] > 0.8
+    east = summary.loc[("site", "east", "answer", "chefer", "pixel_occlusion")]
+    assert east["peak_in_evidence_rate"] == 0.0 and east["evidence_mass_mean"] == pytest.approx(0.0, abs=1e-6)
+    assert (
+        summary.loc[("all", "all", "answer", "occlusion", "pixel_occlusion"), "peak_in_evidence_rate"] == 1.0
+    )
+    assert ("all", "all", "answer", "occlusion", "occlusion") not in summary.index  # no self-comparison
 
 
-def test_items_whose_occlusion_map_has_no_peak_are_not_counted_for_trust():
-    """A "no finding" answer depends on no single image cell: occlusion's map is noise of ~1e-5
-    logits, and a method cannot agree or disagree with its peak."""
+def test_items_whose_reference_has_no_evidence_are_not_counted_for_trust():
+    """A "no finding" answer depends on no single image cell: the references' maps are noise of ~1e-5
+    logits, and a method cannot agree or disagree with them."""
     answers, tokens = tables(*synthetic_run())
-    records = tokens.astype(object).where(tokens.notna(), None).to_dict("records")
-    rows = faithfulness_rows(records)
+    faithfulness = _sample(tokens)
     noise = np.random.default_rng(0)
-    for row in rows:
-        if row["item_id"].startswith("east") and row["method"] == "occlusion":
-            row["image_relevance"] = noise.normal(0, 1e-5, size=GRID[0] * GRID[1]).astype(np.float32)
-    faithfulness = to_arrow("faithfulness", rows).to_pandas().assign(run_id="r1")
+    east = faithfulness["item_id"].str.startswith("east") & faithfulness["method"].str.endswith("occlusion")
+    faithfulness.loc[east, "image_relevance"] = pd.Series(
+        [noise.normal(0, 1e-5, size=GRID[0] * GRID[1]).astype(np.float32) for _ in range(int(east.sum()))],
+        index=faithfulness.index[east],
+    )
     result = aggregate(tokens, answers, CONFIG, faithfulness)
     assert "explanations_not_trustworthy" not in set(result.flags["rule"])
-    summary = result.trust.set_index(["grouping", "cohort", "target_class", "method"])
+    summary = result.trust.set_index(["grouping", "cohort", "target_class", "method", "reference"])
     east, north = (
-        summary.loc[("site", "east", "answer", "chefer")],
-        summary.loc[("site", "north", "answer", "chefer")],
+        summary.loc[("site", "east", "answer", "chefer", "occlusion")],
+        summary.loc[("site", "north", "answer", "chefer", "occlusion")],
     )
-    assert east["n_items"] == 20 and east["n_checkable"] == 0 and np.isnan(east["top_cell_rate"])
-    assert north["n_checkable"] == north["n_items"] == 20 and north["top_cell_rate"] == 1.0
-    everyone = summary.loc[("all", "all", "answer", "chefer")]
+    assert east["n_items"] == 20 and east["n_checkable"] == 0 and np.isnan(east["peak_in_evidence_rate"])
+    assert north["n_checkable"] == north["n_items"] == 20 and north["peak_in_evidence_rate"] == 1.0
+    everyone = summary.loc[("all", "all", "answer", "chefer", "occlusion")]
     assert everyone["n_checkable"] == everyone["n_items"] - 20
     assert east["auc_gap"] == pytest.approx(1.0)  # removal curves need no reference: every item counts
 

@@ -13,6 +13,7 @@ import csv
 
 import pytest
 
+from explainer.methods import REFERENCE_METHODS
 from flows import cli
 from phantom import MODEL_PATH, POOLING_MODEL_PATH, sample
 from phantom.demo import write_demo_dataset
@@ -58,7 +59,7 @@ def audit_trust(manifest: str, out: str, model: str, capsys) -> tuple:
     run_id = run_audit(manifest, out, model, capsys, "--faithfulness-sample", str(N_CASES))
     trust = read_table(out, "cohort_trust", run_id=run_id).to_pandas()
     flags = read_table(out, "flags", run_id=run_id).to_pandas()
-    whole_cohort = trust[trust["cohort"] == "all"].set_index("method")
+    whole_cohort = trust[trust["cohort"] == "all"].set_index(["method", "reference"])
     not_trusted = flags[flags["rule"] == "explanations_not_trustworthy"]
     return whole_cohort, not_trusted
 
@@ -74,14 +75,19 @@ def test_positive_control_is_trusted_and_pooling_controls_attention_maps_are_fla
 
     assert (positive["n_items"] == N_CASES).all() and (pooling["n_items"] == N_CASES).all()
     for method in ("chefer", "rollout", "raw_attention"):
-        assert positive.loc[method, "top_cell_rate"] >= 0.75, positive
+        for reference in REFERENCE_METHODS:
+            assert positive.loc[(method, reference), "peak_in_evidence_rate"] >= 0.75, positive
     assert positive_flags.empty
-    flagged = set(zip(pooling_flags["method"], pooling_flags["cohort"], strict=True))
+    flagged = set(zip(pooling_flags["method"], pooling_flags["metric"], strict=True))
     for method in ("rollout", "raw_attention"):
-        assert pooling.loc[method, "top_cell_rate"] < 0.5, pooling
-        assert (method, "all") in flagged
-    assert pooling.loc["chefer", "top_cell_rate"] >= 0.5, pooling
-    assert ("chefer", "all") not in flagged
+        for reference in REFERENCE_METHODS:
+            assert pooling.loc[(method, reference), "peak_in_evidence_rate"] < 0.5, pooling
+            assert (method, f"peak_in_{reference}_evidence") in flagged
+    for reference in REFERENCE_METHODS:
+        assert pooling.loc[("chefer", reference), "peak_in_evidence_rate"] >= 0.5, pooling
+    assert "chefer" not in set(pooling_flags["method"])
+    # the two references agree (the pooling route is inside the language model): nothing relocated
+    assert pooling.loc[("occlusion", "pixel_occlusion"), "peak_in_evidence_rate"] >= 0.75, pooling
     assert pooling_flags["message"].str.contains("not trustworthy").all()
 
 
@@ -95,8 +101,9 @@ def test_no_finding_answers_do_not_make_the_honest_model_untrustworthy(tmp_path,
     flags = read_table(out, "flags", run_id=run_id).to_pandas()
     assert "explanations_not_trustworthy" not in set(flags["rule"])
     trust = read_table(out, "cohort_trust", run_id=run_id).to_pandas()
-    whole = trust[(trust["cohort"] == "all") & (trust["target_class"] == "answer")].set_index("method")
+    whole = trust[(trust["cohort"] == "all") & (trust["target_class"] == "answer")]
+    whole = whole[whole["reference"] == "occlusion"].set_index("method")
     answers = read_table(out, "answers", run_id=run_id).to_pandas()
     n_yes = int((answers["answer"].str.lower() == "yes").sum())
     assert whole.loc["chefer", "n_items"] == 24 and 5 <= whole.loc["chefer", "n_checkable"] <= n_yes < 24
-    assert whole.loc["chefer", "top_cell_rate"] >= 0.75, whole
+    assert whole.loc["chefer", "peak_in_evidence_rate"] >= 0.75, whole

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import duckdb
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -93,7 +94,7 @@ def test_flags_per_run(two_runs):
     assert counted[("r1", "border_share_above_baseline", "chefer")] == 2  # east: answer and 'nodule'
     assert counted[("r2", "border_share_above_baseline", "chefer")] == 2  # north
     assert counted[("r1", "off_anatomy", "chefer")] == 20 and counted[("r2", "off_anatomy", "chefer")] == 20
-    assert counted[("r1", "explanations_not_trustworthy", "chefer")] == 1
+    assert counted[("r1", "explanations_not_trustworthy", "chefer")] == 2  # east: against both references
     assert ("r2", "explanations_not_trustworthy", "chefer") not in counted
     for run, result in results.items():
         expected = result.flags.groupby(["rule", "method"]).size()
@@ -106,15 +107,22 @@ def test_trust_per_cohort(two_runs):
     con, _, _ = two_runs
     trust = rows(
         con,
-        "select run_id, grouping, cohort, method, n_items, n_checkable, spearman_median, top_cell_rate, "
-        "not_trustworthy from trust_per_cohort where target_class = 'answer' order by cohort",
+        "select run_id, grouping, cohort, method, reference, n_items, n_checkable, peak_in_evidence_rate, "
+        "not_trustworthy from trust_per_cohort where target_class = 'answer' order by cohort, method, reference",
     )
-    assert trust == [
-        ("r1", "all", "all", "chefer", 60, 60, pytest.approx(0.8), pytest.approx(2 / 3), False),
-        ("r1", "site", "east", "chefer", 20, 20, pytest.approx(0.05), 0.0, True),
-        ("r1", "site", "north", "chefer", 20, 20, pytest.approx(0.8), 1.0, False),
-        ("r1", "site", "south", "chefer", 20, 20, pytest.approx(0.8), 1.0, False),
-    ]  # occlusion, the reference, is left out; r2 had no faithfulness sample
+    expected = []
+    for grouping, cohort, chefer_rate in (("all", "all", 2 / 3), ("site", "east", 0.0), ("site", "north", 1.0),
+                                          ("site", "south", 1.0)):  # fmt: skip
+        flagged = cohort == "east"
+        expected += [
+            ("r1", grouping, cohort, "chefer", "occlusion", 60 if cohort == "all" else 20, 60 if cohort == "all" else 20,
+             pytest.approx(chefer_rate), flagged),
+            ("r1", grouping, cohort, "chefer", "pixel_occlusion", 60 if cohort == "all" else 20,
+             60 if cohort == "all" else 20, pytest.approx(chefer_rate), flagged),
+            ("r1", grouping, cohort, "occlusion", "pixel_occlusion", 60 if cohort == "all" else 20,
+             60 if cohort == "all" else 20, 1.0, False),
+        ]  # fmt: skip
+    assert trust == expected  # pixel occlusion against token occlusion is left out; r2 had no sample
 
 
 def test_parts_written_before_a_column_existed_read_as_null(tmp_path):
@@ -122,14 +130,21 @@ def test_parts_written_before_a_column_existed_read_as_null(tmp_path):
     old = tmp_path / "cohort_trust" / "run_id=r0"
     old.mkdir()
     (new_part,) = (tmp_path / "cohort_trust" / "run_id=r1").glob("*.parquet")
-    pq.write_table(pq.read_table(new_part).drop_columns(["n_checkable"]), old / "part-aggregate.parquet")
+    newer = ["n_checkable", "reference", "peak_in_evidence_rate", "peak_in_evidence_ci_low",
+             "peak_in_evidence_ci_high", "evidence_mass_mean"]  # fmt: skip
+    version_1 = pq.read_table(new_part).filter(pc.field("reference") == "occlusion").drop_columns(newer)
+    pq.write_table(version_1, old / "part-aggregate.parquet")
     con = duckdb.connect()
     create_views(con, str(tmp_path))
     counts = rows(
         con,
-        "select run_id, count(*), count(n_checkable) from trust_per_cohort group by run_id order by run_id",
+        "select run_id, count(*), count(n_checkable), count(reference) from trust_per_cohort "
+        "where target_class = 'answer' group by run_id order by run_id",
     )
-    assert counts == [("r0", 4, 0), ("r1", 4, 4)]  # all + three sites, chefer, the answer
+    assert counts == [
+        ("r0", 4, 0, 0),
+        ("r1", 12, 12, 12),
+    ]  # all + three sites; r1: 3 method × reference pairs
 
 
 def test_answer_distribution_per_cohort(two_runs):

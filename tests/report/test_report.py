@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from auditing.flags import FlagThresholds
 from auditing.report import RunNotFound, build_report
 from auditing.report.gallery import MAX_GALLERY_ITEMS, overlay_label
 from auditing.report.sections import trust_verdict
@@ -80,33 +81,56 @@ def test_gallery_shows_flagged_items_with_original_and_overlays(built_report):
     assert "no overlays were stored for this item" in text  # east-2.. have none in the fixture
 
 
-def test_trust_table_gives_a_verdict_per_cohort_and_method(built_report):
+def test_trust_table_gives_a_verdict_per_cohort_method_and_reference(built_report):
     text = built_report.page.text
-    assert "Can the heatmaps be trusted?" in text
-    assert re.search(
-        r"site = east chefer 20 20 0\.05 0% .*?Not trustworthy: disagrees with the occlusion test", text
-    )
-    assert re.search(
-        r"site = north chefer 20 20 0\.80 100% .*?Trustworthy: agrees with the occlusion test", text
-    )
-    assert "Reference: the occlusion test itself" in text
+    assert "Can the heatmaps be trusted?" in text and "vision tower moved the evidence" in text
+    for reference in ("token occlusion", "pixel occlusion"):
+        assert re.search(
+            rf"site = east chefer {reference} 20 20 0% \(0%–16%\) 0% .*?Not trustworthy: its peak misses the "
+            rf"{reference} evidence",
+            text,
+        )
+        assert re.search(
+            rf"site = north chefer {reference} 20 20 100% \(84%–100%\) 8\d% .*?Trustworthy: agrees with {reference}",
+            text,
+        )
+    assert "Reference: pixel occlusion itself" in text
 
 
 @pytest.mark.parametrize(
-    ("n_checkable", "verdict"),
+    ("row", "verdict", "css"),
     [
-        (0, "Not checkable: in fewer than 5 items"),
-        (4, "Not checkable"),
-        (5, "Trustworthy"),
-        (None, "Trustworthy"),
+        ({"n_checkable": 0}, "Not checkable: in fewer than 5 items", "neutral"),
+        ({"n_checkable": 4}, "Not checkable", "neutral"),
+        (
+            {"n_checkable": 5, "peak_in_evidence_ci_low": 0.57},
+            "Trustworthy: agrees with pixel occlusion",
+            "good",
+        ),
+        ({}, "Trustworthy", "good"),  # a cohort_trust table aggregated before the columns existed
+        (
+            {"n_checkable": 6, "peak_in_evidence_ci_low": 0.3, "peak_in_evidence_ci_high": 0.9},
+            "Undecided",
+            "warn",
+        ),
+        ({"n_checkable": 20, "randomization_spearman": 0.9}, "Doubtful", "warn"),
     ],
 )
-def test_a_cohort_whose_occlusion_maps_have_no_peak_is_not_checkable(n_checkable, verdict):
-    row = {"method": "chefer", "n_items": 20, "randomization_spearman": 0.1}
-    if n_checkable is not None:  # None: a cohort_trust table aggregated before the column existed
-        row["n_checkable"] = n_checkable
-    text, css = trust_verdict(pd.Series(row), flagged=False, min_items=5)
-    assert text.startswith(verdict) and css == ("good" if verdict == "Trustworthy" else "neutral")
+def test_each_trust_row_gets_a_verdict_from_its_evidence_interval(row, verdict, css):
+    base = {"method": "chefer", "reference": "pixel_occlusion", "n_items": 20, "randomization_spearman": 0.1}
+    text, found = trust_verdict(pd.Series({**base, **row}), None, FlagThresholds())
+    assert text.startswith(verdict) and found == css
+
+
+def test_flagged_trust_rows_say_why():
+    row = pd.Series({"method": "occlusion", "reference": "pixel_occlusion", "n_items": 20, "n_checkable": 20})
+    assert trust_verdict(row, "evidence_relocated", FlagThresholds())[0].startswith("Evidence relocated")
+    chefer = row.copy()
+    chefer["method"] = "chefer"
+    assert trust_verdict(chefer, "explanations_not_trustworthy", FlagThresholds()) == (
+        "Not trustworthy: its peak misses the pixel occlusion evidence",
+        "bad",
+    )
 
 
 def test_unreadable_images_are_reported_in_words_and_the_heatmaps_drawn_alone(tmp_path):
