@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from auditing.cohorts import StatsConfig, cohort_stats, item_level
 from auditing.compare import cohort_vs_rest
 from auditing.flags import FlagThresholds, as_frame, off_anatomy_flags, roi_flags, shortcut_flags
 from auditing.load import SHARE_COLUMNS, join_targets
-from auditing.trust import faithfulness_items, reference_agreement, trust_flags, trust_summary
+from auditing.trust import (
+    faithfulness_items,
+    reference_agreement,
+    trust_flags,
+    trust_summary,
+    unchecked_targets,
+)
+from explainer.regions import standard_regions  # numpy only: no torch is loaded
 from storage import open_store, read_table, write_part
 
 # Answer words worth a map of their own in chest radiology: findings, devices, laterality, zones, yes/no.
@@ -56,10 +65,12 @@ def aggregate(
     """Cohort statistics, cohort-vs-rest comparisons and flags from the tokens and answers tables.
 
     The explanation method of the run's maps raises the map-based flags; where a faithfulness sample
-    exists, the same shortcut rules run on each method's sample maps (occlusion included), and trust
-    flags say which cohorts' maps disagree with occlusion.
+    exists, the same shortcut rules run on each method's sample maps (the references included), and
+    trust flags say which cohorts' maps disagree with the references. The share rules leave out maps
+    that carry no evidence (flat maps; sampled items whose references found none).
     """
     stats_config = config.with_groups()
+    thresholds = config.thresholds
     targets = join_targets(tokens, answers, findings=config.findings)
     items = item_level(targets, stats_config.common_grid)
     stats, regions = cohort_stats(items, stats_config)
@@ -67,26 +78,55 @@ def aggregate(
         [cohort_vs_rest(items, g, resamples=stats_config.resamples) for g in config.group_by]
     )
     method = str(tokens["method"].iloc[0]) if len(tokens) else "unknown"
-    flags = shortcut_flags(comparisons, config.thresholds, method) if len(comparisons) else []
-    flags += roi_flags(stats, config.thresholds, method) if len(stats) else []
-    flags += off_anatomy_flags(items, config.thresholds, method)
-    trust = pd.DataFrame()
+    flags = roi_flags(stats, thresholds, method) if len(stats) else []
+    flags += off_anatomy_flags(items, thresholds, method)
+    trust, sample, no_evidence = pd.DataFrame(), pd.DataFrame(), set()
     if faithfulness is not None and len(faithfulness):
         sample = faithfulness_items(faithfulness, answers, config.findings)
-        trust = trust_summary(reference_agreement(sample, config.thresholds), config.group_by)
-        flags += trust_flags(trust, config.thresholds)
-        for sample_method, rows in sample.groupby("method"):
-            sample_comparisons = _concat(
-                [
-                    cohort_vs_rest(rows, g, metrics=SHARE_COLUMNS, resamples=stats_config.resamples)
-                    for g in config.group_by
-                ]
-            )
-            if len(sample_comparisons):
-                flags += shortcut_flags(
-                    sample_comparisons, config.thresholds, f"{sample_method} (faithfulness sample)"
-                )
+        agreements = reference_agreement(sample, thresholds)
+        trust = trust_summary(agreements, config.group_by)
+        flags += trust_flags(trust, thresholds)
+        no_evidence = unchecked_targets(agreements)
+    # the share rules: every method's maps that carry evidence, one family of tests for the whole run
+    share_maps = [(method, items)]
+    if len(sample):
+        share_maps += [(f"{name} (faithfulness sample)", rows) for name, rows in sample.groupby("method")]
+    candidates = _concat(
+        [
+            cohort_vs_rest(
+                with_evidence(rows, thresholds.flat_entropy, no_evidence),
+                grouping,
+                metrics=SHARE_COLUMNS,
+                resamples=stats_config.resamples,
+            ).assign(method=label)
+            for label, rows in share_maps
+            for grouping in config.group_by
+        ]
+    )
+    if len(candidates):
+        flags += shortcut_flags(candidates, thresholds, uniform_shares(items))
     return Aggregate(items, stats, regions, comparisons, as_frame(flags), trust)
+
+
+def with_evidence(items: pd.DataFrame, flat_entropy: float, no_evidence: set[tuple]) -> pd.DataFrame:
+    """The item rows whose maps carry evidence: not flat (normalised entropy below `flat_entropy`), and
+    not a sampled item and target whose references found no evidence (`no_evidence` keys)."""
+    keys = zip(items["run_id"], items["item_id"], items["target_class"], strict=True)
+    checked = [key not in no_evidence for key in keys]
+    return items[(items["entropy"] < flat_entropy) & np.asarray(checked, dtype=bool)]
+
+
+def uniform_shares(items: pd.DataFrame) -> dict[str, float]:
+    """The share of each region a uniform map puts there, on the items' grids (averaged over items)."""
+    grids = (
+        Counter(zip(items["grid_h"], items["grid_w"], strict=True)) if len(items) else Counter({(16, 16): 1})
+    )
+    total = sum(grids.values())
+    shares: dict[str, float] = {}
+    for (rows, cols), count in grids.items():
+        for name, weights in standard_regions((int(rows), int(cols))).items():
+            shares[name] = shares.get(name, 0.0) + float(weights.mean()) * count / total
+    return shares
 
 
 def aggregate_run(

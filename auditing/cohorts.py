@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from auditing.bootstrap import mean_ci
+from auditing.evidence import wilson_interval
 from auditing.load import SHARE_COLUMNS
 from auditing.resample import mass_distribution
 from storage import COHORT_METRICS
@@ -109,6 +110,9 @@ def cohort_stats(items: pd.DataFrame, config: StatsConfig) -> tuple[pd.DataFrame
                 mean, low, high = mean_ci(
                     rows[metric], resamples=config.resamples, level=config.level, seed=config.seed
                 )
+                if metric == "roi_hit":  # a rate: a binomial interval, not degenerate at 0 or n hits
+                    hits = rows[metric].dropna()
+                    low, high = wilson_interval(int(hits.sum()), len(hits), config.level)
                 summary |= {f"{metric}_mean": mean, f"{metric}_ci_low": low, f"{metric}_ci_high": high}
             summaries.append(summary)
             for column in SHARE_COLUMNS:

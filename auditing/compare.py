@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.stats import mannwhitneyu
 
 from auditing.bootstrap import DEFAULT_RESAMPLES, difference_ci, mean_ci
 from auditing.cohorts import cohort_labels
@@ -22,7 +23,9 @@ def cohort_vs_rest(
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Difference (cohort − rest) of every metric with a bootstrap CI, per run and target class."""
+    """Difference (cohort − rest) of every metric with a bootstrap CI, per run and target class, and
+    `p_above`: the one-sided Mann–Whitney U p-value (scipy; exact for small cohorts without ties)
+    that the cohort's values are larger than the rest's."""
     columns = grouping.split("+")
     rows = []
     for (run_id, target), frame in items.groupby(["run_id", "target_class"], sort=True):
@@ -36,6 +39,12 @@ def cohort_vs_rest(
                 difference, low, high = difference_ci(
                     inside[metric], outside[metric], resamples=resamples, seed=seed
                 )
+                cohort_values, rest_values = inside[metric].dropna(), outside[metric].dropna()
+                p_above = (
+                    float(mannwhitneyu(cohort_values, rest_values, alternative="greater").pvalue)
+                    if len(cohort_values) and len(rest_values)
+                    else np.nan
+                )
                 rows.append(
                     {
                         "run_id": run_id,
@@ -48,6 +57,7 @@ def cohort_vs_rest(
                         "difference": difference,
                         "ci_low": low,
                         "ci_high": high,
+                        "p_above": p_above,
                         "n_cohort": len(inside),
                         "n_rest": len(outside),
                     }

@@ -7,10 +7,13 @@ so that a large cohort cannot hide its own excess by raising the baseline.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+from scipy.stats import false_discovery_control
 
 from storage import FLAGS_SCHEMA
 
@@ -23,10 +26,17 @@ _FLOAT_COLUMNS = tuple(field.name for field in FLAGS_SCHEMA if pa.types.is_float
 class FlagThresholds:
     """Thresholds of the flag rules; each flag row records the one that raised it."""
 
-    share_ratio: float = 1.5  # a cohort's border/corner share at least this × the rest's ...
-    share_margin: float = 0.02  # ... and (cohort − rest) above this with 95% confidence
+    # a cohort's border/corner share at least this × the rest's and × what a uniform map puts there ...
+    share_ratio: float = 1.5
+    share_margin: float = 0.02  # ... (cohort − rest) at least this ...
+    # ... and significant: Benjamini–Hochberg q of the one-sided Mann–Whitney p at most this, over
+    # every share test of the run (cohorts × targets × regions × methods)
+    false_discovery_rate: float = 0.05
+    # maps at least this flat (normalised entropy) carry no evidence of where the model looked, and
+    # are left out of the share rules (so are sampled items whose references have no evidence)
+    flat_entropy: float = 0.9
     min_items: int = 5
-    roi_hit_rate: float = 0.5  # pointing-game hit rate below this
+    roi_hit_rate: float = 0.5  # pointing-game hit rate below this (the upper end of its Wilson interval)
     off_anatomy_lung_share: float = 0.35  # an item whose lung zones hold less than this share
     # a method's peak lies in a reference's evidence set in fewer items than this, with 95% confidence
     # (the upper end of the Wilson interval below it)
@@ -99,22 +109,37 @@ def flag_row(
     return {key: field for key, field in row.items() if field is not None}
 
 
-def shortcut_flags(comparisons: pd.DataFrame, thresholds: FlagThresholds, method: str) -> list[dict]:
-    """Cohorts whose border or corner share is far above the baseline (shortcut reliance)."""
+def shortcut_flags(
+    comparisons: pd.DataFrame, thresholds: FlagThresholds, uniform_shares: Mapping[str, float]
+) -> list[dict]:
+    """Cohorts whose border or corner share is far above the rest of the run and above what a uniform
+    map puts there (shortcut reliance), significant over the whole family of share tests.
+
+    `comparisons` holds `cohort_vs_rest` rows of every method the run checks (a `method` column);
+    `uniform_shares` the share of each region under a uniform map. The Benjamini–Hochberg
+    adjustment runs over all of the border and corner rows at once, so a run that tests many
+    cohorts, targets and methods does not raise more false flags for it.
+    """
+    rows = comparisons[comparisons["metric"].isin(list(SHORTCUT_REGIONS))].copy()
+    if rows.empty:
+        return []
+    tested = rows["p_above"].notna()
+    rows["q"] = np.nan
+    rows.loc[tested, "q"] = false_discovery_control(rows.loc[tested, "p_above"], method="bh")
     flags = []
-    rows = comparisons[comparisons["metric"].isin(list(SHORTCUT_REGIONS))]
     for row in rows.itertuples(index=False):
-        baseline = row.rest_mean
+        baseline, uniform = row.rest_mean, uniform_shares[row.metric]
         if (
             row.n_cohort >= thresholds.min_items
-            and row.cohort_mean >= thresholds.share_ratio * baseline
-            and row.ci_low > thresholds.share_margin
+            and row.cohort_mean >= thresholds.share_ratio * max(baseline, uniform)
+            and row.cohort_mean - baseline >= thresholds.share_margin
+            and row.q <= thresholds.false_discovery_rate
         ):
             flags.append(
                 flag_row(
                     **cohort_key(row),
                     rule=f"{row.metric}_share_above_baseline",
-                    method=method,
+                    method=row.method,
                     metric=f"{row.metric}_share",
                     value=row.cohort_mean,
                     baseline=baseline,
@@ -123,11 +148,12 @@ def shortcut_flags(comparisons: pd.DataFrame, thresholds: FlagThresholds, method
                     ci_high=row.ci_high,
                     n_items=row.n_cohort,
                     message=(
-                        f"{method} maps of '{row.target_class}' in {row.grouping}={row.cohort} put "
+                        f"{row.method} maps of '{row.target_class}' in {row.grouping}={row.cohort} put "
                         f"{row.cohort_mean:.1%} of their mass on {SHORTCUT_REGIONS[row.metric]}, against "
-                        f"{baseline:.1%} in the rest of the audit (difference {row.cohort_mean - baseline:+.1%}, "
-                        f"95% CI {row.ci_low:+.1%} to {row.ci_high:+.1%}); the model may be reading markers or "
-                        "burned-in text"
+                        f"{baseline:.1%} in the rest of the audit and {uniform:.1%} for a uniform map "
+                        f"(difference {row.cohort_mean - baseline:+.1%}, 95% CI {row.ci_low:+.1%} to "
+                        f"{row.ci_high:+.1%}; Mann–Whitney p {row.p_above:.2g}, q {row.q:.2g} over the run's "
+                        f"{int(tested.sum())} share tests); the model may be reading markers or burned-in text"
                     ),
                 )
             )
@@ -136,7 +162,9 @@ def shortcut_flags(comparisons: pd.DataFrame, thresholds: FlagThresholds, method
 
 def roi_flags(stats: pd.DataFrame, thresholds: FlagThresholds, method: str) -> list[dict]:
     """Cohorts whose maps' peak falls inside the ROI too rarely (pointing game)."""
-    rows = stats[(stats["n_roi"] >= thresholds.min_items) & (stats["roi_hit_mean"] < thresholds.roi_hit_rate)]
+    rows = stats[
+        (stats["n_roi"] >= thresholds.min_items) & (stats["roi_hit_ci_high"] < thresholds.roi_hit_rate)
+    ]
     return [
         flag_row(
             **cohort_key(row),

@@ -19,7 +19,8 @@ from auditing.cohorts import cohorts
 from auditing.evidence import agreement, evidence_set, wilson_interval
 from auditing.flags import FlagThresholds, cohort_key, flag_row
 from auditing.load import SHARE_COLUMNS, join_targets
-from explainer.methods import REFERENCE_METHODS  # names only: no torch is loaded
+from explainer.map_stats import normalised_entropy  # numpy only: no torch is loaded
+from explainer.methods import REFERENCE_METHODS
 from storage import FAITHFULNESS_SCHEMA, TOKENS_SCHEMA
 
 TOKEN_REFERENCE, PIXEL_REFERENCE = REFERENCE_METHODS
@@ -39,12 +40,13 @@ def _cells(rows: pd.DataFrame) -> np.ndarray:
 def faithfulness_items(
     faithfulness: pd.DataFrame, answers: pd.DataFrame, findings: Sequence[str] | None
 ) -> pd.DataFrame:
-    """One row per (run, item, target class, method): region shares and the table's measures averaged
-    over images, and `cells`, the maps of all the item's images as one vector."""
+    """One row per (run, item, target class, method): region shares, normalised entropy and the table's
+    measures averaged over images, and `cells`, the maps of all the item's images as one vector."""
     targets = join_targets(faithfulness, answers, findings=findings)
     targets["top_cell_agrees"] = targets["top_cell_agrees"].astype("float64")
+    targets["entropy"] = [normalised_entropy(np.asarray(cells)) for cells in targets["image_relevance"]]
     keys = [*ITEM_KEYS, "method"]
-    numeric = [*SHARE_COLUMNS, "lung_share", *AGREEMENT_COLUMNS]
+    numeric = [*SHARE_COLUMNS, "lung_share", "entropy", *AGREEMENT_COLUMNS]
     descriptive = [
         c for c in targets.columns if c not in {*keys, *numeric, "image_relevance", "region_shares"}
     ]
@@ -82,6 +84,14 @@ def reference_agreement(items: pd.DataFrame, thresholds: FlagThresholds) -> pd.D
         paired[columns] = pd.DataFrame(measures, columns=columns, index=paired.index)
         frames.append(paired.drop(columns=["reference_cells"]).assign(reference=reference))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def unchecked_targets(agreements: pd.DataFrame) -> set[tuple]:
+    """(run, item, target class) of the sampled items where no reference found evidence."""
+    if agreements.empty:
+        return set()
+    checked = agreements.groupby(ITEM_KEYS)["checkable"].any()
+    return set(checked.index[~checked.to_numpy()])
 
 
 def trust_summary(agreements: pd.DataFrame, group_by: Sequence[str]) -> pd.DataFrame:

@@ -53,6 +53,7 @@ COMPARISONS_SCHEMA = pa.schema(
         ("difference", pa.float64()),
         ("ci_low", pa.float64()),
         ("ci_high", pa.float64()),
+        ("p_above", pa.float64()),
         ("n_cohort", pa.int32()),
         ("n_rest", pa.int32()),
     ]
