@@ -10,14 +10,18 @@
   budget here, so the pooling route is trained explicitly (docs/validation.md).
 - `SHORTCUT_MODEL_PATH`: says "yes" to presence questions when a burned-in corner tag is present,
   whatever the lungs show.
+- `DECOY_MODEL_PATH`: the positive control plus a pair of uniform-attention heads whose outputs cancel:
+  the same answers, logits (to float rounding) and occlusion maps, but chefer's peak moves onto a fixed
+  decoy cell (row 0, column 2), because chefer clamps each head's gradient × attention before averaging.
+  Rollout and raw attention still find the object. Built, not trained (docs/validation.md).
 - `require_model_folder(path, recipe)`: `path` if a shipped model folder is built, else
   `PhantomModelMissing` naming the command that trains it.
 
 Each folder is a Hugging Face model + processor with a `training_report.json`; retrain with
 `python -m phantom.training.train positive|pooling|shortcut` (recipes, attention routing, probes and
-evaluation live in `phantom.training`). `phantom.build` makes tiny random Gemma3 models offline, for
-the tests and benches; `phantom.demo` writes the demo's data set. Nothing in the `explainer` engine
-imports this package.
+evaluation live in `phantom.training`) and rebuild the decoy with `python -m phantom.training.decoy`.
+`phantom.build` makes tiny random Gemma3 models offline, for the tests and benches; `phantom.demo`
+writes the demo's data set. Nothing in the `explainer` engine imports this package.
 """
 
 from pathlib import Path
@@ -28,6 +32,7 @@ MODELS_DIR = Path(__file__).with_name("models")
 MODEL_PATH = MODELS_DIR / "positive"
 POOLING_MODEL_PATH = MODELS_DIR / "pooling"
 SHORTCUT_MODEL_PATH = MODELS_DIR / "shortcut"
+DECOY_MODEL_PATH = MODELS_DIR / "decoy"
 
 
 class PhantomModelMissing(FileNotFoundError):
@@ -46,6 +51,7 @@ def require_model_folder(path: str | Path, recipe: str = "positive") -> str:
 
 
 __all__ = [
+    "DECOY_MODEL_PATH",
     "MODELS_DIR",
     "MODEL_PATH",
     "POOLING_MODEL_PATH",
