@@ -116,9 +116,12 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="vlm-audit-calibration-"))
+    # a temporary Prefect server of its own, quiet, with no telemetry
+    for key, value in (("PREFECT_LOGGING_LEVEL", "WARNING"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+                       ("PREFECT_HOME", str(work / "prefect"))):  # fmt: skip
+        os.environ.setdefault(key, value)
+    started = time.perf_counter()
     manifest = write_demo_dataset(work / "data", args.n, args.seed)
     honest = audit_outputs(manifest, work / "honest", MODEL_PATH)
     shortcut = audit_outputs(manifest, work / "shortcut", SHORTCUT_MODEL_PATH)
