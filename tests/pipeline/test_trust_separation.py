@@ -1,11 +1,13 @@
 """The audit's trust check separates the phantom controls on the same cohort (the real flow, the
-faithfulness sample, aggregation from the Parquet outputs).
+faithfulness sample with both references, aggregation from the Parquet outputs).
 
-The positive control's maps agree with the occlusion reference and pass. The pooling control carries
-its evidence through uniform attention: the attention-only maps (rollout, raw attention) never find
-it and are flagged as not trustworthy; chefer's gradient weighting recovers most of it (its maps
-agree with occlusion in about three items of four on 100 cases, docs/validation.md) and is not
-flagged."""
+- positive: every map agrees with both references; nothing is flagged.
+- pooling: evidence pooled through uniform attention; the attention-only maps (rollout, raw
+  attention) never find it and are flagged against both references; chefer's gradient weighting
+  recovers most of it (docs/validation.md) and is not flagged; the references agree.
+- decoy: a cancelling head pair moves chefer's peak onto a fixed cell while the function is
+  unchanged; chefer alone is flagged, rollout, raw attention and token occlusion are not.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import pytest
 
 from explainer.methods import REFERENCE_METHODS
 from flows import cli
-from phantom import MODEL_PATH, POOLING_MODEL_PATH, sample
+from phantom import DECOY_MODEL_PATH, MODEL_PATH, POOLING_MODEL_PATH, sample
 from phantom.demo import write_demo_dataset
 from storage import read_table
 
@@ -56,39 +58,50 @@ def run_audit(manifest: str, out: str, model: str, capsys, *options: str) -> str
 
 
 def audit_trust(manifest: str, out: str, model: str, capsys) -> tuple:
+    """The whole cohort's trust rows (indexed by method and reference) and the trust flags raised."""
     run_id = run_audit(manifest, out, model, capsys, "--faithfulness-sample", str(N_CASES))
     trust = read_table(out, "cohort_trust", run_id=run_id).to_pandas()
     flags = read_table(out, "flags", run_id=run_id).to_pandas()
     whole_cohort = trust[trust["cohort"] == "all"].set_index(["method", "reference"])
-    not_trusted = flags[flags["rule"] == "explanations_not_trustworthy"]
-    return whole_cohort, not_trusted
+    raised = {
+        (flag.rule, flag.method, flag.metric.removeprefix("peak_in_").removesuffix("_evidence"))
+        for flag in flags.itertuples()
+        if flag.rule in ("explanations_not_trustworthy", "evidence_relocated") and flag.cohort == "all"
+    }
+    return whole_cohort, raised
+
+
+def not_trusted(*methods: str) -> set[tuple[str, str, str]]:
+    return {
+        ("explanations_not_trustworthy", method, reference)
+        for method in methods
+        for reference in REFERENCE_METHODS
+    }
 
 
 @pytest.mark.usefixtures("prefect_server")
-def test_positive_control_is_trusted_and_pooling_controls_attention_maps_are_flagged(
-    locate_manifest, tmp_path, capsys
+@pytest.mark.parametrize(
+    ("control", "model", "expected"),
+    [
+        ("positive", MODEL_PATH, set()),
+        ("pooling", POOLING_MODEL_PATH, not_trusted("rollout", "raw_attention")),
+        ("decoy", DECOY_MODEL_PATH, not_trusted("chefer")),
+    ],
+)
+def test_the_trust_check_flags_exactly_what_each_control_fools(
+    control, model, expected, locate_manifest, tmp_path, capsys
 ):
-    positive, positive_flags = audit_trust(locate_manifest, str(tmp_path / "positive"), MODEL_PATH, capsys)
-    pooling, pooling_flags = audit_trust(
-        locate_manifest, str(tmp_path / "pooling"), POOLING_MODEL_PATH, capsys
-    )
-
-    assert (positive["n_items"] == N_CASES).all() and (pooling["n_items"] == N_CASES).all()
-    for method in ("chefer", "rollout", "raw_attention"):
-        for reference in REFERENCE_METHODS:
-            assert positive.loc[(method, reference), "peak_in_evidence_rate"] >= 0.75, positive
-    assert positive_flags.empty
-    flagged = set(zip(pooling_flags["method"], pooling_flags["metric"], strict=True))
-    for method in ("rollout", "raw_attention"):
-        for reference in REFERENCE_METHODS:
-            assert pooling.loc[(method, reference), "peak_in_evidence_rate"] < 0.5, pooling
-            assert (method, f"peak_in_{reference}_evidence") in flagged
-    for reference in REFERENCE_METHODS:
-        assert pooling.loc[("chefer", reference), "peak_in_evidence_rate"] >= 0.5, pooling
-    assert "chefer" not in set(pooling_flags["method"])
-    # the two references agree (the pooling route is inside the language model): nothing relocated
-    assert pooling.loc[("occlusion", "pixel_occlusion"), "peak_in_evidence_rate"] >= 0.75, pooling
-    assert pooling_flags["message"].str.contains("not trustworthy").all()
+    trust, raised = audit_trust(locate_manifest, str(tmp_path / control), model, capsys)
+    assert (trust["n_items"] == N_CASES).all()
+    assert raised == expected, trust
+    for method, reference in trust.index:  # every verdict is backed by the rates in the table
+        rate = trust.loc[(method, reference), "peak_in_evidence_rate"]
+        flagged = any(key[1:] == (method, reference) for key in raised)
+        assert rate < 0.5 if flagged else rate >= 0.5, (method, reference, trust)
+    if control == "positive":
+        for method in ("chefer", "rollout", "raw_attention"):
+            for reference in REFERENCE_METHODS:
+                assert trust.loc[(method, reference), "peak_in_evidence_rate"] >= 0.75, trust
 
 
 @pytest.mark.usefixtures("prefect_server")
