@@ -12,7 +12,8 @@ the ceiling) by:
   language layers (high = the map does not depend on what the model learned).
 
 Costs are seconds per item (one whole-answer target) for each method's map, its removal curves and
-its randomisation map; occlusion's map cost is the reference's. Everything runs in one process on
+its randomisation map; the two references' map costs are printed as a ratio (pixel occlusion reruns
+the vision tower for every cell). Everything runs in one process on
 the same cases.
 
     python bench/faithfulness.py                       # 100 cases, the honest (positive) model
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from explainer import Explainer
 from explainer.checks import check_explanation
-from explainer.methods import METHODS
+from explainer.methods import METHODS, REFERENCE_METHODS
 from phantom import MODEL_PATH, POOLING_MODEL_PATH, sample
 
 PATHS = {"positive": MODEL_PATH, "pooling": POOLING_MODEL_PATH}
@@ -115,6 +116,9 @@ def print_table(name: str, result: dict) -> None:
             value = stats.get(key, {}).get(statistic)
             cells.append(f"{value:>12.3f}" if value is not None else f"{'—':>12}")
         print(f"{method:<14}" + "".join(cells))
+    token, pixel = (result["methods"][m].get("map_seconds", {}).get("mean") for m in REFERENCE_METHODS)
+    if token and pixel:
+        print(f"pixel occlusion costs {pixel / token:.2f}× token occlusion per target (same items, same run)")
 
 
 def main(argv: list[str] | None = None) -> None:
