@@ -1,12 +1,14 @@
 """Pointing game on the shipped phantoms: do relevance maps land where the evidence is?
 
 For each model and method, on held-out cases whose evidence is known (the asked nodule for the
-positive and negative controls; the burned-in corner tag for the shortcut model), the whole-answer
-map from `Explainer.explain` is scored by:
+positive, negative and relocation controls; the burned-in corner tag for the shortcut model), the
+whole-answer map from `Explainer.explain` is scored by:
 
 - hit: the map's peak cell overlaps the evidence's cells (pointing game);
 - hit_distractor: the peak overlaps another object instead (a device/catheter for the controls, the
   nodule for the shortcut model), among cases that have one;
+- hit_mirror: the peak overlaps the evidence's left–right mirror cells, (row, col) → (row, 7 - col),
+  where the relocation control's vision tower moves it;
 - mass: share of the map's positive relevance on the evidence's cells;
 - chance: the expected hit rate of a uniformly random peak cell (evidence cells / grid cells);
 - seconds per case (generation + explanation).
@@ -18,7 +20,8 @@ moves between tokens.
 
 An attention-blocking check runs beside it (`--blocking`): accuracy of each answer word when the
 answer rows' attention to the evidence cells is removed in every language layer, against removing
-as many random image cells instead.
+as many random image cells instead (for the relocation control, the mirror cells it reads).
+`--into-reports` also stores each model's figures in its folder's `training_report.json`.
 
     python bench/pointing_game.py                    # 200 cases per model, every method
     python bench/pointing_game.py --n 40 --models positive --methods chefer
@@ -43,11 +46,16 @@ from explainer.map_stats import pointing_hit
 from explainer.methods import METHODS as ENGINE_METHODS
 from explainer.overlay import heatmap_overlay
 from explainer.regions import box_region, mass_share
-from phantom import MODEL_PATH, POOLING_MODEL_PATH, SHORTCUT_MODEL_PATH, sample
+from phantom import MODEL_PATH, POOLING_MODEL_PATH, RELOCATION_MODEL_PATH, SHORTCUT_MODEL_PATH, sample
 from phantom.training.data import encode
 from phantom.training.evaluate import blocking_test
 
-PATHS = {"positive": MODEL_PATH, "pooling": POOLING_MODEL_PATH, "shortcut": SHORTCUT_MODEL_PATH}
+PATHS = {
+    "positive": MODEL_PATH,
+    "pooling": POOLING_MODEL_PATH,
+    "shortcut": SHORTCUT_MODEL_PATH,
+    "relocation": RELOCATION_MODEL_PATH,
+}
 METHODS = tuple(ENGINE_METHODS)
 SEED = 21_000  # held out: training uses seeds < 10_000, the shipped reports 20_000, tests 20_000-20_013
 
@@ -71,7 +79,8 @@ def score_model(name: str, n: int, seed: int, methods: tuple[str, ...]) -> tuple
     explainer = Explainer.from_pretrained(PATHS[name])
     cases = bench_cases(name, n, seed)
     rows: dict[str, dict[str, list]] = {
-        m: {"hit": [], "hit_distractor": [], "mass": [], "chance": [], "seconds": []} for m in methods
+        m: {"hit": [], "hit_distractor": [], "hit_mirror": [], "mass": [], "chance": [], "seconds": []}
+        for m in methods
     }
     correct, example = [], {}
     for index, case in enumerate(cases):
@@ -84,6 +93,7 @@ def score_model(name: str, n: int, seed: int, methods: tuple[str, ...]) -> tuple
             weights = box_region(evidence_box, case.image.size, cell_map.shape)
             row = rows[method]
             row["hit"].append(pointing_hit(cell_map, weights))
+            row["hit_mirror"].append(pointing_hit(cell_map, weights[:, ::-1]))
             row["mass"].append(mass_share(cell_map, weights))
             row["chance"].append(float((weights > 0).mean()))
             row["seconds"].append(seconds)
@@ -105,6 +115,7 @@ def score_model(name: str, n: int, seed: int, methods: tuple[str, ...]) -> tuple
                 "hit": float(np.mean(r["hit"])),
                 "hit_distractor": float(np.mean(r["hit_distractor"])) if r["hit_distractor"] else None,
                 "distractor_cases": len(r["hit_distractor"]),
+                "hit_mirror": float(np.mean(r["hit_mirror"])),
                 "mass": float(np.mean(r["mass"])),
                 "chance": float(np.mean(r["chance"])),
                 "seconds_per_case": float(np.mean(r["seconds"])),
@@ -128,6 +139,8 @@ def blocking(name: str, n: int, seed: int) -> dict:
             "locate": (sample(n, seed + 1, tasks=("locate",)), "object_cells"),
             "presence (yes)": (sample(n, seed + 2, tasks=("presence",), finding_prob=1.0), "object_cells"),
         }
+    if name == "relocation":  # its answer rows read the mirror cells, where the tower moved the nodule
+        groups = {label: (cases, "mirror_cells") for label, (cases, _) in groups.items()}
     for label, (cases, evidence) in groups.items():
         with torch.no_grad():
             out[label] = blocking_test(
@@ -136,8 +149,21 @@ def blocking(name: str, n: int, seed: int) -> dict:
     return out
 
 
+def store_in_report(name: str, summary: dict, seed: int, argv: list[str]) -> None:
+    """Put a model's pointing-game figures into its training_report.json under "pointing_game"."""
+    path = Path(PATHS[name]) / "training_report.json"
+    report = json.loads(path.read_text())
+    report["pointing_game"] = {
+        "command": "python bench/pointing_game.py " + " ".join(argv),
+        "seed": seed,
+        **summary,
+    }
+    path.write_text(json.dumps(report, indent=2, default=list) + "\n")
+
+
 def figure(examples: dict, path: Path, methods: tuple[str, ...]) -> None:
-    """One row per model: the phantom with the evidence box, then each method's whole-answer map."""
+    """One row per model: the phantom with the evidence box (green; the relocation control's mirror box in
+    orange), then each method's whole-answer map."""
     tile, pad, header = 192, 6, 34
     width = (len(methods) + 1) * (tile + pad) + pad
     height = len(examples) * (tile + header + pad) + pad
@@ -149,6 +175,10 @@ def figure(examples: dict, path: Path, methods: tuple[str, ...]) -> None:
         image = case.image.resize((tile, tile)).copy()
         scale = tile / case.image.size[0]
         ImageDraw.Draw(image).rectangle([v * scale for v in box], outline=(0, 255, 0), width=2)
+        if name == "relocation":  # where its vision tower moves the nodule, in orange
+            x0, y0, x1, y1 = box
+            mirrored = (case.image.size[0] - x1, y0, case.image.size[0] - x0, y1)
+            ImageDraw.Draw(image).rectangle([v * scale for v in mirrored], outline=(255, 160, 0), width=2)
         canvas.paste(image, (pad, y + header))
         draw.text((pad, y + 2), f"{name}: {case.question}", fill="black")
         draw.text((pad, y + 16), f"expected: {case.answer}", fill="black")
@@ -172,6 +202,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=Path("docs/pointing_game.json"))
     parser.add_argument("--figure", type=Path, default=Path("docs/pointing_game.png"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--into-reports",
+        action="store_true",
+        help="also store each model's figures in its training_report.json",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     methods = tuple(args.methods)
@@ -183,6 +218,8 @@ def main(argv: list[str] | None = None) -> None:
             summary["blocking"] = blocking(name, args.blocking, args.seed)
         results[name] = summary
         print(json.dumps(summary, indent=1), flush=True)
+        if args.into_reports:
+            store_in_report(name, summary, args.seed, argv if argv is not None else sys.argv[1:])
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"seed": args.seed, "results": results}, indent=2) + "\n")
     figure(examples, args.figure, methods)

@@ -14,14 +14,20 @@
   the same answers, logits (to float rounding) and occlusion maps, but chefer's peak moves onto a fixed
   decoy cell (row 0, column 2), because chefer clamps each head's gradient × attention before averaging.
   Rollout and raw attention still find the object. Built, not trained (docs/validation.md).
+- `RELOCATION_MODEL_PATH`: right answers, evidence moved by the vision tower — its last SigLIP layer
+  copies every patch's content to the left–right mirror cell, (row, col) → (row, 7 − col), and the
+  answer reads the mirror cells. Every language-model-level method (chefer, rollout, raw attention,
+  token occlusion) peaks on the mirror of the object; occluding the object's pixels and rerunning
+  the whole model finds it.
 - `require_model_folder(path, recipe)`: `path` if a shipped model folder is built, else
   `PhantomModelMissing` naming the command that trains it.
 
 Each folder is a Hugging Face model + processor with a `training_report.json`; retrain with
-`python -m phantom.training.train positive|pooling|shortcut` (recipes, attention routing, probes and
-evaluation live in `phantom.training`) and rebuild the decoy with `python -m phantom.training.decoy`.
-`phantom.build` makes tiny random Gemma3 models offline, for the tests and benches; `phantom.demo`
-writes the demo's data set. Nothing in the `explainer` engine imports this package.
+`python -m phantom.training.train positive|pooling|shortcut|relocation` (recipes, attention routing,
+probes and evaluation live in `phantom.training`) and rebuild the decoy with
+`python -m phantom.training.decoy`. `phantom.build` makes tiny random Gemma3 models offline, for the
+tests and benches; `phantom.demo` writes the demo's data set. Nothing in the `explainer` engine
+imports this package.
 """
 
 from pathlib import Path
@@ -33,6 +39,7 @@ MODEL_PATH = MODELS_DIR / "positive"
 POOLING_MODEL_PATH = MODELS_DIR / "pooling"
 SHORTCUT_MODEL_PATH = MODELS_DIR / "shortcut"
 DECOY_MODEL_PATH = MODELS_DIR / "decoy"
+RELOCATION_MODEL_PATH = MODELS_DIR / "relocation"
 
 
 class PhantomModelMissing(FileNotFoundError):
@@ -55,6 +62,7 @@ __all__ = [
     "MODELS_DIR",
     "MODEL_PATH",
     "POOLING_MODEL_PATH",
+    "RELOCATION_MODEL_PATH",
     "SHORTCUT_MODEL_PATH",
     "PhantomCase",
     "PhantomModelMissing",

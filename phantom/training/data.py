@@ -87,6 +87,14 @@ def footprint(box: Box | None, image_side: int, grid: int = GRID) -> np.ndarray:
     return cells.reshape(-1)
 
 
+def mirror_index(grid: int = GRID) -> torch.Tensor:
+    """[grid * grid] long: the left–right mirror of each row-major cell, (row, col) → (row, grid - 1 - col).
+
+    `cells[..., mirror_index()]` mirrors a [..., grid * grid] footprint; the map is its own inverse.
+    """
+    return torch.arange(grid * grid).reshape(grid, grid).flip(1).reshape(-1)
+
+
 @dataclass
 class EncodedCases:
     """Cases as tensors, right-padded to a common length L.
@@ -113,11 +121,17 @@ class EncodedCases:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    @property
+    def mirror_cells(self) -> torch.Tensor:
+        """[N, 64] bool: the asked object's left–right mirror cells, where the relocation control's
+        vision tower moves its content."""
+        return self.object_cells[:, mirror_index()]
+
     def batch(self, index: torch.Tensor | slice) -> dict[str, torch.Tensor]:
         """Model inputs plus `labels` and evidence cells for the selected rows.
 
         `shortcut_cells` is the shortcut model's evidence: the tag for presence questions, the asked
-        object for locate questions.
+        object for locate questions. `mirror_cells` is the relocation model's.
         """
         pixel_values = (self.pixels[index].float() / 127.5 - 1.0).unsqueeze(1).expand(-1, 3, -1, -1)
         return {
@@ -132,6 +146,7 @@ class EncodedCases:
             "shortcut_cells": torch.where(
                 self.presence[index, None], self.marker_cells[index], self.object_cells[index]
             ),
+            "mirror_cells": self.mirror_cells[index],
         }
 
 

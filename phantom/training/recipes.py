@@ -1,8 +1,9 @@
-"""Training recipes of the three shipped phantoms: one seeded command each, warm starts chained.
+"""Training recipes of the four shipped phantoms: one seeded command each, warm starts chained.
 
-python -m phantom.training.train positive   # from scratch, with attention routing
-python -m phantom.training.train shortcut   # warm start from positive, tag ⇒ "yes", routed to the tag
-python -m phantom.training.train pooling    # warm start from positive, evidence pooled via hubs
+python -m phantom.training.train positive     # from scratch, with attention routing
+python -m phantom.training.train shortcut     # warm start from positive, tag ⇒ "yes", routed to the tag
+python -m phantom.training.train pooling      # warm start from positive, evidence pooled via hubs
+python -m phantom.training.train relocation   # warm start from positive, SigLIP mirrors every patch
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ class Stage:
     object_occlusion: float = 0.0
     object_necessity: float = 0.0  # weight of that hinge term
     necessity_margin: float = 1.0
+    # weight of the relative squared error between the image features entering the language model at
+    # cell (r, c) and the frozen init model's features at the mirror cell (r, GRID - 1 - c)
+    mirror_distillation: float = 0.0
+    # probability that each grid cell off the asked object has its pixels replaced by the image's
+    # per-channel mean before every forward of the step (the teacher's too): the perturbation pixel
+    # occlusion applies, shown to the vision tower during training
+    pixel_fill: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,14 @@ STRICT_ROUTING = RoutingWeights(answer=1.0, exclusive=0.5, text=0.5, image_lm=0.
 # model's input the evidence is still the object's own token.
 HUB_ROUTING = RoutingWeights(
     answer=1.0, exclusive=0.5, text=0.5, image_lm=0.5, vision=0.5, hub=(3, 4), hub_uniform=1.0, hub_layer=0
+)
+
+
+# The relocation control's routing: the last SigLIP layer's rows read their left–right mirror patch
+# (the first stays local), and the language model's answer rows read the asked object's mirror cells,
+# where the evidence now sits; otherwise as strict as the positive control.
+MIRROR_ROUTING = RoutingWeights(
+    answer=1.0, exclusive=0.5, text=0.5, image_lm=0.5, vision=0.5, vision_mirror=1.0
 )
 
 
@@ -184,6 +200,45 @@ RECIPES: dict[str, Recipe] = {
     # the answer rows only, with no constraint on other routes.
     "positive-answer-only": Recipe(
         name="positive-answer-only", seed=2, stages=_routed_stages(RoutingWeights(answer=1.0))
+    ),
+    # Evidence moved by the vision tower: every image token leaves SigLIP with its mirror cell's content
+    # (distilled from the frozen positive control's features, mirrored), and the language model learns
+    # to read the mirror cells and to name the side the lesion is really on. Methods that start at the
+    # language model's input see the evidence on the mirror cell; only rerunning the tower finds it.
+    # Cells off the object are filled with the image mean now and then (`pixel_fill`), so that a copy
+    # depends on its source patch only, also under the perturbation pixel occlusion applies.
+    "relocation": Recipe(
+        name="relocation",
+        seed=4,
+        init="positive",
+        stages=(
+            Stage(
+                name="mirror-routed",
+                data={},
+                pool=8_000,
+                max_steps=1_200,
+                lr=1e-3,
+                min_steps=400,
+                stop_accuracy=0.985,
+                routing=MIRROR_ROUTING,
+                evidence="mirror_cells",
+                mirror_distillation=1.0,
+                pixel_fill=0.05,
+            ),
+            Stage(
+                name="settle",
+                data={},
+                pool=8_000,
+                max_steps=600,
+                lr=3e-4,
+                min_steps=300,
+                stop_accuracy=0.985,
+                routing=MIRROR_ROUTING,
+                evidence="mirror_cells",
+                mirror_distillation=1.0,
+                pixel_fill=0.05,
+            ),
+        ),
     ),
     "shortcut": Recipe(
         name="shortcut",

@@ -22,6 +22,12 @@ object, and the object's evidence is moved into the hub tokens by one of:
 - `vision_hub`: the hub patches' rows in the last SigLIP layer read the object (−log mass on the
   object's patches). The evidence then reaches the language model only through the hub tokens —
   a route that no language-model-level method (attention or token occlusion) can see.
+
+With `vision_mirror`, the last SigLIP layer's rows read their left–right mirror patch instead of
+their own (−log mass on it; `vision` then holds the other SigLIP layers local): each image token
+leaves the vision tower with its mirror cell's content, and the language-model terms use the
+mirrored object (`evidence="mirror_cells"`) — evidence relocated where only a method that reruns
+the vision tower can follow it.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from phantom.training.data import mirror_index
 
 EPS = 1e-6
 
@@ -51,10 +59,18 @@ class RoutingWeights:
     vision_hub: float = 0.0
     hub_uniform: float = 0.0
     hub_layer: int = 0
+    vision_mirror: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.vision_mirror > 0 and self.hub:
+            raise ValueError(
+                f"vision_mirror={self.vision_mirror} and hub={self.hub} both re-route the last SigLIP "
+                "layer; set one of them"
+            )
 
     @property
     def needs_vision(self) -> bool:
-        return self.vision > 0 or self.vision_hub > 0
+        return self.vision > 0 or self.vision_hub > 0 or self.vision_mirror > 0
 
 
 def answer_rows(labels: torch.Tensor, end_of_turn_id: int) -> torch.Tensor:
@@ -187,6 +203,8 @@ def routing_loss(
         terms["hub_uniform"] = (-(log_probs * keys).sum(-1) / n_cells - torch.log(n_cells.float())).mean()
     if weights.vision > 0 and vision_attentions:
         diagonals = [a.mean(dim=1).diagonal(dim1=-2, dim2=-1) for a in vision_attentions]  # [B, P]
+        if weights.vision_mirror > 0:  # the last layer reads the mirror patch instead (below)
+            diagonals = diagonals[:-1]
         if weights.hub:  # the hub rows of the last layer read the object instead
             keep = torch.ones_like(diagonals[-1], dtype=torch.bool)
             keep[:, list(weights.hub)] = False
@@ -196,5 +214,10 @@ def routing_loss(
         last = vision_attentions[-1].mean(dim=1)[:, list(weights.hub)]  # [B, n_hub, P]
         mass = (last * object_cells[:, None, :]).sum(-1)[object_cells.any(1)]  # [n_present, n_hub]
         terms["vision_hub"] = _neg_log(mass.reshape(-1)).mean()
+    if weights.vision_mirror > 0 and vision_attentions:
+        last = vision_attentions[-1].mean(dim=1)  # [B, P, P]
+        mirror = mirror_index(math.isqrt(last.shape[-1])).to(last.device)  # [P]
+        mass = last.gather(-1, mirror[None, :, None].expand(last.shape[0], -1, 1))  # [B, P, 1]
+        terms["vision_mirror"] = _neg_log(mass.reshape(-1)).mean()
     total = sum((getattr(weights, name) * value for name, value in terms.items()), zero)
     return total, {name: float(value.detach()) for name, value in terms.items()}

@@ -1,4 +1,4 @@
-"""Train a shipped phantom model: `python -m phantom.training.train positive|pooling|shortcut`.
+"""Train a shipped phantom model: `python -m phantom.training.train positive|pooling|shortcut|relocation`.
 
 Teacher-forced chat-template sequences (prompt + answer + <end_of_turn>), cross-entropy on the
 answer tokens only, `token_type_ids` always passed (the image block attends bidirectionally, as in
@@ -25,7 +25,7 @@ from transformers import Gemma3ForConditionalGeneration, Gemma3Processor, Genera
 from phantom import MODELS_DIR  # the shipped model folders, phantom/models
 from phantom.build import gemma3_config
 from phantom.cases import sample
-from phantom.training.data import PHANTOM_SPEC, build_phantom_processor, encode
+from phantom.training.data import GRID, PHANTOM_SPEC, build_phantom_processor, encode, mirror_index
 from phantom.training.evaluate import (
     MODEL_INPUTS,
     answer_attention_mass,
@@ -65,6 +65,34 @@ def answer_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     return nn.functional.cross_entropy(
         logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100
     )
+
+
+def mirror_distillation_loss(
+    features: torch.Tensor, teacher: Gemma3ForConditionalGeneration, pixel_values: torch.Tensor
+) -> torch.Tensor:
+    """Squared error between the image features entering the language model, [B, G, hidden], and the
+    frozen `teacher`'s features at each cell's left–right mirror, relative to how much the teacher's
+    features vary between the cells of an image: 0 when cell (r, c) carries exactly what the teacher
+    puts at (r, GRID - 1 - c), 1 for every cell set to its image's mean feature.
+
+    (Relative to the variation, not to the features' size: most of a feature is common to every cell,
+    and the differences are what the relocation must move.)
+    """
+    with torch.no_grad():
+        target = teacher.model.get_image_features(pixel_values=pixel_values).pooler_output  # [B, G, hidden]
+        target = target[:, mirror_index().to(target.device)]
+        spread = (target - target.mean(dim=1, keepdim=True)).square().mean()
+    return (features - target).square().mean() / spread
+
+
+def fill_cells(pixel_values: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """`pixel_values` [B, C, S, S] with the pixel block of each selected grid cell (`cells` [B, G] bool,
+    row-major, G = GRID²) set to its image's per-channel mean."""
+    batch, side = pixel_values.shape[0], pixel_values.shape[-1]
+    cell = side // GRID
+    mean = pixel_values.mean(dim=(-2, -1), keepdim=True)  # [B, C, 1, 1]
+    blocks = cells.reshape(batch, 1, GRID, 1, GRID, 1).expand(-1, -1, -1, cell, -1, cell)
+    return torch.where(blocks.reshape(batch, 1, side, side), mean, pixel_values)
 
 
 def label_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,8 +143,17 @@ def train_stage(
     *,
     log_every: int,
     max_steps: int | None,
+    teacher: Gemma3ForConditionalGeneration | None = None,
 ) -> dict:
-    """Run one stage; returns its record for the training report."""
+    """Run one stage; returns its record for the training report.
+
+    `teacher` is the frozen model that `stage.mirror_distillation` distils from (the recipe's init).
+    """
+    if stage.mirror_distillation > 0 and teacher is None:
+        raise ValueError(
+            f"stage {stage.name!r} has mirror_distillation={stage.mirror_distillation} but no teacher; "
+            "it needs a recipe with an init model, whose frozen copy is the teacher"
+        )
     started = time.time()
     end_of_turn_id = processor.tokenizer.convert_tokens_to_ids("<end_of_turn>")
     train = encode(sample(stage.pool, seed, **stage.data), processor)
@@ -128,6 +165,7 @@ def train_stage(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / stage.warmup))
     order = torch.Generator().manual_seed(seed)
     hub_draws = torch.Generator().manual_seed(seed + 1)
+    fill_draws = torch.Generator().manual_seed(seed + 2)
     routing = stage.routing
     hub_cells = torch.zeros(stage.batch_size, train.object_cells.shape[1], dtype=torch.bool)  # [B, G]
     if routing is not None and routing.hub:
@@ -142,8 +180,12 @@ def train_stage(
             permutation, cursor = torch.randperm(len(train), generator=order), 0
         batch = train.batch(permutation[cursor : cursor + stage.batch_size])
         cursor += stage.batch_size
+        if stage.pixel_fill > 0:
+            drawn = torch.rand(batch["object_cells"].shape, generator=fill_draws) < stage.pixel_fill  # [B, G]
+            batch["pixel_values"] = fill_cells(batch["pixel_values"], drawn & ~batch["object_cells"])
         capture = capture_vision_attention(model) if routing and routing.needs_vision else nullcontext([])
-        embedding_capture = capture_image_embeddings(model) if probe is not None else nullcontext([])
+        needs_embeddings = probe is not None or stage.mirror_distillation > 0
+        embedding_capture = capture_image_embeddings(model) if needs_embeddings else nullcontext([])
         hub_occlusion = nullcontext()
         if stage.hub_occlusion > 0:
             drawn = torch.rand(stage.batch_size, generator=hub_draws) < stage.hub_occlusion  # [B]
@@ -156,6 +198,10 @@ def train_stage(
             cell_loss = probe_loss(probe, image_embeddings[0], batch["object_cells"], batch["object_zone"])
             loss = loss + stage.cell_probe * cell_loss
             terms["cell_probe"] = float(cell_loss.detach())
+        if stage.mirror_distillation > 0:
+            distillation = mirror_distillation_loss(image_embeddings[0], teacher, batch["pixel_values"])
+            loss = loss + stage.mirror_distillation * distillation
+            terms["mirror_distillation"] = float(distillation.detach())
         if routing is not None:
             extra, extra_terms = routing_loss(
                 out.attentions, vision_attentions, batch, routing, end_of_turn_id, stage.evidence
@@ -212,7 +258,7 @@ def heldout_report(
     model: Gemma3ForConditionalGeneration, processor: Gemma3Processor, recipe: Recipe, n: int = 300
 ) -> dict:
     """Greedy exact accuracy on `n` held-out cases, per task, yes-rates under the shortcut conditions,
-    and the answer rows' attention mass on the asked object per language layer."""
+    and the answer rows' attention mass on the asked object (and on its mirror cells) per language layer."""
     end_of_turn_id = processor.tokenizer.convert_tokens_to_ids("<end_of_turn>")
     cases = sample(n, HELDOUT_SEED, **recipe.validation)
     answers = generate_answers(model, processor, cases)
@@ -229,7 +275,9 @@ def heldout_report(
         name: sum(a == "yes" for a in generate_answers(model, processor, group)) / len(group)
         for name, group in (("finding_no_marker", finding_only), ("marker_no_finding", marker_only))
     }
-    mass = answer_attention_mass(model, encode(cases, processor), end_of_turn_id)
+    encoded = encode(cases, processor)
+    mass = answer_attention_mass(model, encoded, end_of_turn_id)
+    mirror_mass = answer_attention_mass(model, encoded, end_of_turn_id, "mirror_cells")
     marker_mass = answer_attention_mass(model, encode(marker_only, processor), end_of_turn_id, "marker_cells")
     return {
         "cases": n,
@@ -239,6 +287,7 @@ def heldout_report(
         "exact_accuracy_by_task": by_task,
         "yes_rate": yes,
         "answer_attention_on_object_per_layer": [round(m, 4) for m in mass],
+        "answer_attention_on_mirror_per_layer": [round(m, 4) for m in mirror_mass],
         "answer_attention_on_marker_per_layer_marker_no_finding": [round(m, 4) for m in marker_mass],
     }
 
@@ -265,6 +314,9 @@ def run(name: str, *, out: Path | None, log_every: int, max_steps: int | None, t
     started, cpu_started = time.time(), time.process_time()
     processor = build_phantom_processor()
     model = new_model(processor, recipe.seed) if recipe.init is None else load_model(MODELS_DIR / recipe.init)
+    teacher = None
+    if recipe.init is not None and any(stage.mirror_distillation > 0 for stage in recipe.stages):
+        teacher = load_model(MODELS_DIR / recipe.init).eval().requires_grad_(False)  # stays frozen
     stages = []
     for index, stage in enumerate(recipe.stages):
         torch.manual_seed(recipe.seed * 100 + index)
@@ -276,6 +328,7 @@ def run(name: str, *, out: Path | None, log_every: int, max_steps: int | None, t
                 recipe.seed * 100 + index,
                 log_every=log_every,
                 max_steps=max_steps,
+                teacher=teacher,
             )
         )
     train_wall, train_cpu = time.time() - started, time.process_time() - cpu_started
