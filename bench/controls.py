@@ -46,8 +46,10 @@ CONTROLS = {
 
 def write_cases(folder: Path, control: str, n: int, seed: int) -> Path:
     """Held-out cases as PNGs and a manifest whose `roi_box` is the evidence (the tag for shortcut)."""
-    if control == "shortcut":  # presence questions, the tag always there: the answers follow it
-        cases = phantom.sample(n, seed, tasks=("presence",), marker_prob=1.0, finding_prob=0.5)
+    if control == "shortcut":  # presence questions, the tag always there: the right answer follows it
+        cases = phantom.sample(
+            n, seed, tasks=("presence",), marker_prob=1.0, finding_prob=0.5, answer_rule="marker"
+        )
     else:
         cases = phantom.sample(n, seed, tasks=("locate",), distractor_prob=0.5)
     (folder / "images").mkdir(parents=True, exist_ok=True)

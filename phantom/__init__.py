@@ -3,11 +3,12 @@
 - `sample(n, seed)`: reproducible phantom cases with questions, expected answers and object boxes.
 - `MODEL_PATH`: positive control and the demo's default — its answers read the asked object through
   attention (attention-routing fine-tune).
-- `POOLING_MODEL_PATH`: negative control — right answers, evidence pooled through uniform attention
-  (two hub tokens average every image token; the answer reads the hubs), so attention weights miss
-  the object while token occlusion finds it (every object cell is necessary by construction); chefer's
-  gradient weighting recovers most of it. Plain training did not leave chance level within the time
-  budget here, so the pooling route is trained explicitly (docs/validation.md).
+- `POOLING_MODEL_PATH`: the control for attention weights only — right answers, evidence pooled
+  through uniform attention (two hub tokens average every image token; the answer reads the hubs),
+  so attention weights (rollout, raw attention) miss the object while token and pixel occlusion find
+  it (every object cell is necessary by construction); chefer's gradient weighting recovers most of
+  it. Plain training did not leave chance level within the time budget here, so the pooling route is
+  trained explicitly (docs/validation.md).
 - `SHORTCUT_MODEL_PATH`: says "yes" to presence questions when a burned-in corner tag is present,
   whatever the lungs show.
 - `DECOY_MODEL_PATH`: the positive control plus a pair of uniform-attention heads whose outputs cancel:
