@@ -8,7 +8,7 @@ python -m phantom.training.train relocation   # warm start from positive, SigLIP
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from phantom.training.routing import RoutingWeights
@@ -88,6 +88,19 @@ HUB_ROUTING = RoutingWeights(
 # where the evidence now sits; otherwise as strict as the positive control.
 MIRROR_ROUTING = RoutingWeights(
     answer=1.0, exclusive=0.5, text=0.5, image_lm=0.5, vision=0.5, vision_mirror=1.0
+)
+MIRROR_STAGE = Stage(
+    name="mirror-routed",
+    data={},
+    pool=8_000,
+    max_steps=1_200,
+    lr=1e-3,
+    min_steps=400,
+    stop_accuracy=0.985,
+    routing=MIRROR_ROUTING,
+    evidence="mirror_cells",
+    mirror_distillation=1.0,
+    pixel_fill=0.05,
 )
 
 
@@ -211,34 +224,7 @@ RECIPES: dict[str, Recipe] = {
         name="relocation",
         seed=4,
         init="positive",
-        stages=(
-            Stage(
-                name="mirror-routed",
-                data={},
-                pool=8_000,
-                max_steps=1_200,
-                lr=1e-3,
-                min_steps=400,
-                stop_accuracy=0.985,
-                routing=MIRROR_ROUTING,
-                evidence="mirror_cells",
-                mirror_distillation=1.0,
-                pixel_fill=0.05,
-            ),
-            Stage(
-                name="settle",
-                data={},
-                pool=8_000,
-                max_steps=600,
-                lr=3e-4,
-                min_steps=300,
-                stop_accuracy=0.985,
-                routing=MIRROR_ROUTING,
-                evidence="mirror_cells",
-                mirror_distillation=1.0,
-                pixel_fill=0.05,
-            ),
-        ),
+        stages=(MIRROR_STAGE, replace(MIRROR_STAGE, name="settle", max_steps=600, lr=3e-4, min_steps=300)),
     ),
     "shortcut": Recipe(
         name="shortcut",
