@@ -10,8 +10,15 @@ import pandas as pd
 
 from auditing.cohorts import StatsConfig, cohort_stats, item_level
 from auditing.compare import cohort_vs_rest
-from auditing.flags import FlagThresholds, as_frame, off_anatomy_flags, roi_flags, shortcut_flags
-from auditing.load import SHARE_COLUMNS, join_targets
+from auditing.flags import (
+    SHORTCUT_REGIONS,
+    FlagThresholds,
+    as_frame,
+    off_anatomy_flags,
+    roi_flags,
+    shortcut_flags,
+)
+from auditing.load import join_targets
 from auditing.trust import (
     faithfulness_items,
     reference_agreement,
@@ -96,7 +103,7 @@ def aggregate(
             cohort_vs_rest(
                 with_evidence(rows, thresholds.flat_entropy, no_evidence),
                 grouping,
-                metrics=SHARE_COLUMNS,
+                metrics=[f"share_{region}" for region in SHORTCUT_REGIONS],
                 resamples=stats_config.resamples,
             ).assign(method=label)
             for label, rows in share_maps
@@ -118,9 +125,7 @@ def with_evidence(items: pd.DataFrame, flat_entropy: float, no_evidence: set[tup
 
 def uniform_shares(items: pd.DataFrame) -> dict[str, float]:
     """The share of each region a uniform map puts there, on the items' grids (averaged over items)."""
-    grids = (
-        Counter(zip(items["grid_h"], items["grid_w"], strict=True)) if len(items) else Counter({(16, 16): 1})
-    )
+    grids = Counter(zip(items["grid_h"], items["grid_w"], strict=True))
     total = sum(grids.values())
     shares: dict[str, float] = {}
     for (rows, cols), count in grids.items():
