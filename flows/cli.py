@@ -96,7 +96,8 @@ def _prepare_environment(verbose: bool) -> None:
     # the temporary server needs more than Prefect's default 20 s on a small or busy machine
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the progress bar and summary say enough
+        # the progress bar, the summary and the one-line errors below say enough; --verbose shows Prefect's logs
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
     from explainer.runtime import keep_freed_memory
 
     keep_freed_memory()

@@ -20,6 +20,10 @@ class ObjectNotFound(StorageError):
     """The object (or its bucket) does not exist."""
 
 
+class OutputNotWritable(StorageError):
+    """The output root (or a folder under it) cannot be written: read-only, a file, no permission."""
+
+
 class CredentialsError(StorageError):
     """The object store rejected or could not find credentials."""
 

@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from storage import _s3
-from storage.errors import ObjectNotFound, StorageError
+from storage.errors import ObjectNotFound, OutputNotWritable, StorageError
 from storage.uri import ParsedURI, join_key, parse_uri, validate_key
 
 # temp files are hidden (leading '.') so pyarrow datasets and '*.parquet' globs skip them
@@ -93,9 +93,14 @@ class LocalStore(ObjectStore):
     def write_bytes(self, key: str, data: bytes) -> str:
         path = self._path(key)
         folder, name = os.path.split(path)
-        os.makedirs(folder, exist_ok=True)
-        # same folder as the target, so os.replace is a rename within one file system (atomic on POSIX)
-        fd, temp_path = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+        try:
+            os.makedirs(folder, exist_ok=True)
+            # same folder as the target, so os.replace is a rename within one file system (atomic on POSIX)
+            fd, temp_path = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+        except OSError as exc:
+            raise OutputNotWritable(
+                f"cannot write {path}: {exc.strerror or exc}; choose an output root you can write to"
+            ) from exc
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -103,9 +108,11 @@ class LocalStore(ObjectStore):
                 os.fsync(handle.fileno())
             os.chmod(temp_path, _FILE_MODE)
             os.replace(temp_path, path)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(temp_path)
+            if isinstance(exc, OSError):
+                raise OutputNotWritable(f"cannot write {path}: {exc.strerror or exc}") from exc
             raise
         return path
 

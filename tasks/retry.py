@@ -15,15 +15,25 @@ from typing import Any, TypeVar
 
 from storage import (
     CredentialsError,
+    ImageDecodeError,
     InvalidURIError,
     ManifestError,
     ObjectNotFound,
+    OutputNotWritable,
     SchemaError,
     StorageError,
 )
 
 T = TypeVar("T")
-DETERMINISTIC = (CredentialsError, InvalidURIError, ManifestError, ObjectNotFound, SchemaError)
+DETERMINISTIC = (
+    CredentialsError,
+    ImageDecodeError,
+    InvalidURIError,
+    ManifestError,
+    ObjectNotFound,
+    OutputNotWritable,
+    SchemaError,
+)
 logger = logging.getLogger(__name__)
 
 
@@ -32,12 +42,20 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, StorageError) and not isinstance(exc, DETERMINISTIC)
 
 
+def is_environmental(exc: BaseException) -> bool:
+    """True for failures of the environment rather than of the data: transient storage errors and
+    credentials. They are never an item's final answer: a rerun after the outage or the key fix must
+    redo the item, so the shard does not commit it."""
+    return is_transient(exc) or isinstance(exc, CredentialsError)
+
+
 def retry_condition(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect `retry_condition_fn`: retry a failed I/O task only when its error is transient."""
+    """Prefect `retry_condition_fn`: retry a failed task only when its error, or the error that caused
+    it (a shard deferred by an item's outage), is transient."""
     try:
         state.result()
     except Exception as exc:
-        return is_transient(exc)
+        return is_transient(exc) or is_transient(exc.__cause__)
     return False
 
 

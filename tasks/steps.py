@@ -1,8 +1,9 @@
 """Prefect tasks: thin wrappers over the plain functions of this package.
 
 Storage I/O tasks retry with exponential backoff, only for transient errors (`retry.retry_condition`).
-`explain_shard_task` does not retry: a deterministic failure would fail again, and a rerun of the
-run id redoes exactly the shards that did not commit.
+`explain_shard_task` retries only when an item was deferred by a transient outage (its reads already
+retried with backoff); a deterministic failure would fail again, and a rerun of the run id redoes
+exactly the shards that did not commit.
 """
 
 from __future__ import annotations
@@ -47,7 +48,13 @@ def plan_run(
     return ledger.plan_run(store, run_id, config, manifest, fingerprint, extra)
 
 
-@task(name="explain-shard", cache_policy=NO_CACHE)
+@task(
+    name="explain-shard",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[10, 30],
+    retry_condition_fn=retry_condition,
+)
 def explain_shard_task(job: ShardJob) -> ShardSummary:
     """One shard on whichever worker runs it; returns its small summary."""
     from tasks.worker import explain_shard  # torch loads here, in the worker process

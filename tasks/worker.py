@@ -31,7 +31,6 @@ from storage import (
     ErrorRecord,
     ManifestItem,
     ObjectStore,
-    StorageError,
     StoreCache,
     decode_image,
     overlay_key,
@@ -42,7 +41,7 @@ from tasks.cache import get_explainer
 from tasks.config import AuditConfig
 from tasks.faithfulness_sample import check_item
 from tasks.records import RoiError, answer_row, check_roi_box, overlay_targets, roi_weights, token_rows
-from tasks.retry import with_backoff
+from tasks.retry import is_environmental, with_backoff
 from tasks.shards import ShardJob, ShardSummary, WorkerInfo
 
 OverlaySink = Callable[[str, Image.Image], None]  # (overlay name, image) → stored
@@ -63,16 +62,27 @@ class ItemOutcome:
         return self.answer["status"] == "ok"
 
 
+class ItemDeferred(RuntimeError):
+    """An item failed because of the environment (an outage, credentials), not its data. The shard is
+    not committed, so a rerun of the run id redoes it once the environment is fixed."""
+
+
 def load_image(
     item: ManifestItem, reader: StoreCache, max_pixels: int
 ) -> tuple[Image.Image, Image.Image | None]:
-    """The item's decoded image and ROI mask (if any); `StorageError`/`RoiError` name the problem."""
-    image = decode_image(reader.read_uri(item.image_uri), item.image_uri, max_pixels=max_pixels)
+    """The item's decoded image and ROI mask (if any); `StorageError`/`RoiError` name the problem.
+
+    Transient storage errors are retried with backoff before they are raised."""
+
+    def read(uri: str) -> bytes:
+        return with_backoff(lambda: reader.read_uri(uri), what=f"item {item.item_id}: read {uri}")
+
+    image = decode_image(read(item.image_uri), item.image_uri, max_pixels=max_pixels)
     size = image.info["original_size"]
     check_roi_box(item, size)
     mask = None
     if item.roi_mask_uri is not None:
-        mask = decode_image(reader.read_uri(item.roi_mask_uri), item.roi_mask_uri, max_pixels=max_pixels)
+        mask = decode_image(read(item.roi_mask_uri), item.roi_mask_uri, max_pixels=max_pixels)
         if mask.size != size:
             raise RoiError(
                 "InvalidRoiMask",
@@ -93,7 +103,10 @@ def explain_item(
     model_lock: AbstractContextManager | None = None,
     check_faithfulness: bool = False,
 ) -> ItemOutcome:
-    """Explain one manifest item; every failure becomes an error row (never raised).
+    """Explain one manifest item; every failure of the item becomes an error row with its stage.
+
+    Only a failure of the environment is raised (`ItemDeferred`: a storage outage or wrong credentials
+    while reading the item), so that its shard is not committed and a rerun redoes it.
 
     `model_lock` is held only around the model's work (generation, relevance, checks), so another
     thread's item can decode, build rows and write overlays meanwhile. With `check_faithfulness` the
@@ -108,7 +121,12 @@ def explain_item(
 
     try:
         image, mask = load_image(item, reader, config.max_pixels)
-    except (StorageError, RoiError) as exc:
+    except Exception as exc:  # a missing, unreadable, undecodable or too large image: this item's row
+        if is_environmental(exc):
+            raise ItemDeferred(
+                f"item {item.item_id}: {type(exc).__name__}: {exc}; the shard is not committed, so a "
+                "rerun of the run id redoes it once storage is reachable or the credentials are fixed"
+            ) from exc
         return failed("image", exc)
     size = image.info["original_size"]
     try:
@@ -158,7 +176,7 @@ def _write_overlays(
             )
             try:
                 sink(label, overlay)
-            except StorageError as exc:
+            except Exception as exc:  # an overlay that cannot be queued is this item's write error
                 outcome.errors.append(ErrorRecord.from_exception(exc, stage="write", item=item))
                 return
 
@@ -176,8 +194,8 @@ class OverlayWriter:
     A context manager: leaving the block stops the thread, after the queued overlays are stored, or
     at once (queued ones dropped) when the block raised. At most `max_pending` overlays wait at a
     time (each is a full-size image). `results` waits for all of them and returns how many were
-    stored and one error row per item whose overlay could not be stored (a storage error after
-    retries); any other exception is raised there.
+    stored and one write-stage error row per item whose overlays could not all be stored (after
+    the retries of transient storage errors), whatever the exception.
     """
 
     def __init__(self, store: ObjectStore, run_id: str, max_pending: int = 8) -> None:
@@ -211,8 +229,6 @@ class OverlayWriter:
             exc = future.exception()
             if exc is None:
                 stored += 1
-            elif not isinstance(exc, StorageError):
-                raise exc
             elif item.item_id not in failed_items:
                 failed_items.add(item.item_id)
                 errors.append(ErrorRecord.from_exception(exc, stage="write", item=item))

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from explainer.methods import METHODS
 from flows import cli
 from tasks import config
 from tests.pipeline.conftest import local_dataset
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_run_arguments_become_the_run_settings():
@@ -152,3 +159,20 @@ def test_aggregate_and_report_rebuild_from_the_parquet_outputs(tmp_path, capsys)
     )
     assert cli.main(["report", str(tmp_path), "r1"]) == cli.EXIT_OK
     assert (tmp_path / "report" / "run_id=r1" / "index.html").is_file()
+
+
+@pytest.mark.parametrize("root", ["file", "sys"])
+def test_an_unwritable_output_root_is_one_line_and_exit_2(root, tmp_path, model_dir, prefect_server):
+    """In a process of its own, as a user runs it: one line on stderr, no traceback, exit code 2."""
+    manifest = local_dataset(tmp_path / "data", 1)
+    out = str(tmp_path / "a-file") if root == "file" else "/sys/vlm-audit-out"
+    if root == "file":
+        (tmp_path / "a-file").write_text("not a folder")
+    command = [sys.executable, "-m", "flows.cli", "run", manifest, "--out", out, "--model", model_dir]
+    env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    env.pop("PREFECT_LOGGING_LEVEL", None)
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == cli.EXIT_USAGE, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    [error] = [line for line in done.stderr.splitlines() if line.startswith("vlm-audit:")]
+    assert "cannot write" in error and "choose an output root" in error

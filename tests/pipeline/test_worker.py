@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import threading
 
 import pytest
@@ -12,16 +13,17 @@ from storage import (
     CredentialsError,
     LocalStore,
     ManifestItem,
+    StorageConnectionError,
     StoreCache,
     manifest_fingerprint,
     read_manifest,
     read_table,
     to_arrow,
 )
-from tasks import cache
+from tasks import cache, retry
 from tasks.config import AuditConfig
 from tasks.shards import ShardJob
-from tasks.worker import OverlayWriter, explain_item, explain_shard
+from tasks.worker import ItemDeferred, OverlayWriter, explain_item, explain_shard
 from tests.pipeline.conftest import local_dataset, png_bytes
 
 
@@ -172,7 +174,7 @@ def test_overlay_writer_stores_pngs_in_the_background_and_reports_failures_per_i
     assert decoded.size == (24, 16) and decoded.format == "PNG"
 
 
-def test_overlay_writer_bounds_pending_overlays_and_raises_unexpected_errors(tmp_path):
+def test_overlay_writer_bounds_pending_overlays_and_reports_any_store_failure_as_a_write_row(tmp_path):
     release = threading.Event()
 
     class SlowStore(LocalStore):
@@ -192,8 +194,11 @@ def test_overlay_writer_bounds_pending_overlays_and_raises_unexpected_errors(tmp
         assert third.is_alive()  # blocked: two overlays are already waiting
         release.set()
         third.join(10)
-        with pytest.raises(RuntimeError, match="bug in the store"):
-            writer.results()
+        stored, errors = writer.results()
+    assert stored == 2
+    assert [(error.item_id, error.stage, error.error_type) for error in errors] == [
+        ("a", "write", "RuntimeError")
+    ]
 
 
 def test_overlay_writer_stops_its_thread_when_the_shard_raises(tmp_path):
@@ -223,3 +228,70 @@ def test_overlay_writer_stops_its_thread_when_the_shard_raises(tmp_path):
         raise RuntimeError("a part write failed")
     assert not writer_threads()  # the background thread is gone, not left running
     assert len(stored_keys) == 1  # the overlay in flight was finished; the queued ones were dropped
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "error_type"),
+    [
+        ("long-name", lambda path: None, "OSError"),  # a 300-character file name: ENAMETOOLONG
+        ("loop", lambda path: os.symlink(path, path), "OSError"),  # a symlink to itself: ELOOP
+    ],
+)
+def test_a_poison_item_is_one_error_row_and_its_shard_commits(
+    tmp_path, model_dir, name, make, error_type, monkeypatch
+):
+    manifest_path = local_dataset(tmp_path / "data", 2)
+    poison = ("n" * 300 if name == "long-name" else "loop") + ".png"
+    make(str(tmp_path / "data" / poison))
+    with open(manifest_path, "a") as handle:
+        handle.write(f"poison,{poison},Where is the nodule?,north,\n")
+    config = AuditConfig(
+        manifest=manifest_path, out=str(tmp_path / "out"), model=model_dir, max_new_tokens=2, overlays="none"
+    )
+    manifest = read_manifest(manifest_path)
+    summary = explain_shard(ShardJob("r1", 0, manifest_fingerprint(manifest), config))
+    assert (summary.items, summary.ok, summary.failed) == (3, 2, 1)  # the good items are committed
+    [error] = read_table(str(tmp_path / "out"), "errors", run_id="r1").to_pylist()
+    assert (error["item_id"], error["stage"]) == ("poison", "image") and error["error_type"].endswith("Error")
+
+
+def test_a_memory_error_while_reading_is_the_items_row(tmp_path, config, explainer):
+    class ExhaustedReader(StoreCache):
+        def read_uri(self, uri: str) -> bytes:
+            raise MemoryError("cannot allocate the object's bytes")
+
+    [error] = explain_item(
+        explainer, _item(tmp_path, "a.png", png_bytes(0)), config, ExhaustedReader()
+    ).errors
+    assert (error.stage, error.error_type) == ("image", "MemoryError")
+
+
+@pytest.mark.parametrize("failure", [StorageConnectionError("endpoint down"), CredentialsError("bad key")])
+def test_an_item_that_fails_for_the_environment_is_deferred_not_committed(
+    tmp_path, model_dir, failure, monkeypatch
+):
+    """An outage or a wrong key is not the item's answer: the shard does not commit, and a rerun after
+    the fix completes every item."""
+    manifest_path = local_dataset(tmp_path / "data", 2)
+    out = tmp_path / "out"
+    config = AuditConfig(
+        manifest=manifest_path, out=str(out), model=model_dir, max_new_tokens=2, overlays="none"
+    )
+    manifest = read_manifest(manifest_path)
+    cache.remember_manifest(manifest)  # as the flow does: the items' reads are what fail
+    job = ShardJob("r1", 0, manifest_fingerprint(manifest), config)
+    monkeypatch.setattr(retry.time, "sleep", lambda seconds: None)  # the backoff between retries
+    reads = []
+
+    def unavailable(self, uri: str) -> bytes:
+        reads.append(uri)
+        raise failure
+
+    monkeypatch.setattr(StoreCache, "read_uri", unavailable)
+    with pytest.raises(ItemDeferred, match="rerun of the run id redoes it"):
+        explain_shard(job)
+    assert not (out / "answers").exists()  # nothing committed for the shard
+    assert len(reads) == (4 if isinstance(failure, StorageConnectionError) else 1)  # transient: retried
+    monkeypatch.undo()
+    summary = explain_shard(job)  # storage is back / the key is fixed
+    assert (summary.ok, summary.failed) == (2, 0)

@@ -8,6 +8,7 @@ from storage import (
     InvalidURIError,
     LocalStore,
     ObjectNotFound,
+    OutputNotWritable,
     S3Store,
     StoreCache,
     open_store,
@@ -69,7 +70,7 @@ def test_local_write_is_atomic_when_rename_fails(tmp_path, monkeypatch):
         raise OSError("disk went away")
 
     monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk went away"):
+    with pytest.raises(OutputNotWritable, match=r"cannot write .*part\.parquet: disk went away"):
         store.write_bytes("part.parquet", b"new")
     monkeypatch.undo()
     assert store.read_bytes("part.parquet") == b"old complete content"

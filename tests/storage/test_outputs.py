@@ -12,6 +12,7 @@ from storage import (
     ErrorRecord,
     InvalidURIError,
     ObjectNotFound,
+    OutputNotWritable,
     SchemaError,
     StorageError,
     completed_shards,
@@ -119,7 +120,7 @@ def test_invalid_rows_write_nothing(out):
 def test_local_failed_commit_leaves_no_part(tmp_path, monkeypatch):
     store = open_store(str(tmp_path))
     monkeypatch.setattr(os, "replace", lambda src, dst: (_ for _ in ()).throw(OSError("crash")))
-    with pytest.raises(OSError, match="crash"):
+    with pytest.raises(OutputNotWritable, match="crash"):
         write_part(store, "answers", "r1", 0, [answer_row()])
     monkeypatch.undo()
     assert store.list() == [] and completed_shards(store, "r1") == set()
