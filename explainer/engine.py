@@ -151,6 +151,7 @@ class Explainer:
         method: str = "chefer",
         system_prompt: str | None = None,
         generation_kwargs: dict | None = None,
+        max_question_tokens: int | None = None,
     ) -> Explanation:
         """Answer `question` about `images` with the chat template, then explain the answer.
 
@@ -162,6 +163,8 @@ class Explainer:
                 (the whole answer only) or a list of words (those answer words, never prompt words,
                 plus the whole answer).
             method: a name in `explainer.methods.METHODS` (see `relevance`).
+            max_question_tokens: refuse longer questions before the model runs (None: no limit).
+                Questions holding the tokenizer's special tokens (chat control tokens) are refused.
         Raises:
             GenerationError: prompting or generation failed (the original error is its cause).
         """
@@ -180,6 +183,7 @@ class Explainer:
                 system_prompt=system_prompt,
                 max_new_tokens=max_new_tokens,
                 generation_kwargs=generation_kwargs,
+                max_question_tokens=max_question_tokens,
             )
         generated = time.perf_counter()
 

@@ -28,12 +28,37 @@ class Prompt:
         return self.inputs["input_ids"].shape[1]
 
 
+def check_question(tokenizer, question: str, max_tokens: int | None = None) -> None:
+    """Raise `ValueError` for a question the prompt must not carry: empty, holding one of the
+    tokenizer's special tokens (a question could inject a chat turn or an image), or longer than
+    `max_tokens` tokens (checked before the model sees it)."""
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError("the question is empty; pass the text the model should answer")
+    controls = sorted(token for token in tokenizer.all_special_tokens if token and token in question)
+    if controls:
+        raise ValueError(
+            f"the question contains the chat control token(s) {controls}; remove them: a question that "
+            "writes them could open a turn or an image block of its own"
+        )
+    if max_tokens is not None:
+        n_tokens = len(tokenizer(question, add_special_tokens=False)["input_ids"])
+        if n_tokens > max_tokens:
+            raise ValueError(
+                f"the question is {n_tokens} tokens long, over the limit of {max_tokens} "
+                "(max_question_tokens); shorten it or raise the limit"
+            )
+
+
 def build_prompt(
-    processor, images: Sequence[Image.Image], question: str, system_prompt: str | None = None
+    processor,
+    images: Sequence[Image.Image],
+    question: str,
+    system_prompt: str | None = None,
+    *,
+    max_question_tokens: int | None = None,
 ) -> Prompt:
     """One user turn with every image, then the question; the generation prompt opens the model's turn."""
-    if not question or not question.strip():
-        raise ValueError("the question is empty; pass the text the model should answer")
+    check_question(processor.tokenizer, question, max_question_tokens)
     content = [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]
     messages = [{"role": "user", "content": content}]
     if system_prompt:
@@ -87,10 +112,13 @@ def prompt_and_answer(
     system_prompt: str | None,
     max_new_tokens: int,
     generation_kwargs: dict | None = None,
+    max_question_tokens: int | None = None,
 ) -> tuple[Prompt, torch.Tensor]:
     """The chat prompt and the generated answer ids; any failure is raised as `GenerationError`."""
     try:
-        prompt = build_prompt(processor, images, question, system_prompt)
+        prompt = build_prompt(
+            processor, images, question, system_prompt, max_question_tokens=max_question_tokens
+        )
         answer = generate_answer(
             model, prompt, max_new_tokens=max_new_tokens, generation_kwargs=generation_kwargs
         )

@@ -49,6 +49,7 @@ IDENTITY_FIELDS = (
     "overlays",
     "shard_size",
     "max_new_tokens",
+    "max_question_tokens",
     "max_pixels",
     "system_prompt",
     "faithfulness_sample",
@@ -84,6 +85,9 @@ class AuditConfig(BaseModel):
     overlays: OverlaysPolicy = Field("answer", description="which explained targets get a PNG overlay")
     shard_size: int = Field(16, ge=1, le=100_000, description="items per shard (one task, one part file)")
     max_new_tokens: int = Field(32, ge=1, le=4096, description="answer length limit")
+    max_question_tokens: int = Field(
+        1024, ge=1, le=100_000, description="longer questions become error rows before the model runs"
+    )
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', 'mps', ...")
     dtype: DType | None = Field(None, description="model dtype (unset: the checkpoint's)")
     endpoint_url: str | None = Field(

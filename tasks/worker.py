@@ -138,6 +138,7 @@ def explain_item(
                 targets=config.explainer_targets(),
                 method=config.method,
                 system_prompt=config.system_prompt,
+                max_question_tokens=config.max_question_tokens,
             )
     except GenerationError as exc:  # the error row names the original error, not the wrapper
         return failed("generate", exc.__cause__ or exc, size)

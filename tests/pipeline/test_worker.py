@@ -295,3 +295,15 @@ def test_an_item_that_fails_for_the_environment_is_deferred_not_committed(
     monkeypatch.undo()
     summary = explain_shard(job)  # storage is back / the key is fixed
     assert (summary.ok, summary.failed) == (2, 0)
+
+
+def test_an_overlong_question_is_an_error_row_before_the_model_runs(tmp_path, config, explainer, monkeypatch):
+    monkeypatch.setattr(explainer.model, "generate", lambda *args, **kwargs: pytest.fail("the model ran"))
+    long = _item(
+        tmp_path, "a.png", png_bytes(0), question="Is there a nodule? " * 5_000
+    )  # ~100,000 characters
+    [error] = explain_item(explainer, long, config, StoreCache()).errors
+    assert (error.stage, error.error_type) == (
+        "generate",
+        "ValueError",
+    ) and "max_question_tokens" in error.message
