@@ -24,6 +24,7 @@ from flows.runners import task_resources, task_runner_for
 from storage import manifest_fingerprint
 from tasks import cache, ledger, steps
 from tasks.config import AuditConfig, DaskSettings, derive_run_id
+from tasks.lock import run_lock
 from tasks.shards import ShardFailure, ShardJob, ShardSummary, sampled_item_ids
 
 
@@ -98,8 +99,9 @@ def audit(
 ) -> dict[str, Any]:
     """Audit every item of a manifest; returns the run's summary (run id, counts, where outputs are).
 
-    Raises `ManifestError` (e.g. a missing required column) or a storage error (e.g. wrong
-    credentials) before anything is written; `ShardsFailed` after run.json when shards did not commit.
+    Raises `ManifestError` (e.g. a missing required column), a storage error (e.g. wrong
+    credentials, an unwritable output root) or `RunLocked` (another process computes this run id)
+    before anything is written; `ShardsFailed` after run.json when shards did not commit.
 
     Args:
         config: the run's settings (`tasks.config.AuditConfig`: manifest, output root, model, method,
@@ -116,63 +118,71 @@ def audit(
     fingerprint = manifest_fingerprint(parsed)
     run_id = run_id or derive_run_id(parsed, config)
     extra = {"dask": dask.describe() if dask else None, "flow_run_id": str(get_run_context().flow_run.id)}
-    plan = steps.plan_run(config, run_id, parsed, fingerprint, extra)
-    cache.remember_manifest(parsed, fingerprint)  # in-process shards reuse it instead of reading it again
-    logger.info(
-        "run %s: %d items, %d manifest errors, %d shards (%d done before, %d to do)",
-        run_id, len(parsed.items), len(parsed.errors), plan.n_shards, len(plan.done), len(plan.pending),
-    )  # fmt: skip
-    checked = sorted(
-        sampled_item_ids((item.item_id for item in parsed.items), config.faithfulness_sample, seed=run_id)
-    )
-    summaries = []
-    if plan.pending and dask is not None:  # a subflow, because only a flow can choose its task runner
-        summaries = explain_shards.with_options(task_runner=task_runner_for(dask))(
-            config, run_id, fingerprint, plan.pending, dask=dask, progress=progress, checked_items=checked
-        )
-    elif plan.pending:  # this flow's runner: shard threads sharing the model this process keeps
-        summaries = run_shards(
-            config, run_id, fingerprint, plan.pending, progress=progress, checked_items=checked
-        )
-    failed = [summary for summary in summaries if isinstance(summary, ShardFailure)]
-    done = [summary for summary in summaries if isinstance(summary, ShardSummary)]
-    counts = ledger.run_counts(parsed, plan, steps.count_outputs(config, run_id), done, n_failed=len(failed))
-    timings = _timings(done, time.perf_counter() - started)
-    revision = next((summary.model_revision for summary in done if summary.model_revision), None)
-    record = ledger.run_record(
+    # one process at a time per run id: a second run of the same manifest and settings is refused
+    with run_lock(
+        cache.output_store(config.out, config.endpoint_url, config.region),
         run_id,
-        config,
-        parsed,
-        fingerprint,
-        status="failed" if failed else "completed",
-        attempt=plan.attempt,
-        started_at=started_at,
-        counts=counts,
-        timings=timings,
-        model_revision=revision,
-        finished_at=ledger.now_iso(),
-        workers=ledger.worker_report(done),
-        errors_of_failed_shards=[failure.error for failure in failed][:20],
-        **extra,
-    )
-    run_json = steps.write_run_json(config, run_id, record)
-    if failed:
-        raise ShardsFailed(
-            f"{len(failed)} of {plan.n_shards} shards of run {run_id} did not commit (first: {failed[0].error}); "
-            "rerun with the same run id to redo only those"
+        flow_run_id=extra["flow_run_id"],
+    ):
+        plan = steps.plan_run(config, run_id, parsed, fingerprint, extra)
+        cache.remember_manifest(parsed, fingerprint)  # in-process shards reuse it instead of reading it again
+        logger.info(
+            "run %s: %d items, %d manifest errors, %d shards (%d done before, %d to do)",
+            run_id, len(parsed.items), len(parsed.errors), plan.n_shards, len(plan.done), len(plan.pending),
+        )  # fmt: skip
+        checked = sorted(
+            sampled_item_ids((item.item_id for item in parsed.items), config.faithfulness_sample, seed=run_id)
         )
-    outputs = {
-        "run_id": run_id,
-        "out": config.out,
-        "run_json": run_json,
-        "counts": counts,
-        "timings": timings,
-    }
-    if config.aggregate:
-        outputs["flags"] = steps.aggregate_run(config, run_id)
-        if config.report:
-            outputs["report"] = steps.build_report(config, run_id)
-    return outputs
+        summaries = []
+        if plan.pending and dask is not None:  # a subflow, because only a flow can choose its task runner
+            summaries = explain_shards.with_options(task_runner=task_runner_for(dask))(
+                config, run_id, fingerprint, plan.pending, dask=dask, progress=progress, checked_items=checked
+            )
+        elif plan.pending:  # this flow's runner: shard threads sharing the model this process keeps
+            summaries = run_shards(
+                config, run_id, fingerprint, plan.pending, progress=progress, checked_items=checked
+            )
+        failed = [summary for summary in summaries if isinstance(summary, ShardFailure)]
+        done = [summary for summary in summaries if isinstance(summary, ShardSummary)]
+        counts = ledger.run_counts(
+            parsed, plan, steps.count_outputs(config, run_id), done, n_failed=len(failed)
+        )
+        timings = _timings(done, time.perf_counter() - started)
+        revision = next((summary.model_revision for summary in done if summary.model_revision), None)
+        record = ledger.run_record(
+            run_id,
+            config,
+            parsed,
+            fingerprint,
+            status="failed" if failed else "completed",
+            attempt=plan.attempt,
+            started_at=started_at,
+            counts=counts,
+            timings=timings,
+            model_revision=revision,
+            finished_at=ledger.now_iso(),
+            workers=ledger.worker_report(done),
+            errors_of_failed_shards=[failure.error for failure in failed][:20],
+            **extra,
+        )
+        run_json = steps.write_run_json(config, run_id, record)
+        if failed:
+            raise ShardsFailed(
+                f"{len(failed)} of {plan.n_shards} shards of run {run_id} did not commit (first: {failed[0].error}); "
+                "rerun with the same run id to redo only those"
+            )
+        outputs = {
+            "run_id": run_id,
+            "out": config.out,
+            "run_json": run_json,
+            "counts": counts,
+            "timings": timings,
+        }
+        if config.aggregate:
+            outputs["flags"] = steps.aggregate_run(config, run_id)
+            if config.report:
+                outputs["report"] = steps.build_report(config, run_id)
+        return outputs
 
 
 def _timings(summaries: list[ShardSummary], total_seconds: float) -> dict[str, float]:

@@ -182,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tasks.cache import ModelLoadError
     from tasks.config import default_model
     from tasks.ledger import RunConflict
+    from tasks.lock import RunLocked
 
     try:
         if args.command == "demo":
@@ -189,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not hasattr(args, "model"):
             args.model = require_model_folder(default_model())
         return _run_flow(audit_config(args, args.manifest, args.out), args)[0]
-    except (PhantomModelMissing, StorageError, ModelLoadError, RunConflict, ValueError) as exc:
+    except (PhantomModelMissing, StorageError, ModelLoadError, RunConflict, RunLocked, ValueError) as exc:
         print(f"vlm-audit: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

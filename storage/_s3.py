@@ -150,6 +150,14 @@ def resolve_settings(endpoint_url: str | None = None, region: str | None = None)
     )
 
 
+def is_precondition_failure(exc: BaseException | None) -> bool:
+    """True for a conditional request refused because its condition failed (HTTP 412)."""
+    return isinstance(exc, bex.ClientError) and (
+        exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412
+        or exc.response.get("Error", {}).get("Code") == "PreconditionFailed"
+    )
+
+
 def translate(exc: Exception, action: str, uri: str, endpoint: str) -> StorageError:
     """Map a botocore exception to a storage error whose message names the setting to check."""
     where = f"{action} {uri} (endpoint {endpoint})"

@@ -47,6 +47,13 @@ class ObjectStore(ABC):
         """Store ``data`` atomically under ``key`` (replacing any object) and return its URI."""
 
     @abstractmethod
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Store ``data`` under ``key`` only if no object is there; False (nothing written) if one is.
+
+        Atomic against a concurrent writer of the same key: exactly one of them creates it.
+        """
+
+    @abstractmethod
     def exists(self, key: str) -> bool:
         """True when an object exists at ``key``."""
 
@@ -115,6 +122,19 @@ class LocalStore(ObjectStore):
                 raise OutputNotWritable(f"cannot write {path}: {exc.strerror or exc}") from exc
             raise
         return path
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise OutputNotWritable(f"cannot write {path}: {exc.strerror or exc}") from exc
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        return True
 
     def exists(self, key: str) -> bool:
         return os.path.isfile(self._path(key))
@@ -185,6 +205,19 @@ class S3Store(ObjectStore):
         with self._errors("write", key):
             self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=bytes(data))
         return self.uri(key)
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        # S3 conditional write: If-None-Match "*" makes the PUT fail with 412 when the key exists
+        try:
+            with self._errors("write", key):
+                self._client.put_object(
+                    Bucket=self.bucket, Key=self._key(key), Body=bytes(data), IfNoneMatch="*"
+                )
+        except StorageError as exc:
+            if _s3.is_precondition_failure(exc.__cause__):
+                return False
+            raise
+        return True
 
     def exists(self, key: str) -> bool:
         try:

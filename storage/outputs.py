@@ -75,6 +75,11 @@ def run_json_key(run_id: str) -> str:
     return join_key("runs", f"run_id={_safe_id('run_id', run_id)}", "run.json")
 
 
+def run_lock_key(run_id: str) -> str:
+    """``runs/run_id=<id>/lock.json``: present while a process computes the run."""
+    return join_key("runs", f"run_id={_safe_id('run_id', run_id)}", "lock.json")
+
+
 def overlay_key(run_id: str, item_id: str, target: str) -> str:
     """``overlays/run_id=<id>/<item_id>/<target>.png``; ``target`` is made a safe file name.
 
