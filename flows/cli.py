@@ -9,9 +9,10 @@ With no PREFECT_API_URL, Prefect starts a temporary local server for the run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from flows.options import add_field_options, given_fields
@@ -93,8 +94,6 @@ def format_summary(result: dict[str, Any]) -> str:
 
 def _prepare_environment(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # the temporary server needs more than Prefect's default 20 s on a small or busy machine
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     if not verbose:
         # the progress bar, the summary and the one-line errors below say enough; --verbose shows Prefect's logs
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
@@ -103,19 +102,33 @@ def _prepare_environment(verbose: bool) -> None:
     keep_freed_memory()
 
 
-def _run_flow(config: AuditConfig, args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
+@contextlib.contextmanager
+def _prefect_api() -> Iterator[None]:
+    """The Prefect API the flows report to: PREFECT_API_URL, else a temporary server of this process
+    (`flows.server`: it dies with the CLI, even when the CLI is killed)."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.server import temporary_server
+
+    print(
+        "starting a temporary local Prefect server (set PREFECT_API_URL to use a running one)",
+        file=sys.stderr,
+    )
+    with temporary_server() as api_url, temporary_settings({PREFECT_API_URL: api_url}):
+        yield
+
+
+def _run_flow(
+    config: AuditConfig, run_id: str | None, dask: DaskSettings | None
+) -> tuple[int, dict[str, Any] | None]:
     """Run the audit flow; the exit code and, when it completed, its summary."""
     from flows.audit import ShardsFailed, audit
 
-    dask = dask_settings(args)  # validated before a server starts
-    if not os.environ.get("PREFECT_API_URL"):
-        print(
-            "starting a temporary local Prefect server (set PREFECT_API_URL to use a running one)",
-            file=sys.stderr,
-        )
-
     try:
-        result = audit(config, run_id=args.run_id, dask=dask, progress=True)
+        result = audit(config, run_id=run_id, dask=dask, progress=True)
     except ShardsFailed as exc:
         print(f"vlm-audit: {exc}", file=sys.stderr)
         return EXIT_FAILED_SHARDS, None
@@ -159,14 +172,16 @@ def _demo(args: argparse.Namespace) -> int:
     if not hasattr(args, "group_by"):
         args.group_by = DEMO_GROUPINGS
     results = {}
-    for name, model in models.items():
-        print(f"\n== auditing with the {name} phantom model ({model})")
-        args.model = model
-        config = audit_config(args, str(manifest), os.path.join(args.out, "audit"))
-        code, result = _run_flow(config, args)
-        if code != EXIT_OK:
-            return code
-        results[name] = result
+    dask = dask_settings(args)
+    with _prefect_api():
+        for name, model in models.items():
+            print(f"\n== auditing with the {name} phantom model ({model})")
+            args.model = model
+            config = audit_config(args, str(manifest), os.path.join(args.out, "audit"))
+            code, result = _run_flow(config, args.run_id, dask)
+            if code != EXIT_OK:
+                return code
+            results[name] = result
     if config.aggregate:
         print(format_comparison(results))
     return EXIT_OK
@@ -177,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("aggregate", "report"):
         return _audit_hook(args.command, args)
     _prepare_environment(args.verbose)
+    from flows.server import ServerStartError
     from phantom import PhantomModelMissing, require_model_folder
     from storage import StorageError
     from tasks.cache import ModelLoadError
@@ -189,8 +205,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args)
         if not hasattr(args, "model"):
             args.model = require_model_folder(default_model())
-        return _run_flow(audit_config(args, args.manifest, args.out), args)[0]
-    except (PhantomModelMissing, StorageError, ModelLoadError, RunConflict, RunLocked, ValueError) as exc:
+        config, dask = audit_config(args, args.manifest, args.out), dask_settings(args)  # checked first
+        with _prefect_api():
+            return _run_flow(config, args.run_id, dask)[0]
+    except (
+        PhantomModelMissing, StorageError, ModelLoadError, RunConflict, RunLocked, ServerStartError, ValueError
+    ) as exc:  # fmt: skip
         print(f"vlm-audit: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

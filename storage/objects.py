@@ -33,6 +33,12 @@ def _current_umask() -> int:
 _FILE_MODE = 0o666 & ~_current_umask()  # mkstemp creates 0600; finished files get the usual mode
 
 
+def _not_writable(path: str, exc: OSError) -> OutputNotWritable:
+    return OutputNotWritable(
+        f"cannot write {path}: {exc.strerror or exc}; choose an output root you can write to"
+    )
+
+
 class ObjectStore(ABC):
     """A flat namespace of byte objects under a root URI."""
 
@@ -105,9 +111,7 @@ class LocalStore(ObjectStore):
             # same folder as the target, so os.replace is a rename within one file system (atomic on POSIX)
             fd, temp_path = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
         except OSError as exc:
-            raise OutputNotWritable(
-                f"cannot write {path}: {exc.strerror or exc}; choose an output root you can write to"
-            ) from exc
+            raise _not_writable(path, exc) from exc
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -119,7 +123,7 @@ class LocalStore(ObjectStore):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(temp_path)
             if isinstance(exc, OSError):
-                raise OutputNotWritable(f"cannot write {path}: {exc.strerror or exc}") from exc
+                raise _not_writable(path, exc) from exc
             raise
         return path
 
@@ -131,7 +135,7 @@ class LocalStore(ObjectStore):
         except FileExistsError:
             return False
         except OSError as exc:
-            raise OutputNotWritable(f"cannot write {path}: {exc.strerror or exc}") from exc
+            raise _not_writable(path, exc) from exc
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         return True
