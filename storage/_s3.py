@@ -26,6 +26,9 @@ from storage.errors import CredentialsError, ObjectNotFound, StorageConnectionEr
 DEFAULT_REGION = "us-east-1"
 # standard mode retries throttling and transient 5xx/connection errors with backoff; 4xx are not retried
 _RETRIES = {"mode": "standard", "max_attempts": 5}
+# every request is bounded: connecting, and each wait for bytes (a stalled response), retries included
+CONNECT_TIMEOUT_SECONDS = 10
+READ_TIMEOUT_SECONDS = 60
 
 CREDENTIAL_HINT = (
     "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), "
@@ -83,12 +86,12 @@ def make_client(
     *,
     session: boto3.session.Session | None = None,
 ) -> Any:
-    """A boto3 S3 client with standard-mode retries; path-style addressing for custom endpoints."""
+    """A boto3 S3 client with timeouts and standard-mode retries; path-style addressing for custom endpoints."""
     custom_endpoint = endpoint_url or _env_endpoint()
     config = Config(
         retries=_RETRIES,
-        connect_timeout=10,
-        read_timeout=60,
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        read_timeout=READ_TIMEOUT_SECONDS,
         # MinIO, Ceph and moto are addressed by path; virtual-host names like bucket.localhost rarely resolve
         s3={"addressing_style": "path"} if custom_endpoint else None,
     )

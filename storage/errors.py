@@ -70,3 +70,15 @@ class MultiFrameImage(ImageDecodeError):
 
 class MissingPixelData(ImageDecodeError):
     """A DICOM file has no pixel data element."""
+
+
+class InputNotAllowed(StorageError):
+    """A manifest names an image or mask outside its own store that ``allowed_inputs`` does not cover."""
+
+
+class NotARegularFile(StorageError):
+    """A local object is a FIFO, device, directory or socket: only regular files are read."""
+
+
+class ObjectTooLarge(StorageError):
+    """An object is larger than the read allows (checked before its bytes are read)."""

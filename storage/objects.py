@@ -4,6 +4,11 @@ Keys are relative and '/'-separated. ``write_bytes`` is atomic on both: locally 
 the same folder is renamed over the target (``os.replace``); on S3 one ``put_object`` either stores the
 whole object or nothing. Readers therefore never see a half-written object. ``delete`` of a missing
 key is a no-op on both, as on S3.
+
+Reads end: a local read refuses anything but a regular file (a FIFO would wait for a writer forever,
+``/dev/zero`` never ends), and ``read_bytes(key, max_bytes=...)`` refuses a larger object from its
+size (``stat``, or the GET response's ``Content-Length``) before reading its bytes. S3 requests have
+connect and read timeouts (``storage._s3``).
 """
 
 from __future__ import annotations
@@ -11,13 +16,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import tempfile
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from typing import Any
 
 from storage import _s3
-from storage.errors import ObjectNotFound, OutputNotWritable, StorageError
+from storage.errors import NotARegularFile, ObjectNotFound, ObjectTooLarge, OutputNotWritable, StorageError
 from storage.uri import ParsedURI, join_key, parse_uri, validate_key
 
 # temp files are hidden (leading '.') so pyarrow datasets and '*.parquet' globs skip them
@@ -45,8 +51,11 @@ class ObjectStore(ABC):
     root: str
 
     @abstractmethod
-    def read_bytes(self, key: str) -> bytes:
-        """Return the object's bytes; ``ObjectNotFound`` if it does not exist."""
+    def read_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
+        """Return the object's bytes; ``ObjectNotFound`` if it does not exist.
+
+        With ``max_bytes`` an object larger than that raises ``ObjectTooLarge`` before its bytes are read.
+        """
 
     @abstractmethod
     def write_bytes(self, key: str, data: bytes) -> str:
@@ -83,6 +92,28 @@ class ObjectStore(ABC):
         return f"{type(self).__name__}({self.root!r})"
 
 
+_FILE_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def _check_regular(path: str, status: os.stat_result, max_bytes: int | None) -> None:
+    """Refuse what is not a regular file (reading it could block or never end) or is over ``max_bytes``."""
+    if not stat.S_ISREG(status.st_mode):
+        kind = _FILE_KINDS.get(stat.S_IFMT(status.st_mode), "not a regular file")
+        raise NotARegularFile(f"{path} is {kind}; only regular files are read")
+    _check_size(path, status.st_size, max_bytes)
+
+
+def _check_size(uri: str, size: int, max_bytes: int | None) -> None:
+    if max_bytes is not None and size > max_bytes:
+        raise ObjectTooLarge(f"{uri} is {size:,} bytes, more than the {max_bytes:,} allowed")
+
+
 class LocalStore(ObjectStore):
     """Objects as files under a local folder (created on first write)."""
 
@@ -95,13 +126,28 @@ class LocalStore(ObjectStore):
     def _path(self, key: str) -> str:
         return os.path.join(self.root, *validate_key(key).split("/"))
 
-    def read_bytes(self, key: str) -> bytes:
+    def read_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
         path = self._path(key)
         try:
-            with open(path, "rb") as handle:
-                return handle.read()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            _check_regular(path, os.stat(path), max_bytes)  # a FIFO or device is refused before opening
+            # O_NONBLOCK: had the path become a FIFO since the stat, opening it returns at once instead of
+            # waiting for a writer (regular files ignore the flag); fstat then checks what was opened
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError) as exc:
             raise ObjectNotFound(f"no such object: {path}") from exc
+        with os.fdopen(fd, "rb") as handle:
+            status = os.fstat(fd)
+            _check_regular(path, status, max_bytes)
+            if max_bytes is None:
+                return handle.read()
+            # sized by the fstat (read(n) allocates n bytes); a file that grew since is read on, at
+            # most to one byte past the limit
+            data = handle.read(status.st_size + 1)
+            if len(data) > status.st_size:
+                data += handle.read(max_bytes + 1 - len(data))
+        if len(data) > max_bytes:
+            raise ObjectTooLarge(f"{path} grew past {max_bytes:,} bytes while being read")
+        return data
 
     def write_bytes(self, key: str, data: bytes) -> str:
         path = self._path(key)
@@ -200,9 +246,13 @@ class S3Store(ObjectStore):
         # plain concatenation: the key may be a list prefix, which is not a valid object key
         return _s3.translate_errors(action, f"{self.root}/{key}" if key else self.root, self.endpoint_url)
 
-    def read_bytes(self, key: str) -> bytes:
+    def read_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
         with self._errors("read", key):
-            return self._client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            response = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
+            with contextlib.closing(response["Body"]) as body:
+                # the headers give the size: an oversized body is closed unread
+                _check_size(self.uri(key), int(response["ContentLength"]), max_bytes)
+                return body.read()
 
     def write_bytes(self, key: str, data: bytes) -> str:
         # one PutObject request: S3 stores the whole body or nothing (never a multipart remnant)
@@ -291,10 +341,10 @@ class StoreCache:
         folder, name = os.path.split(parsed.path)
         return LocalStore(folder), name
 
-    def read_uri(self, uri: str) -> bytes:
-        """Return the bytes of the object at ``uri``."""
+    def read_uri(self, uri: str, *, max_bytes: int | None = None) -> bytes:
+        """Return the bytes of the object at ``uri`` (``ObjectTooLarge`` over ``max_bytes``, unread)."""
         store, key = self.locate(uri)
-        return store.read_bytes(key)
+        return store.read_bytes(key, max_bytes=max_bytes)
 
 
 def read_uri(uri: str, *, endpoint_url: str | None = None, region: str | None = None) -> bytes:
