@@ -9,6 +9,7 @@ from storage.errors import (
     DuckDBExtensionError,
     ImageDecodeError,
     ImageTooLarge,
+    InputNotAllowed,
     InvalidURIError,
     ManifestError,
     MissingPixelData,
@@ -23,6 +24,7 @@ from storage.errors import (
     UnsupportedImageFormat,
 )
 from storage.images import DEFAULT_MAX_PIXELS, decode_image, image_format
+from storage.inputs import DEFAULT_MAX_IMAGE_BYTES, InputScope, input_prefix
 from storage.manifests import (
     Manifest,
     ManifestItem,
@@ -66,6 +68,7 @@ from storage.uri import is_s3_uri, join_key, join_uri, normalize_uri, parent_uri
 __all__ = [
     "ANSWERS_SCHEMA",
     "COHORT_METRICS",
+    "DEFAULT_MAX_IMAGE_BYTES",
     "DEFAULT_MAX_PIXELS",
     "ERRORS_SCHEMA",
     "FAITHFULNESS_SCHEMA",
@@ -81,6 +84,8 @@ __all__ = [
     "ErrorRecord",
     "ImageDecodeError",
     "ImageTooLarge",
+    "InputNotAllowed",
+    "InputScope",
     "InvalidURIError",
     "LocalStore",
     "Manifest",
@@ -105,6 +110,7 @@ __all__ = [
     "decode_image",
     "duckdb_connect",
     "image_format",
+    "input_prefix",
     "is_s3_uri",
     "join_key",
     "join_uri",
