@@ -15,7 +15,14 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from auditing import DEFAULT_FINDINGS
 from explainer.methods import METHODS  # the registry's names only: no torch is loaded
-from storage import DEFAULT_MAX_PIXELS, Manifest, manifest_fingerprint
+from storage import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_PIXELS,
+    InputScope,
+    Manifest,
+    input_prefix,
+    manifest_fingerprint,
+)
 from storage.uri import parse_uri
 
 TargetsPolicy = Literal["answer", "findings", "all"]
@@ -36,6 +43,9 @@ def _words(value: Any) -> list[str]:
 Groupings = Annotated[tuple[str, ...], BeforeValidator(_words)]
 Findings = Annotated[
     tuple[str, ...], BeforeValidator(lambda value: list(dict.fromkeys(w.lower() for w in _words(value))))
+]
+InputPrefixes = Annotated[
+    tuple[str, ...], BeforeValidator(lambda value: list(dict.fromkeys(map(input_prefix, _words(value)))))
 ]
 
 # fields that change what a run computes; a rerun of a run id must agree on all of them
@@ -97,6 +107,17 @@ class AuditConfig(BaseModel):
     max_pixels: int = Field(
         DEFAULT_MAX_PIXELS, ge=1, description="images announcing more pixels are rejected"
     )
+    max_image_bytes: int = Field(
+        DEFAULT_MAX_IMAGE_BYTES,
+        ge=1,
+        description="larger image or mask files are rejected before they are read (bytes)",
+    )
+    allowed_inputs: InputPrefixes = Field(
+        (),
+        description="URI prefixes (s3://bucket/prefix, /folder, file:///folder) where manifest images and "
+        "masks may also be read, comma-separated; unset: only the manifest's own bucket, or its folder "
+        "and below",
+    )
     system_prompt: str | None = Field(None, description="optional system turn before every question")
     faithfulness_sample: int = Field(
         0, ge=0, description="items checked against occlusion, removal curves and randomisation (0: off)"
@@ -130,10 +151,20 @@ class AuditConfig(BaseModel):
         return self
 
     def identity(self) -> dict[str, Any]:
-        """The settings that decide a run's results (not where it runs or reads from)."""
+        """The settings that decide a run's results (not where it runs, nor where the manifest lives)."""
         identity = self.model_dump(include=set(IDENTITY_FIELDS), mode="json")
         identity["findings"] = sorted(self.findings)
+        # what a run may read decides which items fail, so these are identity too; at their defaults
+        # they are left out, so run ids derived before they existed stay the same (and still resume)
+        if self.allowed_inputs:
+            identity["allowed_inputs"] = sorted(self.allowed_inputs)
+        if self.max_image_bytes != DEFAULT_MAX_IMAGE_BYTES:
+            identity["max_image_bytes"] = self.max_image_bytes
         return identity
+
+    def input_scope(self) -> InputScope:
+        """Where this run reads the manifest's images and masks from, and how large they may be."""
+        return InputScope(self.manifest, self.allowed_inputs, self.max_image_bytes)
 
     def explainer_targets(self) -> str | list[str]:
         """The `targets` argument of `Explainer.explain` for this policy."""

@@ -62,8 +62,9 @@ def check_compatible(previous: dict[str, Any], config: AuditConfig, fingerprint:
     """Raise `RunConflict` naming each setting that differs from the run's first attempt."""
     before = {**previous.get("identity", {}), "manifest_fingerprint": previous.get("manifest_fingerprint")}
     now = {**config.identity(), "manifest_fingerprint": fingerprint}
+    keys = [*now, *(key for key in before if key not in now)]  # a setting dropped back to its default too
     differences = [
-        f"{key}={now.get(key)!r} (was {before.get(key)!r})" for key in now if before.get(key) != now.get(key)
+        f"{key}={now.get(key)!r} (was {before.get(key)!r})" for key in keys if before.get(key) != now.get(key)
     ]
     if differences:
         raise RunConflict(

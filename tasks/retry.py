@@ -2,7 +2,8 @@
 
 Prefect retries whole tasks (`retry_condition_fn=is_transient`); a shard's part writes retry here,
 so a flaky PUT does not redo the shard's GPU work. Deterministic failures (wrong credentials, a
-missing object, a bad key, a schema violation) are never retried: the same call fails the same way.
+missing, refused or oversized object, a bad key, a schema violation) are never retried: the same
+call fails the same way.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from typing import Any, TypeVar
 from storage import (
     CredentialsError,
     ImageDecodeError,
+    InputNotAllowed,
     InvalidURIError,
     ManifestError,
+    NotARegularFile,
     ObjectNotFound,
+    ObjectTooLarge,
     OutputNotWritable,
     SchemaError,
     StorageError,
@@ -28,9 +32,12 @@ T = TypeVar("T")
 DETERMINISTIC = (
     CredentialsError,
     ImageDecodeError,
+    InputNotAllowed,
     InvalidURIError,
     ManifestError,
+    NotARegularFile,
     ObjectNotFound,
+    ObjectTooLarge,
     OutputNotWritable,
     SchemaError,
 )

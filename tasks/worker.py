@@ -68,14 +68,18 @@ class ItemDeferred(RuntimeError):
 
 
 def load_image(
-    item: ManifestItem, reader: StoreCache, max_pixels: int
+    item: ManifestItem, reader: StoreCache, config: AuditConfig
 ) -> tuple[Image.Image, Image.Image | None]:
     """The item's decoded image and ROI mask (if any); `StorageError`/`RoiError` name the problem.
 
-    Transient storage errors are retried with backoff before they are raised."""
+    Both are read only from the manifest's own store or `allowed_inputs`, and only if they are regular
+    files within `max_image_bytes` (`storage.InputScope`); transient storage errors are retried with
+    backoff before they are raised.
+    """
+    scope, max_pixels = config.input_scope(), config.max_pixels
 
     def read(uri: str) -> bytes:
-        return with_backoff(lambda: reader.read_uri(uri), what=f"item {item.item_id}: read {uri}")
+        return with_backoff(lambda: scope.read(uri, reader), what=f"item {item.item_id}: read {uri}")
 
     image = decode_image(read(item.image_uri), item.image_uri, max_pixels=max_pixels)
     size = image.info["original_size"]
@@ -120,7 +124,7 @@ def explain_item(
         return ItemOutcome(answer_row(item, image_size=size, **identity), errors=[record])
 
     try:
-        image, mask = load_image(item, reader, config.max_pixels)
+        image, mask = load_image(item, reader, config)
     except Exception as exc:  # a missing, unreadable, undecodable or too large image: this item's row
         if is_environmental(exc):
             raise ItemDeferred(

@@ -84,3 +84,37 @@ def test_wrong_s3_credentials_fail_clearly_and_write_nothing(
     assert wrong_secret not in "".join(traceback.format_exception(info.value))
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_auth.secret_access_key)
     assert open_store(s3_bucket).list() == []  # not even run.json or the manifest errors part
+
+
+@pytest.mark.timeout(300)  # before confinement the FIFO row hung the run for good
+def test_a_local_manifest_cannot_reach_outside_its_folder_or_hang_the_run(tmp_path, model_dir):
+    data = tmp_path / "data"
+    data.mkdir()
+    (tmp_path / "outside.png").write_bytes(png_bytes(7))
+    (data / "good.png").write_bytes(png_bytes(0))
+    (data / "leak.png").symlink_to(tmp_path / "outside.png")
+    os.mkfifo(data / "pipe.png")
+    rows = [
+        {"item_id": "good", "image": "good.png", "question": QUESTION},
+        {"item_id": "climbs", "image": "../outside.png", "question": QUESTION},
+        {"item_id": "absolute", "image": str(tmp_path / "outside.png"), "question": QUESTION},
+        {"item_id": "symlink", "image": "leak.png", "question": QUESTION},
+        {"item_id": "fifo", "image": "pipe.png", "question": QUESTION},
+    ]
+    (data / "manifest.csv").write_bytes(manifest_bytes(rows))
+    out = str(tmp_path / "out")
+
+    result = audit(fast_config(data / "manifest.csv", out, model=model_dir))
+
+    assert (result["counts"]["ok"], result["counts"]["failed"]) == (1, 4)
+    errors = {row["item_id"]: row for row in read_table(out, "errors").to_pylist()}
+    assert {item: (row["stage"], row["error_type"]) for item, row in errors.items()} == {
+        "climbs": ("image", "InputNotAllowed"),
+        "absolute": ("image", "InputNotAllowed"),
+        "symlink": ("image", "InputNotAllowed"),
+        "fifo": ("image", "NotARegularFile"),
+    }
+    assert errors["climbs"]["image_uri"] == str(tmp_path / "outside.png")
+    assert f"outside the manifest's store {data}" in errors["climbs"]["message"]
+    overlays = os.listdir(os.path.join(out, "overlays", f"run_id={result['run_id']}"))
+    assert overlays == ["good"]  # nothing read from outside was rendered or stored

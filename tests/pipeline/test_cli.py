@@ -47,6 +47,11 @@ def test_run_arguments_become_the_run_settings():
         dtype="bfloat16",
     )  # every option not given keeps the setting's own default
     assert cli.dask_settings(args) == config.DaskSettings(n_workers=2, resources={"GPU": 1.0})
+    args = cli.build_parser().parse_args(
+        ["run", "s3://b/m.csv", "--out", "o", "--allowed-inputs", "s3://c/x,/data", "--max-image-bytes", "9"]
+    )
+    settings = cli.audit_config(args, args.manifest, args.out)
+    assert (settings.allowed_inputs, settings.max_image_bytes) == (("s3://c/x", "/data"), 9)
     assert cli.dask_settings(cli.build_parser().parse_args(["run", "m.csv", "--out", "o"])) is None
 
 

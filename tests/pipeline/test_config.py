@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from storage import parse_manifest
-from tasks.config import DEFAULT_FINDINGS, AuditConfig, derive_run_id
+from storage import DEFAULT_MAX_IMAGE_BYTES, parse_manifest
+from tasks.config import DEFAULT_FINDINGS, IDENTITY_FIELDS, AuditConfig, derive_run_id
 
 MANIFEST = b"item_id,image,question\na1,a.png,Where?\na2,b.png,Where?\n"
 
@@ -43,3 +43,28 @@ def test_run_id_depends_on_content_and_identity_not_on_placement():
     assert derive_run_id(manifest, _config(findings=["effusion"])) != run_id
     changed = parse_manifest(MANIFEST.replace(b"b.png", b"c.png"), "/data/batch-07.csv")
     assert derive_run_id(changed, _config()) != run_id
+
+
+def test_allowed_inputs_are_checked_canonical_prefixes():
+    config = _config(allowed_inputs=" s3://other/cxr/ , file:///data/scans,/data/scans/")
+    assert config.allowed_inputs == ("s3://other/cxr", "/data/scans")
+    assert _config().allowed_inputs == () and _config().max_image_bytes == DEFAULT_MAX_IMAGE_BYTES
+    with pytest.raises(ValidationError, match="'data/scans' must be absolute"):
+        _config(allowed_inputs="data/scans")
+    with pytest.raises(ValidationError, match="unsupported URI scheme 'gs'"):
+        _config(allowed_inputs="gs://bucket/x")
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        _config(max_image_bytes=0)
+    scope = _config(allowed_inputs="s3://other", max_image_bytes=1024).input_scope()
+    assert (scope.home, scope.allowed_inputs, scope.max_image_bytes) == ("/data", ("s3://other",), 1024)
+
+
+def test_what_a_run_may_read_is_part_of_its_identity_but_defaults_keep_earlier_run_ids():
+    manifest = parse_manifest(MANIFEST, "/data/batch-07.csv")
+    run_id = derive_run_id(manifest, _config())
+    assert set(_config().identity()) == set(IDENTITY_FIELDS)  # as before these settings existed
+    assert derive_run_id(manifest, _config(allowed_inputs="s3://other")) != run_id
+    assert derive_run_id(manifest, _config(max_image_bytes=1024)) != run_id
+    assert derive_run_id(manifest, _config(allowed_inputs="s3://a,s3://b")) == derive_run_id(
+        manifest, _config(allowed_inputs="s3://b,s3://a")
+    )

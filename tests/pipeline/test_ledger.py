@@ -7,8 +7,11 @@ from prefect.states import Failed
 
 from storage import (
     CredentialsError,
+    InputNotAllowed,
     LocalStore,
+    NotARegularFile,
     ObjectNotFound,
+    ObjectTooLarge,
     StorageConnectionError,
     StorageError,
     parse_manifest,
@@ -55,6 +58,21 @@ def test_plan_writes_manifest_errors_and_a_running_record_and_refuses_other_sett
     previous = run_record("r", _config(), MANIFEST, "f" * 64, status="running", attempt=1, started_at="t")
     with pytest.raises(RunConflict, match="manifest_fingerprint"):
         check_compatible(previous, _config(), "0" * 64, "r")
+
+
+def test_a_rerun_may_not_change_what_the_run_may_read():
+    allowed = _config(allowed_inputs="s3://other")
+    previous = run_record("r", allowed, MANIFEST, "f" * 64, status="running", attempt=1, started_at="t")
+    check_compatible(previous, allowed, "f" * 64, "r")
+    with pytest.raises(RunConflict, match=r"allowed_inputs=None \(was \['s3://other'\]\)"):
+        check_compatible(previous, _config(), "f" * 64, "r")  # dropped back to the default
+    with pytest.raises(RunConflict, match=r"allowed_inputs=\['s3://else'\]"):
+        check_compatible(previous, _config(allowed_inputs="s3://else"), "f" * 64, "r")
+
+
+def test_refused_and_oversized_inputs_are_not_retried():
+    for error in (InputNotAllowed("x"), NotARegularFile("x"), ObjectTooLarge("x")):
+        assert not is_transient(error)
 
 
 def test_worker_report_counts_loads_and_concurrency():

@@ -65,3 +65,59 @@ def test_audit_reads_and_writes_s3_over_http(s3_bucket, s3_env, model_dir):
     assert record["config"]["endpoint_url"] == s3_env.endpoint_url and record["status"] == "completed"
     text = json.dumps(record)
     assert s3_env.secret_access_key not in text and s3_env.access_key_id not in text
+
+
+def test_an_s3_manifest_reads_only_its_bucket_and_allowed_prefixes(s3_bucket, s3_env, model_dir, tmp_path):
+    """Local files and other buckets are refused (same words whether a file exists), unless allowed."""
+    bucket = s3_bucket.removeprefix("s3://")
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=f"{bucket}-other")
+    s3.put_object(Bucket=f"{bucket}-other", Key="x.png", Body=png_bytes(3))
+    s3.put_object(Bucket=bucket, Key="lake/images/own.png", Body=png_bytes(0))
+    s3.put_object(Bucket=bucket, Key="lake/images/big.png", Body=png_bytes(4, (400, 400)))
+    (tmp_path / "allowed").mkdir()
+    (tmp_path / "allowed" / "b.png").write_bytes(png_bytes(1))
+    (tmp_path / "secret.png").write_bytes(png_bytes(2))
+    images = {
+        "own": "images/own.png",
+        "allowed": str(tmp_path / "allowed" / "b.png"),
+        "local": str(tmp_path / "secret.png"),
+        "local-missing": str(tmp_path / "missing.png"),
+        "file-uri": f"file://{tmp_path}/secret.png",
+        "other-bucket": f"s3://{bucket}-other/x.png",
+        "big": "images/big.png",
+    }
+    rows = [
+        {"item_id": item, "image": image, "question": "Is there a nodule?"} for item, image in images.items()
+    ]
+    s3.put_object(Bucket=bucket, Key="lake/batch.csv", Body=manifest_bytes(rows))
+    out = f"{s3_bucket}/audit-out"
+
+    result = audit(
+        fast_config(
+            f"{s3_bucket}/lake/batch.csv",
+            out,
+            model=model_dir,
+            endpoint_url=s3_env.endpoint_url,
+            allowed_inputs=str(tmp_path / "allowed"),
+            max_image_bytes=100_000,
+        )
+    )
+
+    run_id = result["run_id"]
+    assert (result["counts"]["ok"], result["counts"]["failed"]) == (2, 5)
+    errors = {row["item_id"]: row for row in read_table(out, "errors", run_id).to_pylist()}
+    assert {item: (row["stage"], row["error_type"]) for item, row in errors.items()} == {
+        "local": ("image", "InputNotAllowed"),
+        "local-missing": ("image", "InputNotAllowed"),
+        "file-uri": ("image", "InputNotAllowed"),
+        "other-bucket": ("image", "InputNotAllowed"),
+        "big": ("image", "ObjectTooLarge"),
+    }
+    existing, missing = errors["local"]["message"], errors["local-missing"]["message"]
+    assert existing.replace("secret.png", "X") == missing.replace("missing.png", "X")  # no existence oracle
+    assert f"outside the manifest's store {s3_bucket} (links followed)" in existing
+    assert f"allowed_inputs ({tmp_path / 'allowed'})" in existing
+    assert "raise max_image_bytes" in errors["big"]["message"]
+    overlays = open_store(out).list(f"overlays/run_id={run_id}/")
+    assert sorted({key.split("/")[2] for key in overlays}) == ["allowed", "own"]  # nothing else uploaded

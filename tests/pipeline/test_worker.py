@@ -94,6 +94,41 @@ def test_generation_and_explanation_failures_are_staged(tmp_path, config, explai
     assert (error.stage, error.error_type) == ("explain", "RuntimeError") and "out of memory" in error.message
 
 
+@pytest.mark.timeout(60)  # a FIFO opened for reading would wait for a writer forever
+def test_inputs_outside_the_manifest_store_or_unreadable_become_image_error_rows(
+    tmp_path, model_dir, explainer, monkeypatch
+):
+    monkeypatch.setattr(explainer, "explain", lambda *a, **k: pytest.fail("the model must not run"))
+    data = tmp_path / "data"
+    data.mkdir()
+    (tmp_path / "secret.png").write_bytes(png_bytes(0))
+    (data / "a.png").write_bytes(png_bytes(1))
+    (data / "leak.png").symlink_to(tmp_path / "secret.png")
+    os.mkfifo(data / "pipe.png")
+    (data / "big.png").write_bytes(png_bytes(2, (400, 400)))
+    config = AuditConfig(
+        manifest=str(data / "m.csv"), out=str(tmp_path / "out"), model=model_dir, max_image_bytes=20_000
+    )
+    cases = {  # item id → (image, roi_mask, error type)
+        "outside": (tmp_path / "secret.png", None, "InputNotAllowed"),
+        "symlink": (data / "leak.png", None, "InputNotAllowed"),
+        "mask-outside": (data / "a.png", tmp_path / "secret.png", "InputNotAllowed"),
+        "fifo": (data / "pipe.png", None, "NotARegularFile"),
+        "big": (data / "big.png", None, "ObjectTooLarge"),
+    }
+    for item_id, (image, mask, error_type) in cases.items():
+        item = ManifestItem(item_id, str(image), "Where?", None, mask and str(mask), {}, 1)
+        outcome = explain_item(explainer, item, config, StoreCache())
+        [error] = outcome.errors
+        assert not outcome.ok and (error.stage, error.error_type) == ("image", error_type), item_id
+    allowed = AuditConfig(**{**config.model_dump(), "allowed_inputs": "/dev"})
+    zero = ManifestItem("zero", "/dev/zero", "Where?", None, None, {}, 1)
+    [error] = explain_item(explainer, zero, allowed, StoreCache()).errors
+    assert (error.stage, error.error_type) == ("image", "NotARegularFile")
+    [error] = explain_item(explainer, zero, config, StoreCache()).errors
+    assert error.error_type == "InputNotAllowed" and "--allowed-inputs" in error.message
+
+
 def test_shard_continues_past_bad_items_and_commits_answers_last(
     tmp_path, model_dir, bad_images, monkeypatch
 ):
