@@ -14,6 +14,8 @@ from auditing.flags import FlagThresholds, as_frame, off_anatomy_flags, roi_flag
 from auditing.load import expand_metadata, join_targets
 from auditing.report.figures import HEATMAP_SIZE, THUMBNAIL_SIZE, thumbnail
 from storage import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    InputScope,
     ObjectNotFound,
     ObjectStore,
     StorageError,
@@ -125,11 +127,22 @@ class LoadedImage:
 class ImageReader:
     """Reads item images the way the pipeline does (absolute URI, read with storage, decoded by
     `decode_image`), keeping small copies only. A relative URI is resolved against the manifest's
-    folder from run.json."""
+    folder from run.json, and every image is confined as the run confined it: to the manifest's own
+    store or the run's `allowed_inputs`, regular files within its `max_image_bytes` (`InputScope`)."""
 
     def __init__(self, run: dict[str, Any] | None, *, endpoint_url: str | None = None) -> None:
-        manifest_uri = (run or {}).get("manifest_uri") or ((run or {}).get("config") or {}).get("manifest")
+        config = (run or {}).get("config") or {}
+        manifest_uri = (run or {}).get("manifest_uri") or config.get("manifest")
         self._base = parent_uri(manifest_uri) if manifest_uri else None
+        self._scope = (
+            InputScope(
+                manifest_uri,
+                tuple(config.get("allowed_inputs") or ()),
+                config.get("max_image_bytes") or DEFAULT_MAX_IMAGE_BYTES,
+            )
+            if manifest_uri
+            else None
+        )
         self._objects = StoreCache(endpoint_url=endpoint_url)
         self._cache: dict[str, LoadedImage] = {}
 
@@ -142,15 +155,14 @@ class ImageReader:
         return self._cache[image_uri]
 
     def _load(self, image_uri: str) -> LoadedImage:
-        absolute = image_uri.lower().startswith(("/", "s3://", "file://"))
-        if not absolute and self._base is None:
-            return LoadedImage(image_uri, None, "relative image URI and no manifest location in run.json")
+        if self._scope is None:  # without the manifest's location there is no store to confine reads to
+            return LoadedImage(image_uri, None, "no manifest location in run.json to read images from")
         try:
             uri = resolve_uri(image_uri, self._base or "/")  # absolute URIs ignore the base
         except StorageError as exc:
             return LoadedImage(image_uri, None, f"cannot resolve the image URI ({exc})")
         try:
-            image = decode_image(self._objects.read_uri(uri), uri)
+            image = decode_image(self._scope.read(uri, self._objects), uri)
         except (StorageError, OSError) as exc:
             return LoadedImage(uri, None, f"{type(exc).__name__}: {exc}")
         return LoadedImage(uri, thumbnail(image, max(HEATMAP_SIZE, THUMBNAIL_SIZE)))

@@ -83,7 +83,8 @@ def write_synthetic_run(
                 "status": "completed",
                 "model_id": "synthetic-phantom",
                 "model_revision": "abc123",
-                "config": {"method": "chefer"},
+                # the images lie outside the manifest's folder: the run allowed them, as the report must
+                "config": {"method": "chefer", "allowed_inputs": [str(images)] if images else []},
                 "manifest_uri": f"{out}/manifest.csv",  # relative image URIs resolve against its folder
                 "counts": {
                     "items": len(answers),

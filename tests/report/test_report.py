@@ -10,10 +10,11 @@ import pytest
 
 from auditing.flags import FlagThresholds
 from auditing.report import RunNotFound, build_report
+from auditing.report.data import ImageReader
 from auditing.report.gallery import MAX_GALLERY_ITEMS, overlay_label
 from auditing.report.sections import trust_verdict
 from storage import open_store, write_part
-from tests.report.fixtures import write_synthetic_run
+from tests.report.fixtures import phantom_png, write_synthetic_run
 from tests.report.pages import parse_page, squash
 
 
@@ -143,6 +144,27 @@ def test_unreadable_images_are_reported_in_words_and_the_heatmaps_drawn_alone(tm
     assert not any(image["src"].startswith("img/item-") for image in page.images)
     assert all((index.parent / image["src"]).is_file() for image in page.images)
     assert sum(image["src"].startswith("img/cohort-") for image in page.images) == 8
+
+
+def test_report_images_are_confined_as_the_run_confined_them(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.png").write_bytes(phantom_png(0))
+    (tmp_path / "secret.png").write_bytes(phantom_png(1))
+    (data / "leak.png").symlink_to(tmp_path / "secret.png")
+    local = ImageReader({"manifest_uri": str(data / "manifest.csv"), "config": {}})
+    assert local.read("a.png").image is not None and local.read(str(data / "a.png")).image is not None
+    for uri in ("leak.png", "../secret.png", str(tmp_path / "secret.png"), f"file://{tmp_path}/secret.png"):
+        loaded = local.read(uri)
+        assert loaded.image is None and loaded.problem.startswith("InputNotAllowed: "), uri
+    s3_run = {"manifest_uri": "s3://scans/batch/manifest.csv", "config": {"manifest": "s3://scans/m.csv"}}
+    assert ImageReader(s3_run).read(str(tmp_path / "secret.png")).problem.startswith("InputNotAllowed: ")
+    s3_run["config"]["allowed_inputs"] = [str(tmp_path)]
+    assert ImageReader(s3_run).read(str(tmp_path / "secret.png")).image is not None
+    s3_run["config"]["max_image_bytes"] = 100
+    assert ImageReader(s3_run).read(str(tmp_path / "secret.png")).problem.startswith("ObjectTooLarge: ")
+    nowhere = ImageReader(None).read(str(data / "a.png"))
+    assert nowhere.image is None and "no manifest location in run.json" in nowhere.problem
 
 
 def test_without_run_json_and_cohort_tables_the_report_uses_the_tables_and_says_so(tmp_path):
