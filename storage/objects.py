@@ -175,15 +175,24 @@ class LocalStore(ObjectStore):
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
         path = self._path(key)
+        folder, name = os.path.split(path)
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+            os.makedirs(folder, exist_ok=True)
+            fd, temp_path = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+        except OSError as exc:
+            raise _not_writable(path, exc) from exc
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.chmod(temp_path, _FILE_MODE)
+            os.link(temp_path, path)  # fails if the key exists; readers never see a partial object
         except FileExistsError:
             return False
         except OSError as exc:
             raise _not_writable(path, exc) from exc
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(temp_path)
         return True
 
     def exists(self, key: str) -> bool:

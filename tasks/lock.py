@@ -69,10 +69,7 @@ def run_lock(
         return json.dumps({**owner, "heartbeat_at": time.time()}).encode()
 
     if not store.create_exclusive(key, payload()):
-        try:
-            held = json.loads(store.read_bytes(key))
-        except (ObjectNotFound, ValueError):
-            held = {}
+        held = _read_lock(store, key)
         if not _lock_is_stale(held, time.time(), stale_after_seconds) or not _take_over(
             store, key, payload()
         ):
@@ -97,6 +94,14 @@ def run_lock(
         heartbeat.join()
         with contextlib.suppress(StorageError):
             store.delete(key)
+
+
+def _read_lock(store: ObjectStore, key: str) -> dict[str, Any]:
+    """The lock's content ({} when it vanished or cannot be read: its process died while writing)."""
+    try:
+        return json.loads(store.read_bytes(key))
+    except (ObjectNotFound, ValueError):
+        return {}
 
 
 def _take_over(store: ObjectStore, key: str, data: bytes) -> bool:

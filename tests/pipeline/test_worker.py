@@ -292,7 +292,7 @@ def test_a_poison_item_is_one_error_row_and_its_shard_commits(
 
 def test_a_memory_error_while_reading_is_the_items_row(tmp_path, config, explainer):
     class ExhaustedReader(StoreCache):
-        def read_uri(self, uri: str) -> bytes:
+        def read_uri(self, uri: str, max_bytes: int | None = None) -> bytes:
             raise MemoryError("cannot allocate the object's bytes")
 
     [error] = explain_item(
@@ -318,7 +318,7 @@ def test_an_item_that_fails_for_the_environment_is_deferred_not_committed(
     monkeypatch.setattr(retry.time, "sleep", lambda seconds: None)  # the backoff between retries
     reads = []
 
-    def unavailable(self, uri: str) -> bytes:
+    def unavailable(self, uri: str, max_bytes: int | None = None) -> bytes:
         reads.append(uri)
         raise failure
 
