@@ -129,7 +129,8 @@ def make_dicom() -> Callable[..., bytes]:
     ``pixels`` is (rows, cols) or (frames, rows, cols) as uint16/int16, or (rows, cols, 3) uint8 for
     ``photometric="RGB"``. ``rows``/``columns`` override the header (to fake huge images),
     ``pixel_data=False`` omits the PixelData element, ``raw=True`` writes a bare dataset (no preamble,
-    no file meta, implicit VR) as old archives do.
+    no file meta, implicit VR) as old archives do, and ``edit`` changes the dataset just before it is
+    written (LUT sequences, raw header strings, a compressed transfer syntax).
     """
     from pydicom import dcmwrite
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -145,6 +146,7 @@ def make_dicom() -> Callable[..., bytes]:
         rows: int | None = None,
         columns: int | None = None,
         raw: bool = False,
+        edit: Callable[[Dataset], None] | None = None,
     ) -> bytes:
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
@@ -174,6 +176,8 @@ def make_dicom() -> Callable[..., bytes]:
             ds.RescaleSlope, ds.RescaleIntercept = rescale
         if pixel_data:
             ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+        if edit is not None:
+            edit(ds)
         buffer = io.BytesIO()
         if raw:
             del ds.file_meta
