@@ -23,12 +23,17 @@ from storage.errors import CorruptImage, ImageTooLarge, MultiFrameImage, Unsuppo
 
 DEFAULT_MAX_PIXELS = 50_000_000
 EXTENSION_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".dcm": "DICOM", ".dicom": "DICOM"}
+_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")  # PNG, JPEG (SOI + the next marker's 0xFF)
 _HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
 def image_format(data: bytes, name: str) -> str:
-    """'PNG', 'JPEG' or 'DICOM' from the extension of ``name``, or the DICOM 'DICM' magic at byte 128."""
-    if data[128:132] == b"DICM":
+    """'PNG', 'JPEG' or 'DICOM' from the extension of ``name``, or the DICOM 'DICM' magic at byte 128.
+
+    The magic decides only for bytes that do not begin with a PNG or JPEG signature: a valid PNG can
+    carry 'DICM' at byte 128 in a text chunk, and sniffing must not turn it into a DICOM.
+    """
+    if data[128:132] == b"DICM" and not data.startswith(_SIGNATURES):
         return "DICOM"
     extension = posixpath.splitext(name.lower())[1]
     if extension not in EXTENSION_FORMATS:

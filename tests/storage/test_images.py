@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from storage import (
     CorruptImage,
@@ -14,6 +14,7 @@ from storage import (
     MultiFrameImage,
     UnsupportedImageFormat,
     decode_image,
+    image_format,
 )
 from tests.images import png_header_only
 
@@ -80,6 +81,35 @@ def test_garbage_or_mismatched_content(data, name):
 def test_unsupported_extension(name):
     with pytest.raises(UnsupportedImageFormat, match=r"allowed: \.dcm, \.dicom, \.jpeg, \.jpg, \.png"):
         decode_image(_encode(Image.new("RGB", (2, 2)), "PNG"), name)
+
+
+def _with_dicm_at_128(fmt: str, pixels: np.ndarray) -> bytes:
+    """A valid PNG (tEXt chunk) or JPEG (COM segment) whose bytes 128..131 read 'DICM'."""
+
+    def encode(text: str) -> bytes:
+        if fmt == "PNG":
+            info = PngImagePlugin.PngInfo()
+            info.add_text("k", text)
+            return _encode(Image.fromarray(pixels), "PNG", pnginfo=info)
+        return _encode(Image.fromarray(pixels), "JPEG", quality=95, comment=text.encode())
+
+    start = encode("@" * 8).index(b"@" * 8)  # where the text lands
+    data = encode("x" * (128 - start) + "DICM")
+    assert data[128:132] == b"DICM"
+    return data
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("PNG", "a.png"), ("JPEG", "a.jpg")])
+def test_a_valid_signature_wins_over_dicm_at_byte_128(fmt, name):
+    pixels = np.random.default_rng(3).integers(0, 256, size=(6, 5, 3), dtype=np.uint8)
+    data = _with_dicm_at_128(fmt, pixels)
+    assert image_format(data, name) == fmt
+    image = decode_image(data, name)
+    assert image.info["source_format"] == fmt and image.size == (5, 6)
+    if fmt == "PNG":
+        np.testing.assert_array_equal(np.asarray(image), pixels)
+    with pytest.raises(UnsupportedImageFormat, match="unsupported image extension"):
+        image_format(data, "s3://pacs/study/1.2.840.1")  # no extension: the magic alone no longer decides
 
 
 def test_bomb_png_rejected_from_header_fast():
