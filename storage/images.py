@@ -25,6 +25,7 @@ DEFAULT_MAX_PIXELS = 50_000_000
 EXTENSION_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".dcm": "DICOM", ".dicom": "DICOM"}
 _SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")  # PNG, JPEG (SOI + the next marker's 0xFF)
 _HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 
 
 def image_format(data: bytes, name: str) -> str:
@@ -88,12 +89,25 @@ def _decode_pillow(data: bytes, name: str, kind: str, max_pixels: int) -> Image.
         raise CorruptImage(f"{name}: {kind} data is truncated or corrupt ({exc})", name=name) from exc
     if kind == "JPEG":
         image = ImageOps.exif_transpose(image)  # what a viewer shows, so ROI boxes drawn on it line up
-    source_mode = image.mode
+    source_mode, transparency = image.mode, image.info.get("transparency")
     if image.mode in _HIGH_DEPTH_MODES:
         # 16-bit PNGs are common for radiographs; convert("RGB") would clip them, so stretch min-max
-        image = Image.fromarray(minmax_to_uint8(np.asarray(image, dtype=np.float64)))
-    elif image.mode in ("P", "PA"):
-        image = image.convert("RGBA")  # honours palette transparency before alpha is dropped
+        values = np.asarray(image, dtype=np.float64)
+        gray = minmax_to_uint8(values)
+        if isinstance(transparency, int):
+            gray[values == transparency] = 0  # the tRNS grey value of a 16-bit PNG is transparent
+        image = Image.fromarray(gray)
+    elif image.mode in _ALPHA_MODES or transparency is not None:
+        image = _over_black(image)
     rgb = image.convert("RGB")
     rgb.info.update(original_size=rgb.size, source_format=kind, source_mode=source_mode)
     return rgb
+
+
+def _over_black(image: Image.Image) -> Image.Image:
+    """Composite over opaque black: convert("RGB") would drop alpha and show the colour that transparent
+    pixels hide (a label under a mask, a second image), which the model must not see. Black is the
+    background of a radiograph. convert("RGBA") turns palette and tRNS colour-key transparency into
+    alpha first."""
+    rgba = image.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)

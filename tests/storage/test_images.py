@@ -59,6 +59,39 @@ def test_palette_png_and_jpeg():
     assert np.abs(np.asarray(jpeg).astype(int) - [120, 60, 30]).max() <= 3
 
 
+def _transparent_png(mode: str) -> tuple[bytes, np.ndarray]:
+    """A 1x3 PNG: a transparent pixel hiding a colour, a half-transparent one, an opaque one; and the
+    expected RGB over black."""
+    if mode == "RGBA":
+        rgba = np.array([[[255, 0, 0, 0], [200, 100, 50, 128], [10, 20, 30, 255]]], dtype=np.uint8)
+        expected = np.rint(rgba[..., :3] * (rgba[..., 3:] / 255.0))
+        return _encode(Image.fromarray(rgba, "RGBA"), "PNG"), expected
+    if mode == "LA":
+        la = np.array([[[250, 0], [200, 128], [40, 255]]], dtype=np.uint8)
+        expected = np.repeat(np.rint(la[..., :1] * (la[..., 1:] / 255.0)), 3, axis=2)
+        return _encode(Image.fromarray(la, "LA"), "PNG"), expected
+    if mode == "P":  # palette entry 1 is the transparent one (tRNS), as GIF-style PNGs do it
+        image = Image.fromarray(np.array([[1, 2, 1]], dtype=np.uint8), "P")
+        image.putpalette([0, 0, 0, 200, 10, 30, 5, 6, 7] + [0] * 759)
+        return _encode(image, "PNG", transparency=1), np.array([[[0, 0, 0], [5, 6, 7], [0, 0, 0]]])
+    if mode == "I;16":  # a 16-bit grey PNG with a tRNS grey value
+        values = np.array([[65535, 30000, 0]], dtype=np.uint16)
+        data = _encode(Image.fromarray(values), "PNG", transparency=65535)
+        return data, np.repeat(np.array([[[0], [np.rint(30000 / 65535 * 255)], [0]]]), 3, axis=2)
+    # RGB with a tRNS colour key: pixels of exactly that colour are transparent
+    rgb = np.array([[[255, 0, 255], [9, 8, 7], [255, 0, 255]]], dtype=np.uint8)
+    data = _encode(Image.fromarray(rgb), "PNG", transparency=(255, 0, 255))
+    return data, np.array([[[0, 0, 0], [9, 8, 7], [0, 0, 0]]])
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "RGB", "I;16"])
+def test_transparency_is_composited_over_black(mode):
+    data, expected = _transparent_png(mode)
+    image = decode_image(data, f"{mode}.png")
+    assert image.mode == "RGB" and image.info["source_mode"] == mode
+    assert np.abs(np.asarray(image).astype(int) - expected).max() <= 1  # the hidden colour never shows
+
+
 def test_truncated_png_names_the_file():
     data = _encode(
         Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)), "PNG"
