@@ -4,6 +4,12 @@ Columns: ``image`` and ``question`` are required; ``item_id``, ``roi_box`` and `
 every other column is cohort metadata passed through as strings. A missing required column fails the
 whole manifest (``ManifestError``); a bad row becomes an ``ErrorRecord`` and the rest go on.
 ``row_number`` is the 1-based index of the data record in file order (header and blank lines not counted).
+
+Types (JSONL and Parquet cells are typed; CSV cells are all text): ``image``, ``question`` and
+``roi_mask`` must be text; a list in ``image`` is ``MultipleImages`` (one image per row). ``item_id`` is
+text or an integer, written as its digits; a float that is a whole number becomes those digits too
+(pandas turns an integer column with gaps into floats), any other float is ``InvalidItemId``. None
+and NaN count as empty. A JSON object that repeats a key is ``MalformedRow``.
 """
 
 from __future__ import annotations
@@ -63,9 +69,54 @@ class _RowError(Exception):
         self.error_type = error_type
 
 
+class _RepeatedKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
 def stable_item_id(image_uri: str, question: str) -> str:
     """16 hex chars of sha256(image_uri + "\\n" + question): the id of a row without ``item_id``."""
     return hashlib.sha256(f"{image_uri}\n{question}".encode()).hexdigest()[:16]
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _shown(value: Any) -> str:
+    """``int 5``, ``list ['a.png']``: a cell's type and value for messages, cut to 60 characters."""
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _text_cell(record: dict[str, Any], column: str, error_type: str, what: str) -> str:
+    """The column's text with outer whitespace stripped ('' when missing); `_RowError` unless it is text."""
+    value = record.get(column)
+    if _missing(value):
+        return ""
+    if not isinstance(value, str):
+        raise _RowError(error_type, f"{column} must be {what}, got {_shown(value)}")
+    return value.strip()
+
+
+def _item_id_text(value: Any) -> str:
+    """An ``item_id`` cell as text ('' when missing): strings as given, integers as their digits."""
+    if _missing(value):
+        return ""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        # a whole float is an integer column with gaps, as pandas writes it; 2**53 bounds the exact ones
+        if value.is_integer() and abs(value) < 2**53:
+            return str(int(value))
+        raise _RowError(
+            "InvalidItemId",
+            f"item_id {value!r} is not a whole number below 2**53; write item ids as strings or integers",
+        )
+    raise _RowError("InvalidItemId", f"item_id must be a string or an integer, got {_shown(value)}")
 
 
 def _text(value: Any) -> str:
@@ -144,9 +195,15 @@ def _records_jsonl(data: bytes, uri: str) -> tuple[list[str], list[tuple[int, di
     records: list[tuple[int, dict[str, Any] | str]] = []
     for row_number, line in enumerate(lines, start=1):
         try:
-            record = json.loads(line)
+            record = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             records.append((row_number, f"invalid JSON ({exc.msg} at column {exc.colno})"))
+            continue
+        except _RepeatedKey as exc:
+            message = (
+                f"JSON object repeats key {exc.key!r}; give each key once (readers disagree on which wins)"
+            )
+            records.append((row_number, message))
             continue
         if not isinstance(record, dict):
             records.append((row_number, f"expected a JSON object, got {type(record).__name__}"))
@@ -154,6 +211,16 @@ def _records_jsonl(data: bytes, uri: str) -> tuple[list[str], list[tuple[int, di
         columns.update(dict.fromkeys(str(key) for key in record))
         records.append((row_number, {str(key): value for key, value in record.items()}))
     return list(columns), records
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` hook: the object as a dict, or `_RepeatedKey` (plain dicts keep the last value)."""
+    record: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in record:
+            raise _RepeatedKey(key)
+        record[key] = value
+    return record
 
 
 def _records_parquet(data: bytes, uri: str) -> tuple[list[str], list[tuple[int, dict[str, Any] | str]]]:
@@ -204,32 +271,45 @@ def parse_manifest(data: bytes, uri: str) -> Manifest:
 
 def _row_error(record: dict[str, Any], row_number: int, base_dir: str, exc: _RowError) -> ErrorRecord:
     """The error record of a rejected row, with as much identity (id, image URI) as could be derived."""
-    image = _text(record.get("image")).strip()
+    image, question = (_text_or_empty(record.get(column)) for column in ("image", "question"))
     try:
         image_uri = resolve_uri(image, base_dir) if image else None
     except InvalidURIError:
         image_uri = None
-    question = _text(record.get("question")).strip()
-    item_id = _text(record.get("item_id")).strip() or None
+    try:
+        item_id = _item_id_text(record.get("item_id")) or None
+    except _RowError:
+        item_id = None
     if item_id is None and image_uri and question:
         item_id = stable_item_id(image_uri, question)
     return ErrorRecord(item_id, row_number, image_uri, "manifest", exc.error_type, str(exc))
 
 
+def _text_or_empty(value: Any) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
 def _validate_row(
     record: dict[str, Any], row_number: int, base_dir: str, metadata_columns: list[str], seen: dict[str, int]
 ) -> ManifestItem:
-    image = _text(record.get("image")).strip()
+    images = record.get("image")
+    if isinstance(images, list | tuple):
+        raise _RowError(
+            "MultipleImages",
+            f"image is a list of {len(images)} ({_shown(images)}); one image URI per row is supported "
+            "(lists are for multi-image studies, not supported yet): give one URI as a string, one row per image",
+        )
+    image = _text_cell(record, "image", "InvalidImageURI", "a URI string")
     if not image:
         raise _RowError("MissingImage", "image is empty; give a URI or a path relative to the manifest")
     try:
         image_uri = resolve_uri(image, base_dir)
     except InvalidURIError as exc:
         raise _RowError("InvalidImageURI", str(exc)) from None
-    question = _text(record.get("question")).strip()
+    question = _text_cell(record, "question", "InvalidQuestion", "text")
     if not question:
         raise _RowError("MissingQuestion", "question is empty")
-    item_id = _text(record.get("item_id")).strip() or stable_item_id(image_uri, question)
+    item_id = _item_id_text(record.get("item_id")) or stable_item_id(image_uri, question)
     if not ITEM_ID_PATTERN.match(item_id):
         raise _RowError(
             "InvalidItemId",
@@ -239,7 +319,7 @@ def _validate_row(
         roi_box = parse_roi_box(record.get("roi_box"))
     except ValueError as exc:
         raise _RowError("InvalidRoiBox", str(exc)) from None
-    mask = _text(record.get("roi_mask")).strip()
+    mask = _text_cell(record, "roi_mask", "InvalidRoiMask", "one URI string")
     try:
         roi_mask_uri = resolve_uri(mask, base_dir) if mask else None
     except InvalidURIError as exc:

@@ -149,6 +149,77 @@ def test_jsonl_row_missing_question_key(tmp_path):
     assert _errors(read_manifest(str(tmp_path / "m.jsonl"))) == [(2, "MissingQuestion")]
 
 
+TYPED_ROWS = [
+    '{"image": ["a.png"], "question": "Q"}',
+    '{"image": ["a.png", "b.png"], "question": "Q"}',
+    '{"image": 5, "question": "Q"}',
+    '{"image": "a.png", "question": 42}',
+    '{"image": "a.png", "question": ["Q"]}',
+    '{"image": "a.png", "question": "Q", "item_id": 1.5}',
+    '{"image": "a.png", "question": "Q", "item_id": true}',
+    '{"image": "a.png", "question": "Q", "item_id": 1e300}',
+    '{"image": "a.png", "question": "Q", "roi_mask": ["m.png"]}',
+    '{"image": "a.png", "question": "Q", "image": "b.png"}',
+    '{"image": "a.png", "question": "Q", "site": {"k": 1, "k": 2}}',
+    '{"image": "a.png", "question": "Q", "item_id": 7}',
+    '{"image": "b.png", "question": "Q", "item_id": 8.0}',
+    '{"image": "c.png", "question": "Q", "item_id": NaN}',
+]
+
+
+def test_jsonl_cells_of_the_wrong_type_are_row_errors(tmp_path):
+    (tmp_path / "m.jsonl").write_text("\n".join(TYPED_ROWS) + "\n")
+    manifest = read_manifest(str(tmp_path / "m.jsonl"))
+    assert _errors(manifest) == [
+        (1, "MultipleImages"),
+        (2, "MultipleImages"),
+        (3, "InvalidImageURI"),
+        (4, "InvalidQuestion"),
+        (5, "InvalidQuestion"),
+        (6, "InvalidItemId"),
+        (7, "InvalidItemId"),
+        (8, "InvalidItemId"),
+        (9, "InvalidRoiMask"),
+        (10, "MalformedRow"),
+        (11, "MalformedRow"),
+    ]
+    by_row = {e.row_number: e for e in manifest.errors}
+    assert "one image URI per row" in by_row[2].message and "multi-image" in by_row[2].message
+    assert by_row[2].image_uri is None and by_row[2].item_id is None  # a list names no image
+    assert by_row[3].message == "image must be a URI string, got int 5"
+    assert by_row[4].message == "question must be text, got int 42"
+    assert "1.5 is not a whole number" in by_row[6].message
+    assert "repeats key 'image'" in by_row[10].message and "repeats key 'k'" in by_row[11].message
+    # integers are ids as their digits; a float that is a whole number (a Parquet int column with nulls)
+    # too; NaN is a missing id
+    assert [(i.row_number, i.item_id) for i in manifest.items] == [
+        (12, "7"),
+        (13, "8"),
+        (14, stable_item_id(str(tmp_path / "c.png"), "Q")),
+    ]
+
+
+def test_parquet_types_follow_the_same_rules(tmp_path):
+    table = pa.table(
+        {
+            "image": [["a.png"], ["b.png", "c.png"], ["d.png"]],
+            "question": ["Q", "Q", "Q"],
+            "item_id": [1.0, None, 2.5],
+        }
+    )
+    pq.write_table(table, tmp_path / "lists.parquet")
+    assert _errors(read_manifest(str(tmp_path / "lists.parquet"))) == [
+        (1, "MultipleImages"),
+        (2, "MultipleImages"),
+        (3, "MultipleImages"),
+    ]
+    ids = pa.table({"image": ["a.png", "b.png", "c.png"], "question": ["Q"] * 3, "item_id": [1.0, None, 2.5]})
+    pq.write_table(ids, tmp_path / "ids.parquet")
+    manifest = read_manifest(str(tmp_path / "ids.parquet"))
+    assert [i.item_id for i in manifest.items] == ["1", stable_item_id(str(tmp_path / "b.png"), "Q")]
+    assert _errors(manifest) == [(3, "InvalidItemId")]
+
+
 @pytest.mark.integration
 def test_manifest_on_s3_resolves_against_its_prefix(s3_bucket):
     store = open_store(f"{s3_bucket}/batch-07")
