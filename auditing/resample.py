@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from explainer.regions import unit_overlap  # numpy only: importing it loads no torch
+from explainer.regions import cell_means  # numpy only: importing it loads no torch
 
 
 def resample(cell_map: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """Area-weighted average of `cell_map` [h, w] on a `grid` (mass shares are preserved)."""
-    rows = unit_overlap(cell_map.shape[0], grid[0])
-    cols = unit_overlap(cell_map.shape[1], grid[1])
-    return (rows @ cell_map @ cols.T).astype(np.float32)
+    return cell_means(cell_means(cell_map, grid[0], axis=0), grid[1], axis=1).astype(np.float32)
 
 
 def mass_distribution(flat_map: np.ndarray, shape: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:

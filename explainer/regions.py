@@ -9,6 +9,7 @@ a box in original pixels maps onto the grid by dividing by the original width an
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -27,11 +28,29 @@ def cell_overlap(lo: float | np.ndarray, hi: float | np.ndarray, n_cells: int) -
     return np.clip(np.minimum(edges[1:], hi) - np.maximum(edges[:-1], lo), 0, None) * n_cells
 
 
-def unit_overlap(n_units: int, n_cells: int) -> np.ndarray:
-    """[n_cells, n_units]: the fraction of each cell that each of `n_units` equal units (pixels, or the
-    cells of another grid) covers along one axis; every row sums to 1."""
-    units = np.arange(n_units + 1) / n_units
-    return cell_overlap(units[:-1], units[1:], n_cells).T
+def cell_means(values: np.ndarray, n_cells: int, axis: int) -> np.ndarray:
+    """Means of `values` over `n_cells` equal cells along `axis`, a cell edge that cuts through a pixel
+    counting that pixel by the covered fraction (exact area overlap), in memory for `values` and the
+    result: no [n_cells, n] overlap matrix is built, so a 40,000,000-pixel axis costs what its values do.
+
+    Edge j lies `j * n / n_cells` pixels in: pixel `starts[j]` and a fraction `fractions[j]` of the next.
+    """
+    values = np.moveaxis(values, axis, -1)  # [..., n]
+    n = values.shape[-1]
+    edges = np.arange(n_cells + 1)
+    starts, fractions = edges * n // n_cells, (edges * n % n_cells) / n_cells  # [n_cells + 1]
+    # sums of the whole pixels between consecutive edges, one slice at a time: sum() casts in small
+    # buffers, where np.add.reduceat with a dtype would first copy all of `values` as float64
+    segments = np.stack(
+        [values[..., start:end].sum(axis=-1, dtype=np.float64) for start, end in pairwise(starts)],
+        axis=-1,
+    )  # [..., n_cells]
+    before_edges = np.concatenate(
+        [np.zeros((*segments.shape[:-1], 1)), np.cumsum(segments, axis=-1)], axis=-1
+    )
+    cut_pixels = np.take(values, np.minimum(starts, n - 1), axis=-1)  # the last edge has fraction 0
+    up_to_edges = before_edges + fractions * cut_pixels  # [..., n_cells + 1] integral from 0 to each edge
+    return np.moveaxis(np.diff(up_to_edges, axis=-1) * (n_cells / n), -1, axis)
 
 
 def rect_weights(grid: Grid, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:

@@ -7,7 +7,6 @@ part of the raw relevance (no other normalisation).
 from __future__ import annotations
 
 from functools import lru_cache
-from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -15,7 +14,7 @@ from PIL import Image
 
 from explainer.explanation import Explanation
 from explainer.map_stats import normalised_entropy, peak_cell, pointing_hit, top_fraction_mass
-from explainer.regions import Grid, box_region, mass_share, mass_shares, standard_regions
+from explainer.regions import Grid, box_region, cell_means, mass_share, mass_shares, standard_regions
 from explainer.targets import Target
 from storage import REGION_NAMES, ManifestItem
 
@@ -53,37 +52,12 @@ def check_roi_box(item: ManifestItem, image_size: tuple[int, int]) -> None:
         )
 
 
-def _cell_means(values: np.ndarray, n_cells: int, axis: int) -> np.ndarray:
-    """Means of `values` over `n_cells` equal cells along `axis`, a cell edge that cuts through a pixel
-    counting that pixel by the covered fraction: `unit_overlap(n, n_cells) @ values` along the axis,
-    in memory for `values` and the result rather than an [n_cells, n] overlap matrix.
-
-    Edge j lies `j * n / n_cells` pixels in: pixel `starts[j]` and a fraction `fractions[j]` of the next.
-    """
-    values = np.moveaxis(values, axis, -1)  # [..., n]
-    n = values.shape[-1]
-    edges = np.arange(n_cells + 1)
-    starts, fractions = edges * n // n_cells, (edges * n % n_cells) / n_cells  # [n_cells + 1]
-    # sums of the whole pixels between consecutive edges, one slice at a time: sum() casts in small
-    # buffers, where np.add.reduceat with a dtype would first copy all of `values` as float64
-    segments = np.stack(
-        [values[..., start:end].sum(axis=-1, dtype=np.float64) for start, end in pairwise(starts)],
-        axis=-1,
-    )  # [..., n_cells]
-    before_edges = np.concatenate(
-        [np.zeros((*segments.shape[:-1], 1)), np.cumsum(segments, axis=-1)], axis=-1
-    )
-    cut_pixels = np.take(values, np.minimum(starts, n - 1), axis=-1)  # the last edge has fraction 0
-    up_to_edges = before_edges + fractions * cut_pixels  # [..., n_cells + 1] integral from 0 to each edge
-    return np.moveaxis(np.diff(up_to_edges, axis=-1) * (n_cells / n), -1, axis)
-
-
 def mask_weights(mask: Image.Image, image_size: tuple[int, int], grid: Grid) -> np.ndarray:
     """[rows, cols] fraction of each grid cell covered by the mask's non-zero pixels.
 
     The processor resizes the image plainly onto the grid, so a cell covers the same fraction of the
     mask; cells whose edges cut through pixels count those pixels by the covered fraction. Memory is
-    a few bytes per pixel (`_cell_means`): about 150 MiB for a 40,000,000 × 1 mask on a 16×16 grid,
+    a few bytes per pixel (`explainer.regions.cell_means`): about 150 MiB for a 40,000,000 × 1 mask on a 16×16 grid,
     where the [cells, width] overlap matrices this replaced needed ~20 GB.
     """
     if mask.size != tuple(image_size):
@@ -96,9 +70,9 @@ def mask_weights(mask: Image.Image, image_size: tuple[int, int], grid: Grid) -> 
     rows, cols = grid
     height, width = binary.shape
     if height * cols <= rows * width:  # reduce first along the axis that leaves the smaller array
-        weights = _cell_means(_cell_means(binary, cols, axis=1), rows, axis=0)
+        weights = cell_means(cell_means(binary, cols, axis=1), rows, axis=0)
     else:
-        weights = _cell_means(_cell_means(binary, rows, axis=0), cols, axis=1)
+        weights = cell_means(cell_means(binary, rows, axis=0), cols, axis=1)
     return np.clip(weights, 0.0, 1.0).astype(np.float32)
 
 

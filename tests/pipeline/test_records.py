@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from explainer.explanation import AnswerToken, Explanation
-from explainer.regions import unit_overlap
+from explainer.regions import cell_overlap
 from explainer.targets import Target
 from storage import REGION_NAMES, ManifestItem, to_arrow
 from tasks.records import RoiError, answer_row, mask_weights, overlay_targets, roi_weights, token_rows
@@ -111,9 +111,15 @@ def test_mask_weights_are_fractional_cell_coverage():
     )
 
 
+def _unit_overlap(n_units: int, n_cells: int) -> np.ndarray:
+    """[n_cells, n_units]: the fraction of each cell that each unit covers, as a dense matrix."""
+    units = np.arange(n_units + 1) / n_units
+    return cell_overlap(units[:-1], units[1:], n_cells).T
+
+
 def _dense_mask_weights(binary: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """The slow, obvious way: [rows, width] and [cols, width] overlap matrices around the mask."""
-    return unit_overlap(binary.shape[0], grid[0]) @ binary @ unit_overlap(binary.shape[1], grid[1]).T
+    return _unit_overlap(binary.shape[0], grid[0]) @ binary @ _unit_overlap(binary.shape[1], grid[1]).T
 
 
 @pytest.mark.parametrize(
