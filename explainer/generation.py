@@ -34,7 +34,12 @@ def check_question(tokenizer, question: str, max_tokens: int | None = None) -> N
     `max_tokens` tokens (checked before the model sees it)."""
     if not isinstance(question, str) or not question.strip():
         raise ValueError("the question is empty; pass the text the model should answer")
-    controls = sorted(token for token in tokenizer.all_special_tokens if token and token in question)
+    # the special tokens the tokenizer names, and those only its vocabulary marks special: a
+    # checkpoint's `<start_of_turn>` is often an added special token outside its special-tokens map
+    specials = set(tokenizer.all_special_tokens) | {
+        added.content for added in tokenizer.added_tokens_decoder.values() if added.special
+    }
+    controls = sorted(token for token in specials if token and token in question)
     if controls:
         raise ValueError(
             f"the question contains the chat control token(s) {controls}; remove them: a question that "

@@ -59,11 +59,14 @@ IDENTITY_FIELDS = (
     "overlays",
     "shard_size",
     "max_new_tokens",
-    "max_question_tokens",
     "max_pixels",
     "system_prompt",
     "faithfulness_sample",
 )
+# identity fields added after run ids were first derived: part of a run's identity only when not at
+# their defaults, so run ids derived before they existed stay the same (and still resume)
+LATER_IDENTITY_FIELDS = ("max_question_tokens", "allowed_inputs", "max_image_bytes")
+DEFAULT_MAX_QUESTION_TOKENS = 1024
 
 
 def default_model() -> str:
@@ -96,7 +99,10 @@ class AuditConfig(BaseModel):
     shard_size: int = Field(16, ge=1, le=100_000, description="items per shard (one task, one part file)")
     max_new_tokens: int = Field(32, ge=1, le=4096, description="answer length limit")
     max_question_tokens: int = Field(
-        1024, ge=1, le=100_000, description="longer questions become error rows before the model runs"
+        DEFAULT_MAX_QUESTION_TOKENS,
+        ge=1,
+        le=100_000,
+        description="longer questions become error rows before the model runs",
     )
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', 'mps', ...")
     dtype: DType | None = Field(None, description="model dtype (unset: the checkpoint's)")
@@ -154,12 +160,10 @@ class AuditConfig(BaseModel):
         """The settings that decide a run's results (not where it runs, nor where the manifest lives)."""
         identity = self.model_dump(include=set(IDENTITY_FIELDS), mode="json")
         identity["findings"] = sorted(self.findings)
-        # what a run may read decides which items fail, so these are identity too; at their defaults
-        # they are left out, so run ids derived before they existed stay the same (and still resume)
-        if self.allowed_inputs:
-            identity["allowed_inputs"] = sorted(self.allowed_inputs)
-        if self.max_image_bytes != DEFAULT_MAX_IMAGE_BYTES:
-            identity["max_image_bytes"] = self.max_image_bytes
+        for name in LATER_IDENTITY_FIELDS:  # what a run may read decides which items fail
+            value = getattr(self, name)
+            if value != type(self).model_fields[name].default:
+                identity[name] = sorted(value) if isinstance(value, tuple) else value
         return identity
 
     def input_scope(self) -> InputScope:

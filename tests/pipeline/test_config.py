@@ -65,6 +65,7 @@ def test_what_a_run_may_read_is_part_of_its_identity_but_defaults_keep_earlier_r
     assert set(_config().identity()) == set(IDENTITY_FIELDS)  # as before these settings existed
     assert derive_run_id(manifest, _config(allowed_inputs="s3://other")) != run_id
     assert derive_run_id(manifest, _config(max_image_bytes=1024)) != run_id
+    assert derive_run_id(manifest, _config(max_question_tokens=64)) != run_id
     assert derive_run_id(manifest, _config(allowed_inputs="s3://a,s3://b")) == derive_run_id(
         manifest, _config(allowed_inputs="s3://b,s3://a")
     )
