@@ -25,7 +25,7 @@ from storage import manifest_fingerprint
 from tasks import cache, ledger, steps
 from tasks.config import AuditConfig, DaskSettings, derive_run_id
 from tasks.lock import run_lock
-from tasks.shards import ShardFailure, ShardJob, ShardSummary, sampled_item_ids
+from tasks.shards import ItemDeferred, ShardFailure, ShardJob, ShardSummary, sampled_item_ids
 
 
 class ShardsFailed(RuntimeError):
@@ -59,7 +59,13 @@ def run_shards(
             ok, failed = ok + outcome.ok, failed + outcome.failed
         else:
             shard = shard_of[future.task_run_id]
-            summaries.append(ShardFailure(shard, f"shard {shard}: {type(outcome).__name__}: {outcome}"))
+            summaries.append(
+                ShardFailure(
+                    shard,
+                    f"shard {shard}: {type(outcome).__name__}: {outcome}",
+                    deferred=isinstance(outcome, ItemDeferred),
+                )
+            )
         if bar is not None:
             bar.update(1)
             bar.set_postfix(ok=ok, failed=failed)
@@ -144,9 +150,7 @@ def audit(
             )
         failed = [summary for summary in summaries if isinstance(summary, ShardFailure)]
         done = [summary for summary in summaries if isinstance(summary, ShardSummary)]
-        counts = ledger.run_counts(
-            parsed, plan, steps.count_outputs(config, run_id), done, n_failed=len(failed)
-        )
+        counts = ledger.run_counts(parsed, plan, steps.count_outputs(config, run_id), done, failed)
         timings = _timings(done, time.perf_counter() - started)
         revision = next((summary.model_revision for summary in done if summary.model_revision), None)
         record = ledger.run_record(

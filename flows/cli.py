@@ -18,7 +18,7 @@ from typing import Any
 from flows.options import add_field_options, given_fields
 from tasks.config import AuditConfig, DaskSettings
 
-EXIT_OK, EXIT_FAILED_SHARDS, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE = 0, 1, 2
 # every AuditConfig field is an option of `run` and `demo`, but for the manifest (positional, or the
 # demo's own) and the output root (`--out`)
 RUN_FIELDS = [name for name in AuditConfig.model_fields if name not in ("manifest", "out")]
@@ -131,7 +131,7 @@ def _run_flow(
         result = audit(config, run_id=run_id, dask=dask, progress=True)
     except ShardsFailed as exc:
         print(f"vlm-audit: {exc}", file=sys.stderr)
-        return EXIT_FAILED_SHARDS, None
+        return EXIT_UNFINISHED, None
     print(format_summary(result))
     return EXIT_OK, result
 
@@ -199,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tasks.config import default_model
     from tasks.ledger import RunConflict
     from tasks.lock import RunLocked
+    from tasks.retry import is_transient
 
     try:
         if args.command == "demo":
@@ -212,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         PhantomModelMissing, StorageError, ModelLoadError, RunConflict, RunLocked, ServerStartError, ValueError
     ) as exc:  # fmt: skip
         print(f"vlm-audit: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_UNFINISHED if is_transient(exc) else EXIT_USAGE  # an outage: rerun later
 
 
 if __name__ == "__main__":

@@ -88,9 +88,12 @@ def overlay_key(run_id: str, item_id: str, target: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", target).lstrip(".")[:100] or "_"
     if safe != target:
         safe = f"{safe}-{hashlib.sha256(target.encode()).hexdigest()[:8]}"
-    return join_key(
-        "overlays", f"run_id={_safe_id('run_id', run_id)}", _safe_id("item_id", item_id), f"{safe}.png"
-    )
+    return join_key(overlay_folder(run_id, item_id), f"{safe}.png")
+
+
+def overlay_folder(run_id: str, item_id: str) -> str:
+    """``overlays/run_id=<id>/<item_id>``: every overlay of one item."""
+    return join_key("overlays", f"run_id={_safe_id('run_id', run_id)}", _safe_id("item_id", item_id))
 
 
 def write_part(

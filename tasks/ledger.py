@@ -32,7 +32,7 @@ from storage import (
     write_run,
 )
 from tasks.config import AuditConfig
-from tasks.shards import ShardSummary
+from tasks.shards import ShardFailure, ShardSummary
 
 RUN_STATUSES = ("running", "completed", "failed")
 
@@ -149,7 +149,11 @@ def count_outputs(store: ObjectStore, run_id: str) -> dict[str, int]:
 
 
 def run_counts(
-    manifest: Manifest, plan: RunPlan, stored: dict[str, int], done: list[ShardSummary], *, n_failed: int
+    manifest: Manifest,
+    plan: RunPlan,
+    stored: dict[str, int],
+    done: list[ShardSummary],
+    failed: list[ShardFailure],
 ) -> dict[str, int]:
     """run.json's counts: totals from the committed parts (`count_outputs`), this attempt's shard figures."""
     return {
@@ -161,7 +165,8 @@ def run_counts(
         "shards": plan.n_shards,
         "shards_done": stored["shards_done"],
         "shards_skipped": len(plan.done),
-        "shards_failed": n_failed,
+        "shards_failed": len(failed),
+        "shards_deferred": sum(failure.deferred for failure in failed),
     }
 
 

@@ -66,7 +66,10 @@ def retry_condition(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-def with_backoff(call: Callable[[], T], *, attempts: int = 4, base_seconds: float = 1.0, what: str = "") -> T:
+BACKOFF_SECONDS = 1.0  # the first wait; each further one doubles (with up to 50% jitter)
+
+
+def with_backoff(call: Callable[[], T], *, attempts: int = 4, what: str = "") -> T:
     """Run `call`, retrying transient storage errors with exponential backoff and jitter."""
     for attempt in range(1, attempts + 1):
         try:
@@ -74,7 +77,7 @@ def with_backoff(call: Callable[[], T], *, attempts: int = 4, base_seconds: floa
         except StorageError as exc:
             if attempt == attempts or not is_transient(exc):
                 raise
-            delay = base_seconds * 2 ** (attempt - 1) * (1 + 0.5 * random.random())
+            delay = BACKOFF_SECONDS * 2 ** (attempt - 1) * (1 + 0.5 * random.random())
             logger.warning("%s failed (%s); retry %d/%d in %.1fs", what, exc, attempt, attempts - 1, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")

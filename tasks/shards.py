@@ -68,9 +68,16 @@ class ShardSummary:
     worker: WorkerInfo
 
 
+class ItemDeferred(RuntimeError):
+    """An item failed because of the environment (an outage, credentials), not its data. The shard is
+    not committed, so a rerun of the run id redoes it once the environment is fixed."""
+
+
 @dataclass(frozen=True)
 class ShardFailure:
-    """A shard that raised instead of committing; rerunning the run id redoes it."""
+    """A shard that raised instead of committing; rerunning the run id redoes it. `deferred`: it did
+    not commit because an item's read failed for the environment (an outage, wrong credentials)."""
 
     shard: int
     error: str
+    deferred: bool = False

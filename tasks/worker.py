@@ -33,6 +33,7 @@ from storage import (
     ObjectStore,
     StoreCache,
     decode_image,
+    overlay_folder,
     overlay_key,
     write_part,
 )
@@ -42,7 +43,7 @@ from tasks.config import AuditConfig
 from tasks.faithfulness_sample import check_item
 from tasks.records import RoiError, answer_row, check_roi_box, overlay_targets, roi_weights, token_rows
 from tasks.retry import is_environmental, with_backoff
-from tasks.shards import ShardJob, ShardSummary, WorkerInfo
+from tasks.shards import ItemDeferred, ShardJob, ShardSummary, WorkerInfo
 
 OverlaySink = Callable[[str, Image.Image], None]  # (overlay name, image) → stored
 __all__ = ["ItemOutcome", "ShardJob", "explain_item", "explain_shard", "get_explainer"]
@@ -60,11 +61,6 @@ class ItemOutcome:
     @property
     def ok(self) -> bool:
         return self.answer["status"] == "ok"
-
-
-class ItemDeferred(RuntimeError):
-    """An item failed because of the environment (an outage, credentials), not its data. The shard is
-    not committed, so a rerun of the run id redoes it once the environment is fixed."""
 
 
 def load_image(
@@ -207,14 +203,15 @@ class OverlayWriter:
         self._store, self._run_id = store, run_id
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="overlay-writer")
         self._slots = threading.BoundedSemaphore(max_pending)
-        self._submitted: list[tuple[ManifestItem, Future]] = []
+        self._submitted: list[tuple[ManifestItem, str, Future]] = []
 
     def sink_for(self, item: ManifestItem) -> OverlaySink:
         def submit(name: str, image: Image.Image) -> None:
             self._slots.acquire()
-            future = self._pool.submit(self._store_png, overlay_key(self._run_id, item.item_id, name), image)
+            key = overlay_key(self._run_id, item.item_id, name)
+            future = self._pool.submit(self._store_png, key, image)
             future.add_done_callback(lambda _future: self._slots.release())
-            self._submitted.append((item, future))
+            self._submitted.append((item, key, future))
 
         return submit
 
@@ -230,7 +227,7 @@ class OverlayWriter:
     def results(self) -> tuple[int, list[ErrorRecord]]:
         self._pool.shutdown(wait=True)
         stored, errors, failed_items = 0, [], set()
-        for item, future in self._submitted:
+        for item, _key, future in self._submitted:
             exc = future.exception()
             if exc is None:
                 stored += 1
@@ -238,6 +235,23 @@ class OverlayWriter:
                 failed_items.add(item.item_id)
                 errors.append(ErrorRecord.from_exception(exc, stage="write", item=item))
         return stored, errors
+
+    def remove_stale(self, items: list[ManifestItem]) -> int:
+        """Delete the items' overlays that this attempt did not write: an earlier attempt's, whose
+        item has since failed or whose shard never committed. Call after `results`; returns how many."""
+        written = {key for _item, key, future in self._submitted if future.exception() is None}
+        stale = [
+            key
+            for item in items
+            for key in with_backoff(
+                lambda item=item: self._store.list(overlay_folder(self._run_id, item.item_id) + "/"),
+                what=f"listing overlays of {item.item_id}",
+            )
+            if key not in written
+        ]
+        for key in stale:
+            with_backoff(lambda key=key: self._store.delete(key), what=f"deleting stale overlay {key}")
+        return len(stale)
 
 
 def explain_shard(job: ShardJob) -> ShardSummary:
@@ -280,6 +294,7 @@ def explain_shard(job: ShardJob) -> ShardSummary:
             explain_seconds += outcome.answer.get("explain_seconds") or 0.0
         writing = time.perf_counter()
         overlays, overlay_errors = overlay_writer.results()
+        overlay_writer.remove_stale(items)  # before the commit: a committed shard keeps no older overlays
     errors.extend(record.to_row() for record in overlay_errors)
     parts = [("tokens", tokens), ("errors", errors), ("answers", answers)]  # answers last: the commit marker
     if config.faithfulness_sample:

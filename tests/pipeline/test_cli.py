@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 
 from explainer.methods import METHODS
 from flows import cli
+from storage import CredentialsError, StorageConnectionError
 from tasks import config
 from tests.pipeline.conftest import local_dataset
 
@@ -181,3 +183,23 @@ def test_an_unwritable_output_root_is_one_line_and_exit_2(root, tmp_path, model_
     assert "Traceback" not in done.stderr
     [error] = [line for line in done.stderr.splitlines() if line.startswith("vlm-audit:")]
     assert "cannot write" in error and "choose an output root" in error
+
+
+@pytest.mark.parametrize(
+    ("failure", "code"),
+    [
+        (StorageConnectionError("the endpoint did not answer"), cli.EXIT_UNFINISHED),  # rerun later
+        (CredentialsError("the key was refused"), cli.EXIT_USAGE),  # fix the key first
+    ],
+)
+def test_storage_failures_at_setup_say_whether_a_rerun_can_finish(
+    failure, code, tmp_path, model_dir, monkeypatch, capsys
+):
+    def unreachable(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(cli, "_run_flow", unreachable)
+    monkeypatch.setattr(cli, "_prefect_api", contextlib.nullcontext)
+    manifest = local_dataset(tmp_path / "data", 1)
+    assert cli.main(["run", manifest, "--out", str(tmp_path / "out"), "--model", model_dir]) == code
+    assert capsys.readouterr().err.strip() == f"vlm-audit: {failure}"

@@ -17,6 +17,7 @@ from storage import (
     parse_manifest,
     write_part,
 )
+from tasks import retry
 from tasks.config import AuditConfig
 from tasks.ledger import RunConflict, check_compatible, count_outputs, plan_run, run_record, worker_report
 from tasks.retry import is_transient, retry_condition, with_backoff
@@ -96,7 +97,8 @@ def test_worker_report_counts_loads_and_concurrency():
     ]
 
 
-def test_only_transient_storage_errors_are_retried():
+def test_only_transient_storage_errors_are_retried(monkeypatch):
+    monkeypatch.setattr(retry, "BACKOFF_SECONDS", 0.0)
     assert is_transient(StorageConnectionError("endpoint down")) and is_transient(StorageError("S3 500"))
     assert not is_transient(CredentialsError("bad key")) and not is_transient(ObjectNotFound("gone"))
     assert not is_transient(ValueError("bug"))
@@ -111,7 +113,7 @@ def test_only_transient_storage_errors_are_retried():
             raise StorageConnectionError("connection reset")
         return "written"
 
-    assert with_backoff(flaky, base_seconds=0.0) == "written" and len(attempts) == 3
+    assert with_backoff(flaky) == "written" and len(attempts) == 3
     attempts.clear()
 
     def refused() -> None:
@@ -119,7 +121,7 @@ def test_only_transient_storage_errors_are_retried():
         raise CredentialsError("SignatureDoesNotMatch")
 
     with pytest.raises(CredentialsError):
-        with_backoff(refused, base_seconds=0.0)
+        with_backoff(refused)
     assert len(attempts) == 1
 
 

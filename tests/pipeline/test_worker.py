@@ -16,14 +16,15 @@ from storage import (
     StorageConnectionError,
     StoreCache,
     manifest_fingerprint,
+    overlay_folder,
     read_manifest,
     read_table,
     to_arrow,
 )
 from tasks import cache, retry
 from tasks.config import AuditConfig
-from tasks.shards import ShardJob
-from tasks.worker import ItemDeferred, OverlayWriter, explain_item, explain_shard
+from tasks.shards import ItemDeferred, ShardJob
+from tasks.worker import OverlayWriter, explain_item, explain_shard
 from tests.pipeline.conftest import local_dataset, png_bytes
 
 
@@ -342,3 +343,24 @@ def test_an_overlong_question_is_an_error_row_before_the_model_runs(tmp_path, co
         "generate",
         "ValueError",
     ) and "max_question_tokens" in error.message
+
+
+def test_a_redone_shard_keeps_no_overlays_of_an_earlier_attempt(tmp_path, model_dir):
+    """A crashed attempt's overlays go when the shard is redone: an item that now fails keeps none, an
+    item that succeeds keeps only what this attempt wrote."""
+    manifest_path = local_dataset(tmp_path / "data", 2)
+    out = tmp_path / "out"
+    config = AuditConfig(manifest=manifest_path, out=str(out), model=model_dir, max_new_tokens=2)
+    manifest = read_manifest(manifest_path)
+    job = ShardJob("r1", 0, manifest_fingerprint(manifest), config)
+    first = explain_shard(job)
+    folders = {item.item_id: out / overlay_folder("r1", item.item_id) for item in manifest.items}
+    fresh = {item_id: sorted(p.name for p in folder.iterdir()) for item_id, folder in folders.items()}
+    assert first.overlays == 2 and all(fresh.values())
+    (folders["item-000"] / "word-left.png").write_bytes(b"from a crashed attempt")  # a stray target
+    (tmp_path / "data" / "images" / "img-001.png").write_bytes(b"not a png any more")
+
+    second = explain_shard(job)
+    assert (second.ok, second.failed) == (1, 1)
+    assert sorted(p.name for p in folders["item-000"].iterdir()) == fresh["item-000"]
+    assert not list(folders["item-001"].iterdir())  # its error row has no overlay beside it
