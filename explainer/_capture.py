@@ -40,19 +40,20 @@ def _text_attn_implementation(model: nn.Module) -> str | None:
     return getattr(text_config, "_attn_implementation", None)
 
 
-def use_eager_attention(model: nn.Module) -> None:
-    """Switch the language model to eager attention (the only one that returns probabilities)."""
-    if _text_attn_implementation(model) == "eager":
+def use_attention(model: nn.Module, implementation: str) -> None:
+    """Switch the language model to `implementation`: eager (the only one of transformers' that returns
+    probabilities) or the blockwise one (`explainer.blockwise`)."""
+    if _text_attn_implementation(model) == implementation:
         return
     try:
-        model.set_attn_implementation(ATTENTION_IMPLEMENTATION)
+        model.set_attn_implementation({"text_config": implementation})
     except Exception as error:  # transformers raises several types here
         raise AttentionUnavailable(
-            f"could not switch {type(model).__name__}'s language model to eager attention ({error}); "
-            "load it with Gemma3ForConditionalGeneration.from_pretrained(path, "
+            f"could not switch {type(model).__name__}'s language model to {implementation} attention "
+            f"({error}); load it with Gemma3ForConditionalGeneration.from_pretrained(path, "
             f"attn_implementation={ATTENTION_IMPLEMENTATION}), or use Explainer.from_pretrained(path)"
         ) from error
-    if _text_attn_implementation(model) != "eager":
+    if _text_attn_implementation(model) != implementation:
         raise AttentionUnavailable(
             f"{type(model).__name__} kept attention '{_text_attn_implementation(model)}'; load it with "
             f"attn_implementation={ATTENTION_IMPLEMENTATION} or use Explainer.from_pretrained(path)"
@@ -86,8 +87,9 @@ class AttentionRecorder:
 
 
 @contextmanager
-def relevance_mode(model: nn.Module) -> Iterator[AttentionRecorder]:
-    """Eval mode, frozen parameters, eager language attention and recording hooks, all undone on exit."""
+def relevance_mode(model: nn.Module, attention: str = "eager") -> Iterator[AttentionRecorder]:
+    """Eval mode, frozen parameters and the language model's attention set to `attention` ("eager",
+    with hooks that record its maps, or "blockwise", which keeps none); all undone on exit."""
     was_training = model.training
     requires_grad = [parameter.requires_grad for parameter in model.parameters()]
     attn_implementation = _text_attn_implementation(model)
@@ -97,10 +99,15 @@ def relevance_mode(model: nn.Module) -> Iterator[AttentionRecorder]:
         model.eval()
         for parameter in model.parameters():
             parameter.requires_grad_(False)
-        use_eager_attention(model)
-        handles = [
-            layer.self_attn.register_forward_hook(recorder._record) for layer in language_layers(model)
-        ]
+        if attention == "blockwise":
+            from explainer.blockwise import IMPLEMENTATION  # registers it with transformers
+
+            use_attention(model, IMPLEMENTATION)
+        else:
+            use_attention(model, "eager")
+            handles = [
+                layer.self_attn.register_forward_hook(recorder._record) for layer in language_layers(model)
+            ]
         yield recorder
     finally:
         for handle in handles:

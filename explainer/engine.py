@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -10,6 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from explainer import generation
 from explainer._capture import relevance_mode
 from explainer._sequence import (
     SequenceLayout,
@@ -19,14 +21,46 @@ from explainer._sequence import (
     token_type_ids_for,
 )
 from explainer.explanation import Explanation
-from explainer.generation import full_sequence, prompt_and_answer
+from explainer.generation import GenerationError, build_prompt, full_sequence
 from explainer.loading import ModelInfo, check_vision_language_model, load_pretrained, model_info
-from explainer.methods import get_method
+from explainer.methods import ATTENTION_PATHS, get_method
 from explainer.methods.base import ExplainContext
 from explainer.targets import Target, answer_targets
 from explainer.words import answer_tokens, prompt_roles
 
 DEFAULT_MAX_CHUNK_BYTES = 2 * 1024**3
+
+
+class RelevanceMemoryError(MemoryError):
+    """A sequence whose explanation cannot fit in the device's memory on the chosen path."""
+
+
+def eager_attention_bytes(model: nn.Module, seq_len: int) -> int:
+    """Memory the eager path needs beyond the forward's activations: every language layer's maps
+    [heads, L, L] in the model's dtype, and one target's gradients, products and Ā in float32."""
+    text = model.config.get_text_config()
+    maps = text.num_hidden_layers * text.num_attention_heads * seq_len * seq_len
+    return maps * (model.dtype.itemsize + 3 * 4)
+
+
+def blockwise_bytes(model: nn.Module, seq_len: int, max_chunk_bytes: int) -> int:
+    """Memory the blockwise path needs: what autograd keeps per layer for the backward, linear in
+    L (≈ 14 hidden-size and 3 intermediate-size vectors per token, queries, keys and values), plus
+    one block of attention scores."""
+    text = model.config.get_text_config()
+    head_dim = getattr(text, "head_dim", text.hidden_size // text.num_attention_heads)
+    per_token = 14 * text.hidden_size + 3 * text.intermediate_size
+    per_token += 2 * (text.num_attention_heads + 2 * text.num_key_value_heads) * head_dim
+    return text.num_hidden_layers * seq_len * per_token * model.dtype.itemsize + max_chunk_bytes
+
+
+def device_memory_bytes(device: torch.device) -> int | None:
+    """Total memory of `device` (None where unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu" and hasattr(os, "sysconf"):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return None
 
 
 class Explainer:
@@ -50,14 +84,18 @@ class Explainer:
         *,
         max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
         info: ModelInfo | None = None,
+        attention: str = "auto",
     ) -> None:
         check_vision_language_model(model)
+        if attention not in ATTENTION_PATHS:
+            raise ValueError(f"attention {attention!r} is not one of {', '.join(ATTENTION_PATHS)}")
         with relevance_mode(model):  # raises AttentionUnavailable with the fix; leaves the model as it was
             pass
         self.model = model
         self.processor = processor
         self.max_chunk_bytes = max_chunk_bytes
         self.info = info or model_info(model)
+        self.attention = attention
 
     @classmethod
     def from_pretrained(
@@ -97,20 +135,54 @@ class Explainer:
     def layout(self, inputs: Mapping[str, torch.Tensor]) -> SequenceLayout:
         return sequence_layout(inputs["input_ids"], self.model.config)
 
+    def attention_path(self, seq_len: int, attention: str | None = None) -> str:
+        """ "eager" or "blockwise" for a sequence of `seq_len` tokens.
+
+        "auto" (the default) takes eager attention while its maps fit in the memory budget
+        (`max_chunk_bytes`): it is faster for short prompts. Beyond, the blockwise path, whose memory
+        grows linearly with length. A path that cannot fit in the device's memory at all raises
+        `RelevanceMemoryError` saying how long the sequence is, what it would need, what to change.
+        """
+        attention = attention or self.attention
+        if attention not in ATTENTION_PATHS:
+            raise ValueError(f"attention {attention!r} is not one of {', '.join(ATTENTION_PATHS)}")
+        eager = eager_attention_bytes(self.model, seq_len)
+        if attention == "auto":
+            attention = "eager" if eager <= self.max_chunk_bytes else "blockwise"
+        available = device_memory_bytes(self.device)
+        need = eager if attention == "eager" else blockwise_bytes(self.model, seq_len, self.max_chunk_bytes)
+        if available is not None and need > available:
+            advice = (
+                "use attention='blockwise' (or 'auto'), whose memory grows linearly with length"
+                if attention == "eager"
+                else "explain fewer images or slices per prompt, a shorter answer (max_new_tokens), "
+                "or run on a device with more memory"
+            )
+            raise RelevanceMemoryError(
+                f"the sequence is {seq_len:,} tokens: {attention} relevance needs about "
+                f"{need / 2**30:,.1f} GiB, more than the {available / 2**30:,.1f} GiB of {self.device}; {advice}"
+            )
+        return attention
+
     @contextmanager
-    def context(self, inputs: Mapping[str, torch.Tensor]) -> Iterator[ExplainContext]:
+    def context(
+        self, inputs: Mapping[str, torch.Tensor], attention: str | None = None
+    ) -> Iterator[ExplainContext]:
         """One sequence ready for relevance methods and perturbations: inputs on the model's device,
-        its layout, the model in relevance mode (undone on exit) and this explainer's memory budget."""
+        its layout, the model in relevance mode on the attention path for its length (undone on
+        exit) and this explainer's memory budget."""
         prepared = self.prepare_inputs(inputs)
         layout = self.layout(prepared)
-        with relevance_mode(self.model) as recorder:
-            yield ExplainContext(self.model, prepared, layout, recorder, self.max_chunk_bytes)
+        path = self.attention_path(layout.seq_len, attention)
+        with relevance_mode(self.model, path) as recorder:
+            yield ExplainContext(self.model, prepared, layout, recorder, self.max_chunk_bytes, path)
 
     def relevance(
         self,
         inputs: Mapping[str, torch.Tensor],
         targets: Sequence[int | Target],
         method: str = "chefer",
+        attention: str | None = None,
     ) -> torch.Tensor:
         """Relevance of every position for each target.
 
@@ -120,8 +192,9 @@ class Explainer:
                 `config.image_token_id`).
             targets: positions p (the token at p, explained through logits[p-1, token]) or
                 `Target`s (y = the sum of those logits over the target's positions).
-            method: a name in `explainer.methods.METHODS`: "chefer", "rollout", "raw_attention" or
-                "occlusion".
+            method: a name in `explainer.methods.METHODS`: "chefer", "rollout", "raw_attention",
+                "occlusion" or "pixel_occlusion".
+            attention: "auto", "eager" or "blockwise" (see `attention_path`); None: the explainer's.
         Returns:
             float32 [len(targets), seq_len] on CPU; row k is row p_k - 1 of R for a position target.
             Targets with the same positions are computed once.
@@ -137,7 +210,7 @@ class Explainer:
         distinct: dict[tuple[int, ...], int] = {}
         for target in targets:
             distinct.setdefault(target.positions, len(distinct))
-        with self.context(inputs) as context:
+        with self.context(inputs, attention) as context:
             rows = relevance_method.relevance(context, [Target(positions) for positions in distinct])
         return rows[[distinct[target.positions] for target in targets]].float()
 
@@ -152,6 +225,7 @@ class Explainer:
         system_prompt: str | None = None,
         generation_kwargs: dict | None = None,
         max_question_tokens: int | None = None,
+        attention: str | None = None,
     ) -> Explanation:
         """Answer `question` about `images` with the chat template, then explain the answer.
 
@@ -165,6 +239,9 @@ class Explainer:
             method: a name in `explainer.methods.METHODS` (see `relevance`).
             max_question_tokens: refuse longer questions before the model runs (None: no limit).
                 Questions holding the tokenizer's special tokens (chat control tokens) are refused.
+            attention: "auto", "eager" or "blockwise" (see `attention_path`), chosen for the prompt
+                plus `max_new_tokens`; generation and relevance run on the same path. None: the
+                explainer's.
         Raises:
             GenerationError: prompting or generation failed (the original error is its cause).
         """
@@ -174,17 +251,17 @@ class Explainer:
             )
         images = [images] if isinstance(images, Image.Image) else list(images)
         started = time.perf_counter()
-        with relevance_mode(self.model):  # the answer comes from the computation that is then explained
-            prompt, answer_ids = prompt_and_answer(
-                self.model,
-                self.processor,
-                images,
-                question,
-                system_prompt=system_prompt,
-                max_new_tokens=max_new_tokens,
-                generation_kwargs=generation_kwargs,
-                max_question_tokens=max_question_tokens,
+        try:
+            prompt = build_prompt(
+                self.processor, images, question, system_prompt, max_question_tokens=max_question_tokens
             )
+            path = self.attention_path(prompt.length + max_new_tokens, attention)
+            with relevance_mode(self.model, path):  # the answer comes from the computation explained
+                answer_ids = generation.generate_answer(
+                    self.model, prompt, max_new_tokens=max_new_tokens, generation_kwargs=generation_kwargs
+                )
+        except Exception as exc:
+            raise GenerationError(f"{type(exc).__name__}: {exc}") from exc
         generated = time.perf_counter()
 
         tokenizer = self.processor.tokenizer
@@ -192,7 +269,7 @@ class Explainer:
         explained_targets = answer_targets(tokens, targets)
         inputs = full_sequence(prompt, answer_ids)
         layout = self.layout(inputs)
-        relevance = self.relevance(inputs, explained_targets, method)
+        relevance = self.relevance(inputs, explained_targets, method, path)
         prompt_text_positions = layout.text_positions[layout.text_positions < prompt.length]
         strings, roles = prompt_roles(tokenizer, prompt, prompt_text_positions)
         rows, cols = layout.grid

@@ -108,30 +108,6 @@ def generate_answer(
     return answer[: ends[0]] if ends else answer
 
 
-def prompt_and_answer(
-    model: nn.Module,
-    processor,
-    images: Sequence[Image.Image],
-    question: str,
-    *,
-    system_prompt: str | None,
-    max_new_tokens: int,
-    generation_kwargs: dict | None = None,
-    max_question_tokens: int | None = None,
-) -> tuple[Prompt, torch.Tensor]:
-    """The chat prompt and the generated answer ids; any failure is raised as `GenerationError`."""
-    try:
-        prompt = build_prompt(
-            processor, images, question, system_prompt, max_question_tokens=max_question_tokens
-        )
-        answer = generate_answer(
-            model, prompt, max_new_tokens=max_new_tokens, generation_kwargs=generation_kwargs
-        )
-    except Exception as exc:
-        raise GenerationError(f"{type(exc).__name__}: {exc}") from exc
-    return prompt, answer
-
-
 def full_sequence(prompt: Prompt, answer_ids: torch.Tensor) -> dict[str, torch.Tensor]:
     """Prompt + answer as one batch-1 input for the teacher-forced explanation forward."""
     answer = answer_ids.unsqueeze(0).to(prompt.inputs["input_ids"].device)

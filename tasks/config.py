@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from auditing import DEFAULT_FINDINGS
-from explainer.methods import METHODS  # the registry's names only: no torch is loaded
+from explainer.methods import ATTENTION_PATHS, METHODS  # the registry's names only: no torch is loaded
 from storage import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -28,6 +28,7 @@ from storage.uri import parse_uri
 TargetsPolicy = Literal["answer", "findings", "all"]
 OverlaysPolicy = Literal["none", "answer", "findings", "all"]
 Method = Literal[tuple(METHODS)]
+AttentionPath = Literal[tuple(ATTENTION_PATHS)]
 DType = Literal["float32", "bfloat16", "float16"]
 DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
 
@@ -91,6 +92,12 @@ class AuditConfig(BaseModel):
     )
     model_revision: str | None = Field(None, description="hub revision (commit, tag or branch) to pin")
     method: Method = Field("chefer", description="relevance method")
+    attention: AttentionPath = Field(
+        "auto",
+        description="'eager' keeps every layer's attention maps (fast, memory grows with length²), "
+        "'blockwise' keeps none (memory linear in length: long multi-image prompts), 'auto' picks by a "
+        "memory estimate",
+    )
     targets: TargetsPolicy = Field("findings", description="which answer targets get relevance rows")
     findings: Findings = Field(
         DEFAULT_FINDINGS, description="answer words explained by 'findings' (comma-separated on the CLI)"

@@ -139,6 +139,7 @@ def explain_item(
                 method=config.method,
                 system_prompt=config.system_prompt,
                 max_question_tokens=config.max_question_tokens,
+                attention=config.attention,
             )
     except GenerationError as exc:  # the error row names the original error, not the wrapper
         return failed("generate", exc.__cause__ or exc, size)

@@ -24,6 +24,9 @@ METHODS: dict[str, str] = {
 # the perturbation references other maps are checked against; the first is the language model's own
 # (token occlusion), the second also sees the vision tower (pixel occlusion)
 REFERENCE_METHODS: tuple[str, ...] = ("occlusion", "pixel_occlusion")
+# how the language model's attention is run while explaining: "eager" keeps every layer's maps (fast
+# for short prompts), "blockwise" keeps none (memory linear in length), "auto" picks by a memory estimate
+ATTENTION_PATHS: tuple[str, ...] = ("auto", "eager", "blockwise")
 
 
 @cache
@@ -35,4 +38,4 @@ def get_method(name: str) -> RelevanceMethod:
     return getattr(import_module(module), class_name)()
 
 
-__all__ = ["METHODS", "REFERENCE_METHODS", "get_method"]
+__all__ = ["ATTENTION_PATHS", "METHODS", "REFERENCE_METHODS", "get_method"]

@@ -25,6 +25,17 @@ class ExplainContext:
     layout: SequenceLayout
     recorder: AttentionRecorder
     max_chunk_bytes: int
+    attention: str = "eager"  # "blockwise": no maps are recorded, methods take `explainer.blockwise`
+
+    @property
+    def blockwise(self) -> bool:
+        return self.attention == "blockwise"
+
+    def block_rows(self) -> int:
+        """Query rows per attention block within the memory budget: a block's scores, probabilities
+        and their gradients are ≈ 8 float32 values per head and key."""
+        heads = self.model.config.get_text_config().num_attention_heads
+        return max(1, min(self.layout.seq_len, self.max_chunk_bytes // (32 * heads * self.layout.seq_len)))
 
     @property
     def input_ids(self) -> torch.Tensor:

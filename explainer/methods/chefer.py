@@ -10,6 +10,9 @@ Only row p-1 is needed, so a row vector is propagated from the last layer down,
 v ← e_{p-1};  for l = n..1:  v ← v + v · Ā_l   (O(L²) per layer instead of O(L³)),
 and all targets share one forward: their vector-Jacobian products (activation gradients only,
 parameters frozen) are batched, in chunks bounded by the context's memory budget.
+
+On the blockwise path (`explainer.blockwise`, for long sequences) no map is kept: each target's
+backward forms Ā block by block and applies it to the row as it passes each layer.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
+from explainer.blockwise import RelevanceTap, chefer_rows, tapping
 from explainer.methods.base import ExplainContext, RelevanceMethod
 from explainer.targets import Target, logit_rows, start_rows, target_scores
 
@@ -55,6 +59,8 @@ def targets_per_chunk(context: ExplainContext, n_layers: int, heads: int) -> int
 
 class Chefer(RelevanceMethod):
     def relevance(self, context: ExplainContext, targets: Sequence[Target]) -> torch.Tensor:
+        if context.blockwise:
+            return self._blockwise(context, targets)
         embeddings = context.embeddings().detach().requires_grad_(True)  # the graph's only leaf
         with torch.enable_grad(), context.recording() as maps:
             rows_read = logit_rows(targets)
@@ -75,3 +81,14 @@ class Chefer(RelevanceMethod):
                 del gradients
                 rows.append(propagate_rows(start[first : first + chunk], cams))
         return torch.cat(rows)
+
+    @staticmethod
+    def _blockwise(context: ExplainContext, targets: Sequence[Target]) -> torch.Tensor:
+        """The same rows without any L×L map: one backward per target (`explainer.blockwise`)."""
+        embeddings = context.embeddings().detach().requires_grad_(True)
+        tap = RelevanceTap(context.block_rows())
+        with torch.enable_grad(), tapping(tap):
+            rows_read = logit_rows(targets)
+            logits = context.logits(embeddings, rows_read)
+            scores = target_scores(logits, context.input_ids, targets, rows_read)[0]  # [T]
+            return chefer_rows(tap, scores, embeddings, start_rows(targets, context.layout.seq_len))
