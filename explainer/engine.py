@@ -67,9 +67,10 @@ class Explainer:
     """Explains what a Gemma3-family VLM's answer tokens were computed from.
 
     Wrapping a model changes nothing on it. Generation and relevance run inside `relevance_mode`:
-    eval mode, frozen parameters and eager attention on the language model (the only implementation
-    that returns attention probabilities), all undone when they return. A model that cannot switch
-    to eager attention is refused here, not at its first item.
+    eval mode, frozen parameters and, on the language model, eager attention (the only implementation
+    of transformers' that returns attention probabilities) or, for long prompts, the blockwise one
+    (`explainer.blockwise`: no L×L map kept; `attention` picks, see `attention_path`), all undone
+    when they return. A model that cannot switch attention is refused here, not at its first item.
 
     Example:
         >>> explainer = Explainer.from_pretrained("google/medgemma-1.5-4b-it")
