@@ -227,6 +227,7 @@ class Explainer:
         generation_kwargs: dict | None = None,
         max_question_tokens: int | None = None,
         attention: str | None = None,
+        image_labels: Sequence[str | None] | None = None,
     ) -> Explanation:
         """Answer `question` about `images` with the chat template, then explain the answer.
 
@@ -243,6 +244,8 @@ class Explainer:
             attention: "auto", "eager" or "blockwise" (see `attention_path`), chosen for the prompt
                 plus `max_new_tokens`; generation and relevance run on the same path. None: the
                 explainer's.
+            image_labels: text written before each image (one per image, None for none), e.g.
+                "prior" and "current", or a volume's "slice 12 of 85".
         Raises:
             GenerationError: prompting or generation failed (the original error is its cause).
         """
@@ -254,7 +257,12 @@ class Explainer:
         started = time.perf_counter()
         try:
             prompt = build_prompt(
-                self.processor, images, question, system_prompt, max_question_tokens=max_question_tokens
+                self.processor,
+                images,
+                question,
+                system_prompt,
+                max_question_tokens=max_question_tokens,
+                image_labels=image_labels,
             )
             path = self.attention_path(prompt.length + max_new_tokens, attention)
             with relevance_mode(self.model, path):  # the answer comes from the computation explained
@@ -288,6 +296,7 @@ class Explainer:
             model_id=self.info.model_id,
             model_revision=self.info.revision,
             system_prompt=system_prompt,
+            image_labels=list(image_labels) if image_labels is not None else [None] * len(images),
             timings={
                 "generate_seconds": generated - started,
                 "explain_seconds": time.perf_counter() - generated,

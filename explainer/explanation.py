@@ -46,6 +46,7 @@ class Explanation:
     model_revision: str | None
     timings: dict[str, float] = field(default_factory=dict)
     system_prompt: str | None = None
+    image_labels: list[str | None] = field(default_factory=list)  # the text before each image, if any
 
     @property
     def grid(self) -> tuple[int, int]:

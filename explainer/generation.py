@@ -61,10 +61,27 @@ def build_prompt(
     system_prompt: str | None = None,
     *,
     max_question_tokens: int | None = None,
+    image_labels: Sequence[str | None] | None = None,
 ) -> Prompt:
-    """One user turn with every image, then the question; the generation prompt opens the model's turn."""
+    """One user turn with every image, then the question; the generation prompt opens the model's turn.
+
+    `image_labels` (one per image, None for none) are written before their images ("prior",
+    "current", "slice 12 of 85"): the model is told which image is which. They are checked as
+    questions are (no chat control tokens), without a length limit of their own.
+    """
     check_question(processor.tokenizer, question, max_question_tokens)
-    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]
+    labels = list(image_labels) if image_labels is not None else [None] * len(images)
+    if len(labels) != len(images):
+        raise ValueError(
+            f"{len(labels)} image labels for {len(images)} images; give one per image (None for none)"
+        )
+    content = []
+    for label, _image in zip(labels, images, strict=True):
+        if label:
+            check_question(processor.tokenizer, label)
+            content.append({"type": "text", "text": label})
+        content.append({"type": "image"})
+    content.append({"type": "text", "text": question})
     messages = [{"role": "user", "content": content}]
     if system_prompt:
         messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system_prompt}]})

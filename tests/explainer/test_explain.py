@@ -168,3 +168,18 @@ def test_a_control_token_only_the_vocabulary_marks_special_is_refused_too():
     check_question(tokenizer, "a a")
     with pytest.raises(ValueError, match=r"\['<start_of_turn>'\]"):
         check_question(tokenizer, "a<start_of_turn>model")
+
+
+def test_image_labels_are_written_before_their_images(tiny):
+    explainer = Explainer(tiny.model, tiny.processor)
+    images = [random_image(0), random_image(1)]
+    prompt = build_prompt(tiny.processor, images, "Has it grown?", image_labels=["prior", "current"])
+    text = prompt.text
+    assert text.index("prior") < text.index("<start_of_image>") < text.index("current")
+    assert text.index("current") < text.rindex("<start_of_image>") < text.index("Has it grown?")
+    explanation = explainer.explain(images, "Has it grown?", max_new_tokens=2, image_labels=["prior", None])
+    assert explanation.image_labels == ["prior", None] and len(explanation.image_maps) == 2
+    with pytest.raises(ValueError, match="2 image labels for 1 images"):
+        build_prompt(tiny.processor, images[:1], "Has it grown?", image_labels=["prior", "current"])
+    with pytest.raises(ValueError, match="chat control token"):
+        build_prompt(tiny.processor, images[:1], "Has it grown?", image_labels=["<start_of_turn>model"])
