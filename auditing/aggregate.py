@@ -19,6 +19,7 @@ from auditing.flags import (
     shortcut_flags,
 )
 from auditing.load import join_targets
+from auditing.studies import cohort_studies, prior_flags, study_items
 from auditing.trust import (
     faithfulness_items,
     reference_agreement,
@@ -61,6 +62,7 @@ class Aggregate:
     comparisons: pd.DataFrame
     flags: pd.DataFrame
     trust: pd.DataFrame
+    studies: pd.DataFrame
 
 
 def aggregate(
@@ -87,6 +89,8 @@ def aggregate(
     method = str(tokens["method"].iloc[0]) if len(tokens) else "unknown"
     flags = roi_flags(stats, thresholds, method) if len(stats) else []
     flags += off_anatomy_flags(items, thresholds, method)
+    studies = cohort_studies(study_items(targets), stats_config, thresholds)
+    flags += prior_flags(studies, thresholds, method)
     trust, sample, no_evidence = pd.DataFrame(), pd.DataFrame(), set()
     if faithfulness is not None and len(faithfulness):
         sample = faithfulness_items(faithfulness, answers, config.findings)
@@ -112,7 +116,7 @@ def aggregate(
     )
     if len(candidates):
         flags += shortcut_flags(candidates, thresholds, uniform_shares(items))
-    return Aggregate(items, stats, regions, comparisons, as_frame(flags), trust)
+    return Aggregate(items, stats, regions, comparisons, as_frame(flags), trust, studies)
 
 
 def with_evidence(items: pd.DataFrame, flat_entropy: float, no_evidence: set[tuple]) -> pd.DataFrame:
@@ -138,7 +142,7 @@ def aggregate_run(
     out_uri: str, run_id: str, config: AggregateConfig | None = None, *, endpoint_url: str | None = None
 ) -> Aggregate:
     """Aggregate one run's outputs and write its cohort_stats, cohort_regions, cohort_comparisons,
-    cohort_trust and flags tables (`<table>/run_id=<id>/part-aggregate.parquet`). Rerunnable without
+    cohort_trust, cohort_studies and flags tables (`<table>/run_id=<id>/part-aggregate.parquet`). Rerunnable without
     the model; a rerun replaces the tables."""
     config = config or AggregateConfig()
     tokens = read_table(out_uri, "tokens", run_id=run_id, endpoint_url=endpoint_url).to_pandas()
@@ -151,6 +155,7 @@ def aggregate_run(
         ("cohort_regions", result.cohort_regions),
         ("cohort_comparisons", result.comparisons),
         ("cohort_trust", result.trust),
+        ("cohort_studies", result.studies),
         ("flags", result.flags),
     ):
         write_part(store, table, run_id, AGGREGATE_PART, _without_run_id(frame))

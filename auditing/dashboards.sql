@@ -56,6 +56,10 @@ SELECT * FROM read_parquet('${OUT}/cohort_regions/**/*.parquet', hive_partitioni
 CREATE OR REPLACE VIEW cohort_trust AS
 SELECT * FROM read_parquet('${OUT}/cohort_trust/**/*.parquet', hive_partitioning = true, hive_types = {'run_id': VARCHAR}, union_by_name = true);
 
+-- source: cohort_studies
+CREATE OR REPLACE VIEW cohort_studies AS
+SELECT * FROM read_parquet('${OUT}/cohort_studies/**/*.parquet', hive_partitioning = true, hive_types = {'run_id': VARCHAR}, union_by_name = true);
+
 -- source: flags
 CREATE OR REPLACE VIEW flags AS
 SELECT * FROM read_parquet('${OUT}/flags/**/*.parquet', hive_partitioning = true, hive_types = {'run_id': VARCHAR}, union_by_name = true);

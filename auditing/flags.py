@@ -46,6 +46,9 @@ class FlagThresholds:
     evidence_fraction: float = 0.5
     # ... and at least this many logits; below it the reference is noise and the item not checkable
     trust_min_reference_drop: float = 0.1
+    # a longitudinal item barely looks at the prior when less than this share of its image relevance
+    # lies on it; a cohort is flagged when more than half of its items do (Wilson interval above 1/2)
+    prior_floor: float = 0.1
 
 
 SHORTCUT_REGIONS = {

@@ -1,7 +1,7 @@
 """Storage layer of vlm-audit: URIs and object stores (local, s3://), manifests, image decoding,
 Parquet output tables, run.json and committed shards. Imports no torch and no prefect."""
 
-from storage.audit_schemas import COHORT_METRICS, FAITHFULNESS_SCHEMA, FLAGS_SCHEMA
+from storage.audit_schemas import COHORT_METRICS, FAITHFULNESS_SCHEMA, FLAGS_SCHEMA, PROFILE_BINS
 from storage.engines import arrow_filesystem, duckdb_connect, load_httpfs, parquet_source, table_glob
 from storage.errors import (
     CorruptImage,
@@ -75,6 +75,7 @@ __all__ = [
     "FAITHFULNESS_SCHEMA",
     "FLAGS_SCHEMA",
     "MANIFEST_PART",
+    "PROFILE_BINS",
     "REGION_NAMES",
     "SCHEMA_VERSION",
     "STAGES",

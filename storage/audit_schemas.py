@@ -96,6 +96,34 @@ COHORT_TRUST_SCHEMA = pa.schema(
     ]
 )
 
+PROFILE_BINS = 10  # a cohort's slice profile: mean share of image relevance per tenth of the volume
+
+COHORT_STUDIES_SCHEMA = pa.schema(
+    [
+        *_COHORT_KEY,
+        # volumes: where along the ordered volume the maps sit (0 first slice, 1 last), how much of
+        # their mass lies outside the body, and the mean profile over PROFILE_BINS bins
+        ("n_volume_items", pa.int32()),
+        ("slice_position_mean", pa.float64()),
+        ("slice_position_ci_low", pa.float64()),
+        ("slice_position_ci_high", pa.float64()),
+        ("outside_body_mean", pa.float64()),
+        ("outside_body_ci_low", pa.float64()),
+        ("outside_body_ci_high", pa.float64()),
+        ("slice_profile", pa.list_(pa.float32())),
+        # longitudinal items (an image labelled "prior"): the prior's share of the image relevance,
+        # and how many items barely look at it
+        ("n_longitudinal_items", pa.int32()),
+        ("prior_share_mean", pa.float64()),
+        ("prior_share_ci_low", pa.float64()),
+        ("prior_share_ci_high", pa.float64()),
+        ("n_barely_prior", pa.int32()),
+        ("barely_prior_rate", pa.float64()),
+        ("barely_prior_ci_low", pa.float64()),
+        ("barely_prior_ci_high", pa.float64()),
+    ]
+)
+
 FAITHFULNESS_SCHEMA = pa.schema(
     [
         pa.field("item_id", pa.string(), nullable=False),
@@ -123,6 +151,7 @@ AUDIT_SCHEMAS: dict[str, pa.Schema] = {
     "cohort_regions": COHORT_REGIONS_SCHEMA,
     "cohort_comparisons": COMPARISONS_SCHEMA,
     "cohort_trust": COHORT_TRUST_SCHEMA,
+    "cohort_studies": COHORT_STUDIES_SCHEMA,
     "flags": FLAGS_SCHEMA,
     "faithfulness": FAITHFULNESS_SCHEMA,
 }

@@ -19,7 +19,7 @@ from storage.errors import SchemaError
 from storage.records import STAGES
 from storage.region_names import REGION_SHARES_TYPE
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 ANSWER_STATUSES = ("ok", "error")
 TARGET_KINDS = ("token", "word", "answer")
 
@@ -28,6 +28,9 @@ ANSWERS_SCHEMA = pa.schema(
         pa.field("item_id", pa.string(), nullable=False),
         ("row_number", pa.int64()),
         ("image_uri", pa.string()),
+        ("image_uris", pa.list_(pa.string())),
+        ("image_labels", pa.list_(pa.string())),
+        ("n_images", pa.int16()),
         ("question", pa.string()),
         ("answer", pa.string()),
         ("status", pa.string()),
@@ -50,6 +53,12 @@ TOKENS_SCHEMA = pa.schema(
     [
         pa.field("item_id", pa.string(), nullable=False),
         ("image_index", pa.int16()),
+        ("image_group", pa.int16()),
+        ("image_label", pa.string()),
+        ("slice_index", pa.int32()),
+        ("n_slices", pa.int32()),
+        ("study_share", pa.float32()),
+        ("outside_body_share", pa.float32()),
         ("target_kind", pa.string()),
         ("target_text", pa.string()),
         ("word", pa.string()),

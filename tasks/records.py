@@ -6,6 +6,7 @@ part of the raw relevance (no other normalisation).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -107,20 +108,58 @@ def target_fields(target: Target, explanation: Explanation) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class ImageRole:
+    """Where one image of an item's prompt came from: its manifest URI (`group`), the label written
+    before it, and for a volume's slice its position in the ordered volume and the cells inside the
+    body ([rows, cols] fractions; None where not computed)."""
+
+    group: int = 0
+    label: str | None = None
+    slice_index: int | None = None
+    n_slices: int | None = None
+    body: np.ndarray | None = None
+
+
+def body_fractions(image: Image.Image, grid: Grid, level: float = 0.1) -> np.ndarray:
+    """[rows, cols] fraction of each cell inside the body of a windowed slice: pixels brighter than
+    `level` of full scale (air is black under the CT windows and the percentile window alike)."""
+    grey = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    return cell_means(cell_means(grey > level, grid[1], axis=1), grid[0], axis=0)
+
+
+def _study_shares(explanation: Explanation) -> np.ndarray:
+    """[n_targets, n_images]: each image's share of the positive image relevance of the whole prompt
+    (zeros for a target with none)."""
+    masses = np.stack(
+        [np.clip(maps, 0, None).reshape(len(maps), -1).sum(axis=1) for maps in explanation.image_maps], axis=1
+    )
+    totals = masses.sum(axis=1, keepdims=True)
+    return np.divide(masses, totals, out=np.zeros_like(masses), where=totals > 0)
+
+
 def token_rows(
-    item_id: str, explanation: Explanation, *, roi: np.ndarray | None = None
+    item_id: str,
+    explanation: Explanation,
+    *,
+    roi: np.ndarray | None = None,
+    roles: list[ImageRole] | None = None,
 ) -> list[dict[str, Any]]:
-    """One tokens row per (target, image). `roi` (cell weights) applies to image 0, the item's image.
+    """One tokens row per (target, image). `roi` (cell weights) applies to image 0, the item's first
+    image; `roles` (one per image) say where each image came from (default: one plain image each).
 
     `explain_seconds` is the item's explanation time split evenly over its targets: they share one
     forward pass and batched gradients, so no target has a time of its own.
     """
     n_targets = len(explanation.targets)
     per_target_seconds = explanation.timings.get("explain_seconds", 0.0) / max(n_targets, 1)
+    roles = roles or [ImageRole(group=index) for index in range(len(explanation.image_maps))]
+    shares = _study_shares(explanation) if explanation.image_maps else None
     rows = []
     for image_index, image_maps in enumerate(explanation.image_maps):  # [n_targets, rows, cols]
         grid = tuple(image_maps.shape[1:])
         regions = table_regions(grid)
+        role = roles[image_index]
         for target_index, target in enumerate(explanation.targets):
             cell_map = image_maps[target_index]
             text_relevance = explanation.text_relevance[target_index]
@@ -131,6 +170,14 @@ def token_rows(
                 {
                     "item_id": item_id,
                     "image_index": image_index,
+                    "image_group": role.group,
+                    "image_label": role.label,
+                    "slice_index": role.slice_index,
+                    "n_slices": role.n_slices,
+                    "study_share": float(shares[target_index, image_index]),
+                    "outside_body_share": (
+                        mass_share(cell_map, 1.0 - role.body) if role.body is not None else None
+                    ),
                     "target_kind": target.kind,
                     **target_fields(target, explanation),
                     "method": explanation.method,

@@ -1,0 +1,146 @@
+"""Studies: where along a volume the maps sit, and whether answers about change look at the prior.
+
+A study item has several images in one prompt: a volume's sampled slices, or a longitudinal pair
+("prior", "current"), or several views. The tokens table gives each image's `study_share` (its share
+of the target's positive image relevance over the whole prompt), its label and, for slices, its
+position in the ordered volume. From those, per (item, target class):
+
+- `slice_position`: the mass-weighted mean position along the volume (0 the first slice, 1 the last);
+- `outside_body`: the share of the relevance outside the body (mass-weighted over slices);
+- `slice_profile`: the relevance per tenth of the volume (`PROFILE_BINS` bins);
+- `prior_share`: the share on images labelled "prior…" (longitudinal items only).
+
+Cohort rows summarise them with bootstrap intervals; `change_ignores_prior` flags a cohort whose
+longitudinal answers mostly barely look at the prior (prior share below `prior_floor`, the rate's
+Wilson interval above one half).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from auditing.bootstrap import mean_ci
+from auditing.cohorts import ITEM_KEYS, StatsConfig, cohorts
+from auditing.evidence import wilson_interval
+from auditing.flags import FlagThresholds, flag_row
+from storage import PROFILE_BINS
+
+PRIOR_LABEL = "prior"  # images whose label starts with this (case-insensitive) are the prior
+
+
+def is_prior(label: object) -> bool:
+    return isinstance(label, str) and label.strip().lower().startswith(PRIOR_LABEL)
+
+
+def _profile(positions: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """Shares summed per tenth of the volume (positions in 0..1)."""
+    bins = np.minimum((positions * PROFILE_BINS).astype(int), PROFILE_BINS - 1)
+    return np.bincount(bins, weights=shares, minlength=PROFILE_BINS).astype(np.float32)
+
+
+def study_items(targets: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, item, target class) of study items, with their study metrics; the item's
+    metadata columns come along (first image's)."""
+    if "study_share" not in targets.columns or targets.empty:
+        return pd.DataFrame(columns=[*ITEM_KEYS, "slice_position", "outside_body", "prior_share"])
+    rows = []
+    for key, group in targets.groupby(ITEM_KEYS, sort=False):
+        shares = group["study_share"].fillna(0.0).to_numpy(dtype=np.float64)
+        slices = group["slice_index"].notna() & group["n_slices"].fillna(0).gt(1)
+        labelled_prior = group["image_label"].map(is_prior)
+        if not slices.any() and not labelled_prior.any():
+            continue
+        row = dict(zip(ITEM_KEYS, key, strict=True)) | group.iloc[0].to_dict()
+        row |= {
+            "slice_position": np.nan,
+            "outside_body": np.nan,
+            "slice_profile": None,
+            "prior_share": np.nan,
+        }
+        if slices.any():
+            positions = (group.loc[slices, "slice_index"] / (group.loc[slices, "n_slices"] - 1)).to_numpy(
+                float
+            )
+            weights = shares[slices.to_numpy()]
+            total = weights.sum()
+            if total > 0:
+                row["slice_position"] = float((positions * weights).sum() / total)
+                row["slice_profile"] = _profile(positions, weights / total)
+                outside = group.loc[slices, "outside_body_share"].to_numpy(dtype=np.float64)
+                known = ~np.isnan(outside)
+                if known.any() and weights[known].sum() > 0:
+                    row["outside_body"] = float((outside * weights)[known].sum() / weights[known].sum())
+        if labelled_prior.any() and shares.sum() > 0:
+            row["prior_share"] = float(shares[labelled_prior.to_numpy()].sum() / shares.sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def cohort_studies(items: pd.DataFrame, config: StatsConfig, thresholds: FlagThresholds) -> pd.DataFrame:
+    """Per (run, grouping, cohort, target class): the `cohort_studies` table's rows."""
+    if items.empty:
+        return pd.DataFrame()
+    summaries = []
+    for (run_id, target), run_items in items.groupby(["run_id", "target_class"], sort=True):
+        for grouping, cohort, rows in cohorts(run_items, config.group_by):
+            volumes = rows[rows["slice_position"].notna()]
+            longitudinal = rows[rows["prior_share"].notna()]
+            summary = {"run_id": run_id, "grouping": grouping, "cohort": cohort, "target_class": target}
+            for name, column, frame in (
+                ("slice_position", "slice_position", volumes),
+                ("outside_body", "outside_body", volumes),
+                ("prior_share", "prior_share", longitudinal),
+            ):
+                mean, low, high = mean_ci(
+                    frame[column], resamples=config.resamples, level=config.level, seed=config.seed
+                )
+                summary |= {f"{name}_mean": mean, f"{name}_ci_low": low, f"{name}_ci_high": high}
+            profiles = [profile for profile in volumes["slice_profile"] if profile is not None]
+            barely = int((longitudinal["prior_share"] < thresholds.prior_floor).sum())
+            low, high = wilson_interval(barely, len(longitudinal), config.level)
+            summary |= {
+                "n_volume_items": len(volumes),
+                "slice_profile": np.mean(profiles, axis=0).astype(np.float32) if profiles else None,
+                "n_longitudinal_items": len(longitudinal),
+                "n_barely_prior": barely,
+                "barely_prior_rate": barely / len(longitudinal) if len(longitudinal) else np.nan,
+                "barely_prior_ci_low": low,
+                "barely_prior_ci_high": high,
+            }
+            summaries.append(summary)
+    return pd.DataFrame(summaries)
+
+
+def prior_flags(studies: pd.DataFrame, thresholds: FlagThresholds, method: str) -> list[dict]:
+    """`change_ignores_prior`: a cohort's longitudinal answers mostly barely look at the prior."""
+    if studies.empty:
+        return []
+    rows = studies[
+        (studies["n_longitudinal_items"] >= thresholds.min_items) & (studies["barely_prior_ci_low"] > 0.5)
+    ]
+    return [
+        flag_row(
+            run_id=row.run_id,
+            scope="cohort",
+            rule="change_ignores_prior",
+            method=method,
+            grouping=row.grouping,
+            cohort=row.cohort,
+            target_class=row.target_class,
+            metric="barely_prior_rate",
+            value=row.barely_prior_rate,
+            threshold=thresholds.prior_floor,
+            ci_low=row.barely_prior_ci_low,
+            ci_high=row.barely_prior_ci_high,
+            n_items=row.n_longitudinal_items,
+            message=(
+                f"{row.n_barely_prior} of {row.n_longitudinal_items} longitudinal {row.grouping}={row.cohort} "
+                f"items put less than {thresholds.prior_floor:.0%} of the '{row.target_class}' {method} "
+                f"relevance on the prior (95% CI {row.barely_prior_ci_low:.0%}–{row.barely_prior_ci_high:.0%}"
+                f"; mean prior share {row.prior_share_mean:.0%}): answers about change that barely look "
+                "at the prior"
+            ),
+        )
+        for row in rows.itertuples(index=False)
+    ]

@@ -1,0 +1,91 @@
+"""Study statistics on hand-made tables: volume slice profiles, prior shares, the prior flag."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from auditing import aggregate
+from auditing.load import join_targets
+from auditing.studies import study_items
+from tests.auditing.synthetic import GRID, answer_row, lung_map, token_row
+from tests.auditing.test_statistics import CONFIG, tables
+
+
+def _study(item_id: str, site: str, shares: list[float], *, labels=None, n_slices=None, outside=None):
+    """An item with one image per share (answer target): image k's map is scaled to carry shares[k]
+    of the image relevance; `n_slices` makes them slices 0, 2, 4, ... of a volume."""
+    rng = np.random.default_rng(len(item_id))
+    base = lung_map(rng)
+    tokens = []
+    for index, share in enumerate(shares):
+        cell_map = base / base.sum() * share if share > 0 else np.zeros(GRID, dtype=np.float32)
+        row = token_row(item_id, cell_map) | {
+            "image_index": index,
+            "image_group": 0 if n_slices else index,
+            "image_label": labels[index]
+            if labels
+            else (f"slice {2 * index + 1} of {n_slices}" if n_slices else None),
+            "slice_index": 2 * index if n_slices else None,
+            "n_slices": n_slices,
+            "study_share": share,
+            "outside_body_share": outside[index] if outside else None,
+        }
+        tokens.append(row)
+    return answer_row(item_id, site), tokens
+
+
+def _run(items):
+    answers, tokens = [], []
+    for answer, rows in items:
+        answers.append(answer)
+        tokens += rows
+    return tables(answers, tokens)
+
+
+def test_a_volume_items_position_profile_and_outside_body_share():
+    answer, tokens = _study(
+        "v-1", "north", [0.0, 0.1, 0.0, 0.9, 0.0], n_slices=9, outside=[0.5, 0.2, 0.5, 0.4, 0.5]
+    )
+    answers, token_frame = _run([(answer, tokens)])
+    result = aggregate(token_frame, answers, CONFIG)
+    [item] = study_items(join_targets(token_frame, answers)).itertuples()
+    # slices 2 and 6 of 0..8: positions 0.25 and 0.75, weights 0.1 and 0.9
+    assert item.slice_position == pytest.approx(0.1 * 0.25 + 0.9 * 0.75)
+    assert item.outside_body == pytest.approx(0.1 * 0.2 + 0.9 * 0.4)
+    assert np.argmax(item.slice_profile) == 7 and item.slice_profile.sum() == pytest.approx(1.0)
+    [row] = result.studies[result.studies["grouping"] == "all"].itertuples()
+    assert row.n_volume_items == 1 and row.n_longitudinal_items == 0
+    assert row.slice_position_mean == pytest.approx(item.slice_position)
+
+
+def _longitudinal(prior_share_of, n=8):
+    items = []
+    for site, prior_share in prior_share_of.items():
+        for index in range(n):
+            share = prior_share + 0.01 * index
+            items.append(_study(f"{site}-{index}", site, [share, 1 - share], labels=["prior", "current"]))
+    return _run(items)
+
+
+def test_answers_about_change_that_barely_look_at_the_prior_are_flagged():
+    answers, tokens = _longitudinal({"north": 0.01, "south": 0.4, "east": 0.45})
+    result = aggregate(tokens, answers, CONFIG)
+    flags = result.flags[result.flags["rule"] == "change_ignores_prior"]
+    assert list(zip(flags["grouping"], flags["cohort"], strict=True)) == [("site", "north")]
+    [north] = result.studies[(result.studies["cohort"] == "north")].itertuples()
+    assert north.n_barely_prior == 8 and north.barely_prior_ci_low > 0.5
+    assert north.prior_share_mean == pytest.approx(0.01 + 0.01 * 3.5)
+
+
+def test_looking_at_both_images_or_too_few_items_raise_no_prior_flag():
+    answers, tokens = _longitudinal({"north": 0.3, "south": 0.5})
+    assert not (aggregate(tokens, answers, CONFIG).flags["rule"] == "change_ignores_prior").any()
+    answers, tokens = _longitudinal({"north": 0.01}, n=3)  # below min_items
+    assert not (aggregate(tokens, answers, CONFIG).flags["rule"] == "change_ignores_prior").any()
+
+
+def test_single_image_runs_have_no_study_rows():
+    answer, tokens = _study("x-1", "north", [1.0])
+    answers, token_frame = _run([(answer, tokens)])
+    assert aggregate(token_frame, answers, CONFIG).studies.empty
