@@ -28,6 +28,7 @@ from auditing.report.sections import (
     cohort_name,
     error_rows,
     flag_rows,
+    study_rows,
     summary_rows,
     trust_tables,
 )
@@ -201,6 +202,8 @@ def build_report(out_uri: str, run_id: str, *, endpoint_url: str | None = None) 
         "cohorts_left_out": chosen_cohorts(tables)[1] if classes else 0,
         "gallery": gallery(tables, store, reader, sink),
         "trust": trust_tables(tables, classes),
+        "studies": study_rows(tables),
+        "prior_floor": FlagThresholds().prior_floor,
         "trust_min_drop": FlagThresholds().trust_min_reference_drop,
         "aggregated_here": tables.aggregated_here,
         "colour_scale": sink.add("colour-scale", colour_scale()),

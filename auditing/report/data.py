@@ -45,6 +45,7 @@ class RunTables:
     regions: pd.DataFrame  # cohort_regions
     flags: pd.DataFrame
     trust: pd.DataFrame  # cohort_trust
+    studies: pd.DataFrame  # cohort_studies
     aggregated_here: bool  # True when the cohort tables were missing and computed in memory
 
 
@@ -101,6 +102,7 @@ def load_run(store: ObjectStore, run_id: str) -> RunTables:
         regions=regions,
         flags=flags,
         trust=trust,
+        studies=_read(store, "cohort_studies", run_id),
         aggregated_here=aggregated_here,
     )
 

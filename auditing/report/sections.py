@@ -22,6 +22,7 @@ RULE_TITLES = {
     "off_anatomy": "Looks outside the lungs",
     "explanations_not_trustworthy": "Heatmaps not trustworthy",
     "evidence_relocated": "Evidence moved by the vision tower",
+    "change_ignores_prior": "Answers about change barely look at the prior",
 }
 TRUST_RULES = ("explanations_not_trustworthy", "evidence_relocated")
 REFERENCE_NAMES = {"occlusion": "token occlusion", "pixel_occlusion": "pixel occlusion"}
@@ -229,3 +230,51 @@ def trust_tables(tables: RunTables, classes: list[str]) -> list[dict[str, Any]]:
             )
         result.append({"target_class": target, "rows": rows})
     return result
+
+
+def _interval(mean: Any, low: Any, high: Any) -> str:
+    return f"{pct(mean)} ({pct(low)}–{pct(high)})" if is_number(mean) else "–"
+
+
+def study_rows(tables: RunTables) -> dict[str, list[dict[str, Any]]]:
+    """Volume rows (where along the volume the maps sit, outside the body, the slice profile) and
+    longitudinal rows (the prior's share, answers that barely look at it), per cohort and target."""
+    studies = tables.studies
+    if studies.empty:
+        return {"volumes": [], "longitudinal": []}
+    flagged = set()
+    if not tables.flags.empty:
+        raised = tables.flags[tables.flags["rule"] == "change_ignores_prior"]
+        flagged = set(zip(raised["grouping"], raised["cohort"], raised["target_class"], strict=True))
+    volumes, longitudinal = [], []
+    for row in studies.itertuples(index=False):
+        where = {"cohort": cohort_name(row.grouping, row.cohort), "target_class": row.target_class}
+        if is_number(row.n_volume_items) and row.n_volume_items > 0:
+            profile = row.slice_profile if row.slice_profile is not None else []
+            volumes.append(
+                where
+                | {
+                    "n_items": int(row.n_volume_items),
+                    "position": _interval(
+                        row.slice_position_mean, row.slice_position_ci_low, row.slice_position_ci_high
+                    ),
+                    "outside_body": _interval(
+                        row.outside_body_mean, row.outside_body_ci_low, row.outside_body_ci_high
+                    ),
+                    "profile": [round(float(share) * 100) for share in profile],
+                }
+            )
+        if is_number(row.n_longitudinal_items) and row.n_longitudinal_items > 0:
+            longitudinal.append(
+                where
+                | {
+                    "n_items": int(row.n_longitudinal_items),
+                    "prior_share": _interval(
+                        row.prior_share_mean, row.prior_share_ci_low, row.prior_share_ci_high
+                    ),
+                    "barely": f"{int(row.n_barely_prior)} of {int(row.n_longitudinal_items)} "
+                    f"(95% CI {pct(row.barely_prior_ci_low)}–{pct(row.barely_prior_ci_high)})",
+                    "flagged": (row.grouping, row.cohort, row.target_class) in flagged,
+                }
+            )
+    return {"volumes": volumes, "longitudinal": longitudinal}

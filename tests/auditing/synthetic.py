@@ -130,3 +130,26 @@ def faithfulness_rows(tokens: list[dict], seed: int = 0) -> list[dict]:
                 }
             )
     return rows
+
+
+def study_item(item_id: str, site: str, shares: list[float], *, labels=None, n_slices=None, outside=None):
+    """An item with one image per share (answer target): image k's map is scaled to carry shares[k]
+    of the image relevance; `n_slices` makes them slices 0, 2, 4, ... of a volume."""
+    rng = np.random.default_rng(len(item_id))
+    base = lung_map(rng)
+    tokens = []
+    for index, share in enumerate(shares):
+        cell_map = base / base.sum() * share if share > 0 else np.zeros(GRID, dtype=np.float32)
+        row = token_row(item_id, cell_map) | {
+            "image_index": index,
+            "image_group": 0 if n_slices else index,
+            "image_label": labels[index]
+            if labels
+            else (f"slice {2 * index + 1} of {n_slices}" if n_slices else None),
+            "slice_index": 2 * index if n_slices else None,
+            "n_slices": n_slices,
+            "study_share": share,
+            "outside_body_share": outside[index] if outside else None,
+        }
+        tokens.append(row)
+    return answer_row(item_id, site), tokens

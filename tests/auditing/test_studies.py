@@ -8,31 +8,8 @@ import pytest
 from auditing import aggregate
 from auditing.load import join_targets
 from auditing.studies import study_items
-from tests.auditing.synthetic import GRID, answer_row, lung_map, token_row
+from tests.auditing.synthetic import study_item
 from tests.auditing.test_statistics import CONFIG, tables
-
-
-def _study(item_id: str, site: str, shares: list[float], *, labels=None, n_slices=None, outside=None):
-    """An item with one image per share (answer target): image k's map is scaled to carry shares[k]
-    of the image relevance; `n_slices` makes them slices 0, 2, 4, ... of a volume."""
-    rng = np.random.default_rng(len(item_id))
-    base = lung_map(rng)
-    tokens = []
-    for index, share in enumerate(shares):
-        cell_map = base / base.sum() * share if share > 0 else np.zeros(GRID, dtype=np.float32)
-        row = token_row(item_id, cell_map) | {
-            "image_index": index,
-            "image_group": 0 if n_slices else index,
-            "image_label": labels[index]
-            if labels
-            else (f"slice {2 * index + 1} of {n_slices}" if n_slices else None),
-            "slice_index": 2 * index if n_slices else None,
-            "n_slices": n_slices,
-            "study_share": share,
-            "outside_body_share": outside[index] if outside else None,
-        }
-        tokens.append(row)
-    return answer_row(item_id, site), tokens
 
 
 def _run(items):
@@ -44,7 +21,7 @@ def _run(items):
 
 
 def test_a_volume_items_position_profile_and_outside_body_share():
-    answer, tokens = _study(
+    answer, tokens = study_item(
         "v-1", "north", [0.0, 0.1, 0.0, 0.9, 0.0], n_slices=9, outside=[0.5, 0.2, 0.5, 0.4, 0.5]
     )
     answers, token_frame = _run([(answer, tokens)])
@@ -64,7 +41,7 @@ def _longitudinal(prior_share_of, n=8):
     for site, prior_share in prior_share_of.items():
         for index in range(n):
             share = prior_share + 0.01 * index
-            items.append(_study(f"{site}-{index}", site, [share, 1 - share], labels=["prior", "current"]))
+            items.append(study_item(f"{site}-{index}", site, [share, 1 - share], labels=["prior", "current"]))
     return _run(items)
 
 
@@ -86,6 +63,6 @@ def test_looking_at_both_images_or_too_few_items_raise_no_prior_flag():
 
 
 def test_single_image_runs_have_no_study_rows():
-    answer, tokens = _study("x-1", "north", [1.0])
+    answer, tokens = study_item("x-1", "north", [1.0])
     answers, token_frame = _run([(answer, tokens)])
     assert aggregate(token_frame, answers, CONFIG).studies.empty

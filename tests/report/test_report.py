@@ -235,3 +235,31 @@ def test_report_is_written_to_s3_beside_its_images(s3_bucket, tmp_path):
     assert "site = east" in page.text
     assert all(store.exists(f"report/run_id=r1/{image['src']}") for image in page.images)
     assert any(image["src"] == "img/item-east-0-answer.png" for image in page.images)
+
+
+def test_studies_section_shows_volumes_and_flags_answers_that_ignore_the_prior(tmp_path):
+    from auditing import AggregateConfig, aggregate_run
+    from tests.auditing.synthetic import study_item
+
+    items = [
+        study_item(
+            f"{site}-{index}",
+            site,
+            [share + 0.01 * index, 1 - share - 0.01 * index],
+            labels=["prior", "current"],
+        )
+        for site, share in (("north", 0.01), ("south", 0.4))
+        for index in range(8)
+    ]
+    items += [study_item(f"vol-{index}", "south", [0.0, 0.2, 0.8], n_slices=5) for index in range(1, 6)]
+    store = open_store(str(tmp_path))
+    write_part(store, "answers", "r1", 0, [answer for answer, _ in items])
+    write_part(store, "tokens", "r1", 0, [row for _, rows in items for row in rows])
+    aggregate_run(str(tmp_path), "r1", AggregateConfig(group_by=("site",)))
+    page = parse_page(Path(build_report(str(tmp_path), "r1")).read_text(encoding="utf-8"))
+    text = squash(page.text)
+    assert "Studies: volumes and priors" in text
+    assert "Answers about change barely look at the prior" in text  # the flag, with its title
+    assert "site = north answer 8 " in text and "8 of 8" in text
+    # the volume items sit at 0.2 × 2/4 + 0.8 × 4/4 = 90% of the way along their volumes
+    assert "site = south answer 5 90%" in text
