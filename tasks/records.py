@@ -263,3 +263,57 @@ def overlay_targets(
             k = token_index[target.positions[0]]
             chosen.append((index, f"token-{k:03d}-{explanation.tokens[k].text.strip()}"))
     return chosen
+
+
+VOLUME_OVERLAY_SLICES = 3  # a volume's overlays per target: its most relevant slices, and a profile strip
+
+
+def overlay_images(
+    explanation: Explanation, roles: list[ImageRole], target_index: int
+) -> list[tuple[int, str]]:
+    """(image index, name suffix) of the images that get an overlay for one target.
+
+    Plain images each get one (no suffix for the first image, `-image<k>` for image k). A volume's
+    slices get one each for its `VOLUME_OVERLAY_SLICES` slices with the most relevance, named by
+    their position in the volume (`-slice<n>`, 1-based; `-volume<g>-slice<n>` when the item has
+    several volumes or images), so 85 slices do not make 85 pictures.
+    """
+    shares = _study_shares(explanation)[target_index]
+    several = len({role.group for role in roles}) > 1
+    chosen, volumes = [], {}
+    for index, role in enumerate(roles):
+        if role.slice_index is None:
+            chosen.append((index, "" if index == 0 else f"-image{index}"))
+        else:
+            volumes.setdefault(role.group, []).append(index)
+    for group, indices in volumes.items():
+        top = sorted(indices, key=lambda index: -shares[index])[:VOLUME_OVERLAY_SLICES]
+        prefix = f"-volume{group}" if several else ""
+        chosen += [(index, f"{prefix}-slice{roles[index].slice_index + 1:03d}") for index in sorted(top)]
+    return chosen
+
+
+def profile_strips(
+    explanation: Explanation, roles: list[ImageRole], target_index: int
+) -> list[tuple[str, Image.Image]]:
+    """(name suffix, picture) per volume: the share of the target's relevance on each sampled slice, a
+    bar per slice in volume order (`-profile`, or `-volume<g>-profile`)."""
+    shares = _study_shares(explanation)[target_index]
+    several = len({role.group for role in roles}) > 1
+    groups: dict[int, list[int]] = {}
+    for index, role in enumerate(roles):
+        if role.slice_index is not None:
+            groups.setdefault(role.group, []).append(index)
+    strips = []
+    for group, indices in groups.items():
+        values = np.array([shares[index] for index in indices])
+        bar, height = 6, 64
+        picture = Image.new("RGB", (bar * len(values) + 2, height + 2), "white")
+        pixels = np.asarray(picture).copy()
+        top = values.max() if values.max() > 0 else 1.0
+        for position, value in enumerate(values):
+            filled = int(value / top * height + 0.5)
+            x0 = 1 + position * bar
+            pixels[height + 1 - filled : height + 1, x0 : x0 + bar - 1] = (61, 122, 184)
+        strips.append((f"-volume{group}-profile" if several else "-profile", Image.fromarray(pixels)))
+    return strips

@@ -49,10 +49,26 @@ def gallery_choice(tables: RunTables) -> list[tuple[str, list[str]]]:
     return [(item_id, list(dict.fromkeys(reasons[item_id]))) for item_id in chosen]
 
 
+_WHERE = re.compile(
+    r"(?:-image(?P<image>\d+)|(?:-volume(?P<volume>\d+))?-(?:slice(?P<slice>\d+)|(?P<profile>profile)))$"
+)
+
+
+def _where(match: re.Match | None) -> str:
+    """' (image 2)', ' (slice 42)', ' (volume 2, slice 42)', ' (slice profile)' or ''."""
+    if match is None:
+        return ""
+    if match["image"]:
+        return f" (image {int(match['image']) + 1})"
+    volume = f"volume {int(match['volume']) + 1}, " if match["volume"] else ""
+    return f" ({volume}slice {int(match['slice'])})" if match["slice"] else f" ({volume}slice profile)"
+
+
 def overlay_label(stem: str) -> str:
-    """'answer' → 'Whole answer', 'word-effusion' → 'Word "effusion"', 'token-003-x' → 'Token 3 "x"'."""
-    image = re.search(r"-image(\d+)$", stem)
-    base = stem[: image.start()] if image else stem
+    """'answer' → 'Whole answer', 'word-effusion' → 'Word "effusion"', 'token-003-x' → 'Token 3 "x"';
+    the image, volume slice or profile strip follows in brackets."""
+    where = _WHERE.search(stem)
+    base = stem[: where.start()] if where else stem
     base = re.sub(r"-[0-9a-f]{8}$", "", base)  # overlay_key's hash suffix for renamed targets
     if base == "answer":
         label = "Whole answer"
@@ -62,7 +78,7 @@ def overlay_label(stem: str) -> str:
         label = f'Token {int(match.group(1))} "{match.group(2)}"'
     else:
         label = base
-    return f"{label} (image {int(image.group(1)) + 1})" if image else label
+    return label + _where(where)
 
 
 def _overlay_order(stem: str) -> tuple[int, str]:

@@ -218,6 +218,9 @@ def test_a_run_that_does_not_exist_is_named(tmp_path):
         ("token-003-left", 'Token 3 "left"'),
         ("word-left_lung-3fa2c1d0", 'Word "left_lung"'),
         ("answer-image1", "Whole answer (image 2)"),
+        ("answer-slice042", "Whole answer (slice 42)"),
+        ("word-nodule-volume1-slice007", 'Word "nodule" (volume 2, slice 7)'),
+        ("answer-profile", "Whole answer (slice profile)"),
     ],
 )
 def test_overlay_file_names_become_plain_labels(stem, label):
