@@ -66,7 +66,13 @@ IDENTITY_FIELDS = (
 )
 # identity fields added after run ids were first derived: part of a run's identity only when not at
 # their defaults, so run ids derived before they existed stay the same (and still resume)
-LATER_IDENTITY_FIELDS = ("max_question_tokens", "allowed_inputs", "max_image_bytes")
+LATER_IDENTITY_FIELDS = (
+    "max_question_tokens",
+    "allowed_inputs",
+    "max_image_bytes",
+    "slices_per_volume",
+    "max_series_files",
+)
 DEFAULT_MAX_QUESTION_TOKENS = 1024
 
 
@@ -124,6 +130,16 @@ class AuditConfig(BaseModel):
         DEFAULT_MAX_IMAGE_BYTES,
         ge=1,
         description="larger image or mask files are rejected before they are read (bytes)",
+    )
+    slices_per_volume: int = Field(
+        85,
+        ge=1,
+        le=1024,
+        description="slices sampled uniformly along each CT/MRI volume (DICOM series or NIfTI) of an item, "
+        "as MedGemma 1.5's CT recipe does",
+    )
+    max_series_files: int = Field(
+        2048, ge=1, description="a DICOM series with more files is refused before its pixels are read"
     )
     allowed_inputs: InputPrefixes = Field(
         (),
