@@ -113,7 +113,13 @@ class ExplainContext:
 
     @contextmanager
     def recording(self) -> Iterator[list[torch.Tensor]]:
-        """Record the attention maps of the forwards run inside; the list holds one map per layer."""
+        """Record the attention maps of the forwards run inside; the list holds one map per layer.
+        Only on the eager path: the blockwise path keeps no map (`explainer.blockwise`)."""
+        if self.blockwise:
+            raise RuntimeError(
+                "attention maps are recorded on the eager path only; on the blockwise path use "
+                "explainer.blockwise.RelevanceTap(record=True), which keeps each layer's queries and keys"
+            )
         self.recorder.maps = []
         self.recorder.active = True
         try:

@@ -183,3 +183,12 @@ def test_explain_generates_and_explains_on_the_blockwise_path(windowed):
     for ours, theirs in zip(blockwise.image_maps, eager.image_maps, strict=True):
         torch.testing.assert_close(torch.from_numpy(ours), torch.from_numpy(theirs), rtol=1e-5, atol=1e-6)
     assert windowed.model.config.text_config._attn_implementation == "eager"
+
+
+def test_the_blockwise_context_records_no_maps(windowed):
+    explainer = Explainer(windowed.model, windowed.processor)
+    with (
+        explainer.context(_inputs(windowed, 1), "blockwise") as context,
+        pytest.raises(RuntimeError, match="eager path only"),
+    ):
+        context.recording().__enter__()
