@@ -14,12 +14,17 @@ it keeps loaded (`flows.runners.LOCAL_SHARD_THREADS`), or on Dask (`dask={"addre
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.context import get_run_context
 from prefect.futures import as_completed
+from prefect.runtime import flow_run
+from prefect.states import Completed
 
+from auditing.report.summary import verdict
 from flows.runners import task_resources, task_runner_for
 from storage import manifest_fingerprint
 from tasks import cache, ledger, steps
@@ -96,7 +101,15 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, unit="shard", desc="explaining")
 
 
-@flow(name="vlm-audit", task_runner=task_runner_for(None))
+def run_name() -> str:
+    """`<manifest name>-<UTC date and time>`: what a scheduled run's name should tell at a glance."""
+    config = flow_run.parameters.get("config") or {}
+    manifest = config.get("manifest", "") if isinstance(config, dict) else config.manifest
+    stem = PurePosixPath(str(manifest).rstrip("/")).name.split(".")[0] or "manifest"
+    return f"{stem}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+
+
+@flow(name="vlm-audit", flow_run_name=run_name, task_runner=task_runner_for(None))
 def audit(
     config: AuditConfig,
     run_id: str | None = None,
@@ -182,11 +195,14 @@ def audit(
             "counts": counts,
             "timings": timings,
         }
-        if config.aggregate:
-            outputs["flags"] = steps.aggregate_run(config, run_id)
-            if config.report:
-                outputs["report"] = steps.build_report(config, run_id)
-        return outputs
+        if not config.aggregate:
+            return Completed(message="completed; cohort statistics and flags not computed", data=outputs)
+        flags = steps.aggregate_run(config, run_id)
+        outputs["flags"] = len(flags)
+        if config.report:
+            outputs["report"] = steps.build_report(config, run_id)
+        steps.publish_results(config, run_id, flags, counts, outputs.get("report"))
+        return Completed(message=verdict(flags), data=outputs)  # the flow run's state says the verdict
 
 
 def _timings(summaries: list[ShardSummary], total_seconds: float) -> dict[str, float]:

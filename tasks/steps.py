@@ -8,15 +8,19 @@ exactly the shards that did not commit.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
 from prefect.tasks import exponential_backoff
 
 from auditing import AggregateConfig
 from auditing import aggregate_run as audit_aggregate_run
 from auditing import build_report as audit_build_report
+from auditing.report.summary import FLAG_FIELDS, flag_records, run_markdown
 from storage import Manifest, read_manifest, write_run
 from tasks import cache, ledger
 from tasks.config import AuditConfig
@@ -73,8 +77,8 @@ def write_run_json(config: AuditConfig, run_id: str, record: dict[str, Any]) -> 
 
 
 @task(name="aggregate-run", **STORAGE_IO)
-def aggregate_run(config: AuditConfig, run_id: str) -> int:
-    """Cohort statistics, comparisons and flags from the run's Parquet outputs; returns the flag count."""
+def aggregate_run(config: AuditConfig, run_id: str) -> list[dict[str, Any]]:
+    """Cohort statistics, comparisons and flags from the run's Parquet outputs; returns the flags."""
     result = audit_aggregate_run(
         config.out,
         run_id,
@@ -82,7 +86,43 @@ def aggregate_run(config: AuditConfig, run_id: str) -> int:
         endpoint_url=config.endpoint_url,
     )
     get_run_logger().info("run %s: %d flags raised", run_id, len(result.flags))
-    return len(result.flags)
+    return flag_records(result.flags)
+
+
+def artifact_key(run_id: str) -> str:
+    """Prefect artifact keys take lower-case letters, digits and dashes."""
+    return "vlm-audit-" + (re.sub(r"[^a-z0-9-]+", "-", run_id.lower()).strip("-") or "run")
+
+
+FLAG_EVENT = "vlm-audit.flag.raised"
+
+
+@task(name="publish-results", cache_policy=NO_CACHE)
+def publish_results(
+    config: AuditConfig, run_id: str, flags: list[dict[str, Any]], counts: dict[str, Any], report: str | None
+) -> None:
+    """What Prefect users see and automations react to: a Markdown artifact with the verdict, the flag
+    table and the report's link; a table artifact of every flag; one `vlm-audit.flag.raised` event
+    per cohort flag (resource: the run; payload: the flag)."""
+    key = artifact_key(run_id)
+    create_markdown_artifact(
+        markdown=run_markdown(run_id, flags, counts, report), key=key, description=f"vlm-audit run {run_id}"
+    )
+    create_table_artifact(
+        table=[{field: flag[field] for field in ("title", "scope", *FLAG_FIELDS)} for flag in flags],
+        key=f"{key}-flags",
+        description=f"flags of vlm-audit run {run_id}",
+    )
+    resource = {
+        "prefect.resource.id": f"vlm-audit.run.{run_id}",
+        "prefect.resource.name": run_id,
+        "vlm-audit.out": config.out,
+    }
+    for flag in flags:
+        if flag["scope"] != "item":
+            emit_event(
+                event=FLAG_EVENT, resource=resource, payload={**flag, "run_id": run_id, "report": report}
+            )
 
 
 @task(name="build-report", **STORAGE_IO)

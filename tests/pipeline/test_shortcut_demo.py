@@ -3,17 +3,27 @@ not the honest one (shipped phantom models, the real flow, aggregation from the 
 
 from __future__ import annotations
 
+import asyncio
+import re
+import time
+
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
 from flows import cli
 from flows.demo import behaviour
 from storage import read_table
+from tasks.steps import FLAG_EVENT, artifact_key
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.usefixtures("prefect_server")
-def test_the_audit_flags_the_shortcut_model_and_not_the_honest_one(tmp_path, capsys):
+def test_the_audit_flags_the_shortcut_model_and_not_the_honest_one(
+    tmp_path, capsys, prefect_server, monkeypatch
+):
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)  # the CLI reports to the test server
     code = cli.main(
         ["demo", "--out", str(tmp_path), "--n", "20", "--faithfulness-sample", "0", "--no-report"]
     )
@@ -37,3 +47,48 @@ def test_the_audit_flags_the_shortcut_model_and_not_the_honest_one(tmp_path, cap
     assert set(flagged["method"]) == {"chefer"} and "north" in flagged["message"].iloc[0]
     assert shortcut_flags(honest).empty
     assert "FLAG corners_share_above_baseline [chefer] site=north" in printed
+
+    # what Prefect users and automations see: the verdict as the run's state, artifacts, events
+    all_flags = read_table(out, "flags", run_id=shortcut).to_pandas()
+    n_cohort_flags = int((all_flags["scope"] != "item").sum())
+    artifacts, events, states = asyncio.run(_prefect_view(shortcut, n_cohort_flags))
+    markdown = artifacts[artifact_key(shortcut)]
+    assert (
+        "cohort flag" in markdown and "Looks at the image corners" in markdown and "site = north" in markdown
+    )
+    rules = {(row["rule"], row["cohort"]) for row in artifacts[artifact_key(shortcut) + "-flags"]}
+    assert ("corners_share_above_baseline", "north") in rules
+    assert ("corners_share_above_baseline", "north") in {
+        (e.payload["rule"], e.payload["cohort"]) for e in events
+    }
+    assert all(event.resource.id == f"vlm-audit.run.{shortcut}" for event in events)
+    named = [name for name, _ in states if re.fullmatch(r"manifest-\d{8}-\d{6}", name)]
+    assert len(named) >= 2  # both demo runs: the manifest's name and the date
+    assert any(
+        message.endswith("raised.") and "cohort flag" in message for _, message in states
+    )  # the verdict
+
+
+async def _prefect_view(run_id: str, n_events: int):
+    """The run's artifacts (key → data), its `n_events` flag events (polled: the server stores them
+    asynchronously) and every flow run's (name, state message)."""
+    async with get_client() as client:
+        keys = [artifact_key(run_id), artifact_key(run_id) + "-flags"]
+        found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+        artifacts = {artifact.key: artifact.data for artifact in found}
+        if isinstance(artifacts.get(keys[1]), str):  # table artifacts come back as JSON text
+            import json
+
+            artifacts[keys[1]] = json.loads(artifacts[keys[1]])
+        wanted = EventFilter(
+            event=EventNameFilter(name=[FLAG_EVENT]),
+            resource=EventResourceFilter(id=[f"vlm-audit.run.{run_id}"]),
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            events = (await client.read_events(filter=wanted, limit=50)).events
+            if len(events) >= n_events or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        runs = await client.read_flow_runs()
+        return artifacts, events, [(run.name, run.state.message or "") for run in runs]
