@@ -30,9 +30,23 @@ def deploy_configs() -> dict[str, dict]:
     PrefectYamlModel.model_validate(yaml.safe_load(PREFECT_YAML.read_text()))
     configs, actions = _load_deploy_configs_and_actions(PREFECT_YAML, console=Console(quiet=True))
     assert actions["pull"] == [
-        {"prefect.deployments.steps.set_working_directory": {"directory": "/opt/vlm-audit"}}
+        {"prefect.deployments.steps.set_working_directory": {"directory": PULL_DIRECTORY}}
     ]
     return {config["name"]: config for config in configs}
+
+
+PULL_DIRECTORY = "{{ prefect.variables.vlm_audit_home }}"
+
+
+def test_the_pull_step_takes_the_install_path_from_a_prefect_variable(prefect_server):
+    """Each site sets where its workers have the project; Prefect resolves it when a run starts."""
+    from prefect.utilities.templating import resolve_variables
+    from prefect.variables import Variable
+
+    Variable.set("vlm_audit_home", "/srv/audit/vlm-audit", overwrite=True)
+    assert asyncio.run(resolve_variables({"directory": PULL_DIRECTORY})) == {
+        "directory": "/srv/audit/vlm-audit"
+    }
 
 
 def test_prefect_yaml_deployments_schedules_and_pools(deploy_configs, monkeypatch):
@@ -112,6 +126,8 @@ def test_s3_event_trigger_matches_the_prefix_and_renders_the_manifest_uri(deploy
     uploaded = event("archive-lake", "manifests/2024/batch-07.csv")
     assert automation.trigger.covers(uploaded)
     assert not automation.trigger.covers(event("archive-lake", "images/a.png"))
+    assert not automation.trigger.covers(event("archive-lake", "manifests/2024/scan-001.png"))  # an image
+    assert automation.trigger.covers(event("archive-lake", "manifests/batch-08.PARQUET"))
     assert not automation.trigger.covers(event("other-bucket", "manifests/batch-07.csv"))
     assert EVENT_NAME in automation.trigger.expect
     [action] = automation.actions
