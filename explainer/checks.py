@@ -157,7 +157,11 @@ class MethodCheck:
 def explanation_inputs(explainer: Explainer, explanation: Explanation) -> dict[str, torch.Tensor]:
     """The full teacher-forced sequence (prompt + generated answer) an explanation was computed on."""
     prompt = build_prompt(
-        explainer.processor, explanation.images, explanation.question, explanation.system_prompt
+        explainer.processor,
+        explanation.images,
+        explanation.question,
+        explanation.system_prompt,
+        image_labels=explanation.image_labels or None,
     )
     answer = torch.tensor([token.id for token in explanation.tokens], dtype=torch.long)
     return full_sequence(prompt, answer)

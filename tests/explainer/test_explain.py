@@ -183,3 +183,18 @@ def test_image_labels_are_written_before_their_images(tiny):
         build_prompt(tiny.processor, images[:1], "Has it grown?", image_labels=["prior", "current"])
     with pytest.raises(ValueError, match="chat control token"):
         build_prompt(tiny.processor, images[:1], "Has it grown?", image_labels=["<start_of_turn>model"])
+
+
+def test_the_checked_sequence_is_the_explained_one_labels_included(tiny):
+    from explainer.checks import explanation_inputs
+
+    explainer = Explainer(tiny.model, tiny.processor)
+    images = [random_image(0), random_image(1)]
+    explanation = explainer.explain(
+        images, "Has it grown?", max_new_tokens=2, image_labels=["prior", "current"]
+    )
+    prompt = build_prompt(tiny.processor, images, "Has it grown?", image_labels=["prior", "current"])
+    answer = torch.tensor([token.id for token in explanation.tokens], dtype=torch.long)
+    assert torch.equal(
+        explanation_inputs(explainer, explanation)["input_ids"], full_sequence(prompt, answer)["input_ids"]
+    )
