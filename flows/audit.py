@@ -198,11 +198,15 @@ def audit(
         if not config.aggregate:
             return Completed(message="completed; cohort statistics and flags not computed", data=outputs)
         flags = steps.aggregate_run(config, run_id)
-        outputs["flags"] = len(flags)
+        outputs |= {
+            "flags": len(flags),
+            "verdict": verdict(flags),
+            "cohort_flags": [flag for flag in flags if flag["scope"] != "item"],
+        }
         if config.report:
             outputs["report"] = steps.build_report(config, run_id)
         steps.publish_results(config, run_id, flags, counts, outputs.get("report"))
-        return Completed(message=verdict(flags), data=outputs)  # the flow run's state says the verdict
+        return Completed(message=outputs["verdict"], data=outputs)  # the flow run's state says the verdict
 
 
 def _timings(summaries: list[ShardSummary], total_seconds: float) -> dict[str, float]:

@@ -18,7 +18,7 @@ from typing import Any
 from flows.options import add_field_options, given_fields
 from tasks.config import AuditConfig, DaskSettings
 
-EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE, EXIT_FLAGGED = 0, 1, 2, 3
 # every AuditConfig field is an option of `run` and `demo`, but for the manifest (positional, or the
 # demo's own) and the output root (`--out`)
 RUN_FIELDS = [name for name in AuditConfig.model_fields if name not in ("manifest", "out")]
@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="audit the items of a manifest")
     run.add_argument("manifest", help=AuditConfig.model_fields["manifest"].description)
     run.add_argument("--out", required=True, help=AuditConfig.model_fields["out"].description)
+    run.add_argument(
+        "--fail-on-flags",
+        action="store_true",
+        help=f"exit with code {EXIT_FLAGGED} when the audit raised any flag (for CI gates and schedulers)",
+    )
     _add_run_options(run)
     demo = commands.add_parser("demo", help="write phantom cases and audit them with the phantom model")
     demo.add_argument("--out", default="demo-output", help="local folder for the data and the outputs")
@@ -89,6 +94,12 @@ def format_summary(result: dict[str, Any]) -> str:
         f"  run.json  {result['run_json']}",
         f"  report    {where('report')}/index.html (vlm-audit report {out} {run_id})",
     ]
+    if "verdict" in result:
+        lines.append(result["verdict"])
+        lines += [
+            f"  FLAG {flag['rule']} [{flag['method']}] {flag['grouping']}={flag['cohort']}, '{flag['target_class']}'"
+            for flag in result["cohort_flags"]
+        ]
     return "\n".join(lines)
 
 
@@ -208,7 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.model = require_model_folder(default_model())
         config, dask = audit_config(args, args.manifest, args.out), dask_settings(args)  # checked first
         with _prefect_api():
-            return _run_flow(config, args.run_id, dask)[0]
+            code, result = _run_flow(config, args.run_id, dask)
+        if code == EXIT_OK and args.fail_on_flags and result.get("flags"):
+            return EXIT_FLAGGED
+        return code
     except (
         PhantomModelMissing, StorageError, ModelLoadError, RunConflict, RunLocked, ServerStartError, ValueError
     ) as exc:  # fmt: skip

@@ -48,6 +48,34 @@ def test_the_audit_flags_the_shortcut_model_and_not_the_honest_one(
     assert shortcut_flags(honest).empty
     assert "FLAG corners_share_above_baseline [chefer] site=north" in printed
 
+    # `vlm-audit run` on the same manifest and settings resumes the shortcut run: it prints the flags,
+    # and --fail-on-flags turns them into exit code 3 for CI gates and schedulers
+    from phantom import SHORTCUT_MODEL_PATH
+
+    again = [
+        "run",
+        str(tmp_path / "data" / "manifest.csv"),
+        "--out",
+        out,
+        "--model",
+        str(SHORTCUT_MODEL_PATH),
+    ]
+    again += [
+        "--group-by",
+        "site",
+        "--shard-size",
+        "4",
+        "--max-new-tokens",
+        "8",
+        "--no-report",
+        "--fail-on-flags",
+    ]
+    assert cli.main(again) == cli.EXIT_FLAGGED
+    printed = capsys.readouterr().out
+    assert (
+        f"run {shortcut}:" in printed and "FLAG corners_share_above_baseline [chefer] site=north" in printed
+    )
+
     # what Prefect users and automations see: the verdict as the run's state, artifacts, events
     all_flags = read_table(out, "flags", run_id=shortcut).to_pandas()
     n_cohort_flags = int((all_flags["scope"] != "item").sum())
