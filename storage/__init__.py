@@ -26,6 +26,7 @@ from storage.errors import (
 from storage.images import DEFAULT_MAX_PIXELS, decode_image, image_format
 from storage.inputs import DEFAULT_MAX_IMAGE_BYTES, InputScope, input_prefix
 from storage.manifests import (
+    MAX_IMAGES_PER_ITEM,
     Manifest,
     ManifestItem,
     manifest_fingerprint,
@@ -75,6 +76,7 @@ __all__ = [
     "FAITHFULNESS_SCHEMA",
     "FLAGS_SCHEMA",
     "MANIFEST_PART",
+    "MAX_IMAGES_PER_ITEM",
     "PROFILE_BINS",
     "REGION_NAMES",
     "SCHEMA_VERSION",

@@ -1,15 +1,19 @@
 """Read and validate audit manifests (CSV, JSONL, Parquet) into items and per-row error records.
 
-Columns: ``image`` and ``question`` are required; ``item_id``, ``roi_box`` and ``roi_mask`` are optional;
-every other column is cohort metadata passed through as strings. A missing required column fails the
-whole manifest (``ManifestError``); a bad row becomes an ``ErrorRecord`` and the rest go on.
+Columns: ``image`` and ``question`` are required; ``image_labels``, ``item_id``, ``roi_box`` and
+``roi_mask`` are optional; every other column is cohort metadata passed through as strings. A missing
+required column fails the whole manifest (``ManifestError``); a bad row becomes an ``ErrorRecord`` and
+the rest go on.
 ``row_number`` is the 1-based index of the data record in file order (header and blank lines not counted).
 
-Types (JSONL and Parquet cells are typed; CSV cells are all text): ``image``, ``question`` and
-``roi_mask`` must be text; a list in ``image`` is ``MultipleImages`` (one image per row). ``item_id`` is
-text or an integer, written as its digits; a float that is a whole number becomes those digits too
-(pandas turns an integer column with gaps into floats), any other float is ``InvalidItemId``. None
-and NaN count as empty. A JSON object that repeats a key is ``MalformedRow``.
+Types (JSONL and Parquet cells are typed; CSV cells are all text): ``image`` is one URI or a list of
+1 to ``MAX_IMAGES_PER_ITEM`` URIs (a JSONL or Parquet list, or text starting with '[' read as a JSON
+array, as CSV needs); a URI ending in '/' (a DICOM series folder or prefix) keeps the '/'.
+``image_labels`` is empty or a list of texts, one per URI (same forms; '' or null for none). An ROI
+needs a single image that is not a volume (``AmbiguousRoi``). ``question`` and ``roi_mask`` must be
+text. ``item_id`` is text or an integer, written as its digits; a float that is a whole number becomes
+those digits too (pandas turns an integer column with gaps into floats), any other float is
+``InvalidItemId``. None and NaN count as empty. A JSON object that repeats a key is ``MalformedRow``.
 """
 
 from __future__ import annotations
@@ -18,39 +22,67 @@ import csv
 import hashlib
 import io
 import json
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
 from typing import Any
 
 import pyarrow.parquet as pq
 
+from storage._cells import MAX_IMAGES_PER_ITEM as MAX_IMAGES_PER_ITEM  # re-exported
+from storage._cells import (
+    RoiBox,
+    RowError,
+    is_volume_uri,
+    item_id_text,
+    metadata_text,
+    parse_roi_box,
+    read_image_labels,
+    read_image_uris,
+    text_cell,
+    text_or_empty,
+)
 from storage.errors import InvalidURIError, ManifestError
 from storage.objects import StoreCache
 from storage.records import ErrorRecord
 from storage.uri import normalize_uri, parent_uri, resolve_uri, uri_name
 
 REQUIRED_COLUMNS = ("image", "question")
-RESERVED_COLUMNS = ("image", "question", "item_id", "roi_box", "roi_mask")
+RESERVED_COLUMNS = ("image", "image_labels", "question", "item_id", "roi_box", "roi_mask")
 MANIFEST_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 ITEM_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")  # a safe file name, no leading '.'
-
-RoiBox = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
 class ManifestItem:
-    """One valid manifest row. ``image_uri``/``roi_mask_uri`` are canonical (see ``storage.uri``)."""
+    """One valid manifest row. URIs are canonical (see ``storage.uri``); a series folder written with a
+    trailing '/' keeps it.
+
+    ``image_uris`` are the row's images, DICOM series and NIfTI volumes in prompt order;
+    ``image_labels`` holds one text per URI ('' for none), or is None when the row gives no labels.
+    """
 
     item_id: str
-    image_uri: str
+    image_uris: tuple[str, ...]
     question: str
     roi_box: RoiBox | None
     roi_mask_uri: str | None
     metadata: dict[str, str]
     row_number: int
+    image_labels: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        uris, labels = self.image_uris, self.image_labels
+        # a bare string would pass as a tuple of characters: image_uri would be its first letter
+        if not isinstance(uris, tuple) or not uris or not all(isinstance(uri, str) for uri in uris):
+            raise TypeError(f"image_uris must be a non-empty tuple of URI strings, got {uris!r}")
+        if labels is not None and (not isinstance(labels, tuple) or len(labels) != len(uris)):
+            raise ValueError(f"image_labels must be None or a tuple of {len(uris)} texts, got {labels!r}")
+
+    @property
+    def image_uri(self) -> str:
+        """The first URI: the image of a single-image row."""
+        return self.image_uris[0]
 
 
 @dataclass(frozen=True)
@@ -63,106 +95,26 @@ class Manifest:
     errors: tuple[ErrorRecord, ...]
 
 
-class _RowError(Exception):
-    def __init__(self, error_type: str, message: str) -> None:
-        super().__init__(message)
-        self.error_type = error_type
-
-
 class _RepeatedKey(ValueError):
     def __init__(self, key: str) -> None:
         super().__init__(key)
         self.key = key
 
 
-def stable_item_id(image_uri: str, question: str) -> str:
-    """16 hex chars of sha256(image_uri + "\\n" + question): the id of a row without ``item_id``."""
-    return hashlib.sha256(f"{image_uri}\n{question}".encode()).hexdigest()[:16]
+def stable_item_id(
+    image_uris: str | Sequence[str], question: str, image_labels: Sequence[str] | None = None
+) -> str:
+    """16 hex chars of sha256 of the row's images, labels and question: the id of a row without ``item_id``.
 
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _shown(value: Any) -> str:
-    """``int 5``, ``list ['a.png']``: a cell's type and value for messages, cut to 60 characters."""
-    text = repr(value)
-    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
-
-
-def _text_cell(record: dict[str, Any], column: str, error_type: str, what: str) -> str:
-    """The column's text with outer whitespace stripped ('' when missing); `_RowError` unless it is text."""
-    value = record.get(column)
-    if _missing(value):
-        return ""
-    if not isinstance(value, str):
-        raise _RowError(error_type, f"{column} must be {what}, got {_shown(value)}")
-    return value.strip()
-
-
-def _item_id_text(value: Any) -> str:
-    """An ``item_id`` cell as text ('' when missing): strings as given, integers as their digits."""
-    if _missing(value):
-        return ""
-    if isinstance(value, str):
-        return value.strip()
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float):
-        # a whole float is an integer column with gaps, as pandas writes it; 2**53 bounds the exact ones
-        if value.is_integer() and abs(value) < 2**53:
-            return str(int(value))
-        raise _RowError(
-            "InvalidItemId",
-            f"item_id {value!r} is not a whole number below 2**53; write item ids as strings or integers",
-        )
-    raise _RowError("InvalidItemId", f"item_id must be a string or an integer, got {_shown(value)}")
-
-
-def _text(value: Any) -> str:
-    """A cell as text: None/NaN → '', lists/dicts → JSON, dates → ISO 8601."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, list | tuple | dict):
-        return json.dumps(value, default=str)
-    return str(value)
-
-
-def parse_roi_box(value: Any) -> RoiBox | None:
-    """Parse "x0,y0,x1,y1" or a list of 4 numbers (original-image pixels); None/'' → None.
-
-    Raises ValueError unless 0 ≤ x0 < x1 and 0 ≤ y0 < y1, all finite.
+    One image without labels hashes ``image_uri + "\\n" + question`` (the ids of single-image manifests);
+    anything else hashes the JSON array ``[image_uris, image_labels, question]``.
     """
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, str):
-        text = value.strip().strip("[]()").strip()
-        if not text:
-            return None
-        parts: Sequence[Any] = [part.strip() for part in text.split(",")]
-    elif isinstance(value, list | tuple) or hasattr(value, "tolist"):
-        parts = list(value.tolist() if hasattr(value, "tolist") else value)
+    uris = [image_uris] if isinstance(image_uris, str) else list(image_uris)
+    if len(uris) == 1 and image_labels is None:
+        content = f"{uris[0]}\n{question}"
     else:
-        raise ValueError(f"roi_box must be 'x0,y0,x1,y1' or a list of 4 numbers, got {type(value).__name__}")
-    if len(parts) != 4:
-        raise ValueError(f"roi_box needs 4 numbers x0,y0,x1,y1, got {len(parts)}: {value!r}")
-    try:
-        if any(isinstance(part, bool) for part in parts):
-            raise TypeError("booleans are not coordinates")
-        x0, y0, x1, y1 = (float(part) for part in parts)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"roi_box {value!r} is not 4 numbers ({exc})") from None
-    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
-        raise ValueError(f"roi_box {value!r} has a non-finite coordinate")
-    if x0 < 0 or y0 < 0 or x1 <= x0 or y1 <= y0:
-        raise ValueError(f"roi_box {value!r} must satisfy 0 <= x0 < x1 and 0 <= y0 < y1")
-    return (x0, y0, x1, y1)
+        content = json.dumps([uris, None if image_labels is None else list(image_labels), question])
+    return hashlib.sha256(content.encode()).hexdigest()[:16]
 
 
 def _records_csv(data: bytes, uri: str) -> tuple[list[str], list[tuple[int, dict[str, Any] | str]]]:
@@ -261,7 +213,7 @@ def parse_manifest(data: bytes, uri: str) -> Manifest:
             continue
         try:
             item = _validate_row(record, row_number, base_dir, metadata_columns, seen)
-        except _RowError as exc:
+        except RowError as exc:
             errors.append(_row_error(record, row_number, base_dir, exc))
             continue
         seen[item.item_id] = row_number
@@ -269,67 +221,68 @@ def parse_manifest(data: bytes, uri: str) -> Manifest:
     return Manifest(uri, tuple(columns), tuple(items), tuple(errors))
 
 
-def _row_error(record: dict[str, Any], row_number: int, base_dir: str, exc: _RowError) -> ErrorRecord:
-    """The error record of a rejected row, with as much identity (id, image URI) as could be derived."""
-    image, question = (_text_or_empty(record.get(column)) for column in ("image", "question"))
+def _row_error(record: dict[str, Any], row_number: int, base_dir: str, exc: RowError) -> ErrorRecord:
+    """The error record of a rejected row, with as much identity (id, first image URI) as could be derived."""
     try:
-        image_uri = resolve_uri(image, base_dir) if image else None
-    except InvalidURIError:
-        image_uri = None
+        image_uris: tuple[str, ...] | None = read_image_uris(record.get("image"), base_dir)
+    except RowError:
+        image_uris = None
     try:
-        item_id = _item_id_text(record.get("item_id")) or None
-    except _RowError:
+        item_id = item_id_text(record.get("item_id")) or None
+    except RowError:
         item_id = None
-    if item_id is None and image_uri and question:
-        item_id = stable_item_id(image_uri, question)
+    question = text_or_empty(record.get("question"))
+    if item_id is None and image_uris and question:
+        try:
+            item_id = stable_item_id(
+                image_uris, question, read_image_labels(record.get("image_labels"), image_uris)
+            )
+        except RowError:
+            item_id = None
+    image_uri = image_uris[0] if image_uris else None
     return ErrorRecord(item_id, row_number, image_uri, "manifest", exc.error_type, str(exc))
-
-
-def _text_or_empty(value: Any) -> str:
-    return value.strip() if isinstance(value, str) else ""
 
 
 def _validate_row(
     record: dict[str, Any], row_number: int, base_dir: str, metadata_columns: list[str], seen: dict[str, int]
 ) -> ManifestItem:
-    images = record.get("image")
-    if isinstance(images, list | tuple):
-        raise _RowError(
-            "MultipleImages",
-            f"image is a list of {len(images)} ({_shown(images)}); one image URI per row is supported "
-            "(lists are for multi-image studies, not supported yet): give one URI as a string, one row per image",
-        )
-    image = _text_cell(record, "image", "InvalidImageURI", "a URI string")
-    if not image:
-        raise _RowError("MissingImage", "image is empty; give a URI or a path relative to the manifest")
-    try:
-        image_uri = resolve_uri(image, base_dir)
-    except InvalidURIError as exc:
-        raise _RowError("InvalidImageURI", str(exc)) from None
-    question = _text_cell(record, "question", "InvalidQuestion", "text")
+    image_uris = read_image_uris(record.get("image"), base_dir)
+    image_labels = read_image_labels(record.get("image_labels"), image_uris)
+    question = text_cell(record, "question", "InvalidQuestion", "text")
     if not question:
-        raise _RowError("MissingQuestion", "question is empty")
-    item_id = _item_id_text(record.get("item_id")) or stable_item_id(image_uri, question)
+        raise RowError("MissingQuestion", "question is empty")
+    item_id = item_id_text(record.get("item_id")) or stable_item_id(image_uris, question, image_labels)
     if not ITEM_ID_PATTERN.match(item_id):
-        raise _RowError(
+        raise RowError(
             "InvalidItemId",
             f"item_id {item_id!r} is unsafe; allowed: 1-128 characters of [A-Za-z0-9._-], not starting with '.'",
         )
     try:
         roi_box = parse_roi_box(record.get("roi_box"))
     except ValueError as exc:
-        raise _RowError("InvalidRoiBox", str(exc)) from None
-    mask = _text_cell(record, "roi_mask", "InvalidRoiMask", "one URI string")
+        raise RowError("InvalidRoiBox", str(exc)) from None
+    mask = text_cell(record, "roi_mask", "InvalidRoiMask", "one URI string")
     try:
         roi_mask_uri = resolve_uri(mask, base_dir) if mask else None
     except InvalidURIError as exc:
-        raise _RowError("InvalidRoiMask", str(exc)) from None
+        raise RowError("InvalidRoiMask", str(exc)) from None
     if roi_box is not None and roi_mask_uri is not None:
-        raise _RowError("ConflictingRoi", "give roi_box or roi_mask, not both")
+        raise RowError("ConflictingRoi", "give roi_box or roi_mask, not both")
+    if (roi_box is not None or roi_mask_uri is not None) and (
+        len(image_uris) > 1 or is_volume_uri(image_uris[0])
+    ):
+        what = f"{len(image_uris)} URIs" if len(image_uris) > 1 else f"a volume ({image_uris[0]})"
+        raise RowError(
+            "AmbiguousRoi",
+            f"roi_box and roi_mask are in one image's pixels, but image names {what}; "
+            "give an ROI only with a single image",
+        )
     if item_id in seen:
-        raise _RowError("DuplicateItemId", f"item_id {item_id!r} is already used by row {seen[item_id]}")
-    metadata = {column: _text(record.get(column)) for column in metadata_columns}
-    return ManifestItem(item_id, image_uri, question, roi_box, roi_mask_uri, metadata, row_number)
+        raise RowError("DuplicateItemId", f"item_id {item_id!r} is already used by row {seen[item_id]}")
+    metadata = {column: metadata_text(record.get(column)) for column in metadata_columns}
+    return ManifestItem(
+        item_id, image_uris, question, roi_box, roi_mask_uri, metadata, row_number, image_labels
+    )
 
 
 def read_manifest(
@@ -346,18 +299,22 @@ def read_manifest(
 
 
 def manifest_fingerprint(manifest: Manifest) -> str:
-    """sha256 hex of the valid items' content in order (row numbers excluded): equal inputs, equal runs."""
-    content = [
-        [
+    """sha256 hex of the valid items' content in order (row numbers excluded): equal inputs, equal runs.
+
+    A single-image row without labels hashes as before studies existed, so earlier run ids stay valid.
+    """
+    content = []
+    for item in manifest.items:
+        images: str | list[str] = item.image_uri if len(item.image_uris) == 1 else list(item.image_uris)
+        row = [
             item.item_id,
-            item.image_uri,
+            images,
             item.question,
             item.roi_box,
             item.roi_mask_uri,
             sorted(item.metadata.items()),
         ]
-        for item in manifest.items
-    ]
+        content.append(row if item.image_labels is None else [*row, list(item.image_labels)])
     return hashlib.sha256(json.dumps(content, separators=(",", ":")).encode()).hexdigest()
 
 

@@ -18,7 +18,7 @@ from tasks.records import RoiError, answer_row, mask_weights, overlay_targets, r
 def _item(**overrides) -> ManifestItem:
     fields = {
         "item_id": "a1",
-        "image_uri": "/data/a1.png",
+        "image_uris": ("/data/a1.png",),
         "question": "Where is the nodule?",
         "roi_box": None,
         "roi_mask_uri": None,

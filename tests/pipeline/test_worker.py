@@ -34,7 +34,7 @@ def _item(tmp_path, name: str, data: bytes | None, **overrides) -> ManifestItem:
         path.write_bytes(data)
     fields = {
         "item_id": name.replace(".", "_"),
-        "image_uri": str(path),
+        "image_uris": (str(path),),
         "question": "Where is the nodule?",
         "roi_box": None,
         "roi_mask_uri": None,
@@ -118,12 +118,12 @@ def test_inputs_outside_the_manifest_store_or_unreadable_become_image_error_rows
         "big": (data / "big.png", None, "ObjectTooLarge"),
     }
     for item_id, (image, mask, error_type) in cases.items():
-        item = ManifestItem(item_id, str(image), "Where?", None, mask and str(mask), {}, 1)
+        item = ManifestItem(item_id, (str(image),), "Where?", None, mask and str(mask), {}, 1)
         outcome = explain_item(explainer, item, config, StoreCache())
         [error] = outcome.errors
         assert not outcome.ok and (error.stage, error.error_type) == ("image", error_type), item_id
     allowed = AuditConfig(**{**config.model_dump(), "allowed_inputs": "/dev"})
-    zero = ManifestItem("zero", "/dev/zero", "Where?", None, None, {}, 1)
+    zero = ManifestItem("zero", ("/dev/zero",), "Where?", None, None, {}, 1)
     [error] = explain_item(explainer, zero, allowed, StoreCache()).errors
     assert (error.stage, error.error_type) == ("image", "NotARegularFile")
     [error] = explain_item(explainer, zero, config, StoreCache()).errors

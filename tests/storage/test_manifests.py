@@ -150,8 +150,8 @@ def test_jsonl_row_missing_question_key(tmp_path):
 
 
 TYPED_ROWS = [
-    '{"image": ["a.png"], "question": "Q"}',
-    '{"image": ["a.png", "b.png"], "question": "Q"}',
+    '{"image": [], "question": "Q"}',
+    '{"image": ["a.png", 5], "question": "Q"}',
     '{"image": 5, "question": "Q"}',
     '{"image": "a.png", "question": 42}',
     '{"image": "a.png", "question": ["Q"]}',
@@ -171,8 +171,8 @@ def test_jsonl_cells_of_the_wrong_type_are_row_errors(tmp_path):
     (tmp_path / "m.jsonl").write_text("\n".join(TYPED_ROWS) + "\n")
     manifest = read_manifest(str(tmp_path / "m.jsonl"))
     assert _errors(manifest) == [
-        (1, "MultipleImages"),
-        (2, "MultipleImages"),
+        (1, "MissingImage"),
+        (2, "InvalidImageURI"),
         (3, "InvalidImageURI"),
         (4, "InvalidQuestion"),
         (5, "InvalidQuestion"),
@@ -184,9 +184,10 @@ def test_jsonl_cells_of_the_wrong_type_are_row_errors(tmp_path):
         (11, "MalformedRow"),
     ]
     by_row = {e.row_number: e for e in manifest.errors}
-    assert "one image URI per row" in by_row[2].message and "multi-image" in by_row[2].message
-    assert by_row[2].image_uri is None and by_row[2].item_id is None  # a list names no image
-    assert by_row[3].message == "image must be a URI string, got int 5"
+    assert by_row[1].message == "image is an empty list; give at least one URI"
+    assert by_row[2].message == "image[1] must be a URI string, got int 5"
+    assert by_row[2].image_uri is None and by_row[2].item_id is None  # a bad list names no image
+    assert by_row[3].message == "image must be a URI string or a list of them, got int 5"
     assert by_row[4].message == "question must be text, got int 42"
     assert "1.5 is not a whole number" in by_row[6].message
     assert "repeats key 'image'" in by_row[10].message and "repeats key 'k'" in by_row[11].message
@@ -202,17 +203,18 @@ def test_jsonl_cells_of_the_wrong_type_are_row_errors(tmp_path):
 def test_parquet_types_follow_the_same_rules(tmp_path):
     table = pa.table(
         {
-            "image": [["a.png"], ["b.png", "c.png"], ["d.png"]],
-            "question": ["Q", "Q", "Q"],
-            "item_id": [1.0, None, 2.5],
+            "image": [["a.png"], ["b.png", "c.png"], [], ["d.png", None]],
+            "question": ["Q"] * 4,
+            "image_labels": [None, ["prior", None], None, None],
         }
     )
     pq.write_table(table, tmp_path / "lists.parquet")
-    assert _errors(read_manifest(str(tmp_path / "lists.parquet"))) == [
-        (1, "MultipleImages"),
-        (2, "MultipleImages"),
-        (3, "MultipleImages"),
+    lists = read_manifest(str(tmp_path / "lists.parquet"))
+    assert [(i.image_uris, i.image_labels) for i in lists.items] == [
+        ((str(tmp_path / "a.png"),), None),
+        ((str(tmp_path / "b.png"), str(tmp_path / "c.png")), ("prior", "")),
     ]
+    assert _errors(lists) == [(3, "MissingImage"), (4, "InvalidImageURI")]
     ids = pa.table({"image": ["a.png", "b.png", "c.png"], "question": ["Q"] * 3, "item_id": [1.0, None, 2.5]})
     pq.write_table(ids, tmp_path / "ids.parquet")
     manifest = read_manifest(str(tmp_path / "ids.parquet"))
