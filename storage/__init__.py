@@ -1,5 +1,6 @@
-"""Storage layer of vlm-audit: URIs and object stores (local, s3://), manifests, image decoding,
-Parquet output tables, run.json and committed shards. Imports no torch and no prefect."""
+"""Storage layer of vlm-audit: URIs and object stores (local, s3://), manifests, image decoding, studies
+(several images, DICOM series, NIfTI volumes), Parquet output tables, run.json and committed shards.
+Imports no torch and no prefect."""
 
 from storage.audit_schemas import COHORT_METRICS, FAITHFULNESS_SCHEMA, FLAGS_SCHEMA, PROFILE_BINS
 from storage.engines import arrow_filesystem, duckdb_connect, load_httpfs, parquet_source, table_glob
@@ -7,21 +8,30 @@ from storage.errors import (
     CorruptImage,
     CredentialsError,
     DuckDBExtensionError,
+    DuplicateSlices,
+    EmptySeries,
     ImageDecodeError,
     ImageTooLarge,
+    InconsistentOrientation,
+    InconsistentSliceSize,
+    InconsistentSpacing,
     InputNotAllowed,
     InvalidURIError,
     ManifestError,
     MissingPixelData,
+    MixedSeries,
     MultiFrameImage,
     NotARegularFile,
     ObjectNotFound,
     ObjectTooLarge,
     OutputNotWritable,
     SchemaError,
+    SeriesTooLong,
     StorageConnectionError,
     StorageError,
+    UnorderableSeries,
     UnsupportedImageFormat,
+    VolumeError,
 )
 from storage.images import DEFAULT_MAX_PIXELS, decode_image, image_format
 from storage.inputs import DEFAULT_MAX_IMAGE_BYTES, InputScope, input_prefix
@@ -36,7 +46,7 @@ from storage.manifests import (
     shard,
     stable_item_id,
 )
-from storage.objects import LocalStore, ObjectStore, S3Store, StoreCache, open_store, read_uri
+from storage.objects import FolderListing, LocalStore, ObjectStore, S3Store, StoreCache, open_store, read_uri
 from storage.outputs import (
     MANIFEST_PART,
     completed_shards,
@@ -56,6 +66,7 @@ from storage.outputs import (
 )
 from storage.records import STAGES, ErrorRecord
 from storage.region_names import REGION_NAMES
+from storage.studies import DEFAULT_MAX_SERIES_FILES, DEFAULT_SLICES_PER_VOLUME, StudyImage, read_study
 from storage.tables import (
     ANSWERS_SCHEMA,
     ERRORS_SCHEMA,
@@ -72,6 +83,8 @@ __all__ = [
     "COHORT_METRICS",
     "DEFAULT_MAX_IMAGE_BYTES",
     "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MAX_SERIES_FILES",
+    "DEFAULT_SLICES_PER_VOLUME",
     "ERRORS_SCHEMA",
     "FAITHFULNESS_SCHEMA",
     "FLAGS_SCHEMA",
@@ -85,9 +98,15 @@ __all__ = [
     "CorruptImage",
     "CredentialsError",
     "DuckDBExtensionError",
+    "DuplicateSlices",
+    "EmptySeries",
     "ErrorRecord",
+    "FolderListing",
     "ImageDecodeError",
     "ImageTooLarge",
+    "InconsistentOrientation",
+    "InconsistentSliceSize",
+    "InconsistentSpacing",
     "InputNotAllowed",
     "InputScope",
     "InvalidURIError",
@@ -96,6 +115,7 @@ __all__ = [
     "ManifestError",
     "ManifestItem",
     "MissingPixelData",
+    "MixedSeries",
     "MultiFrameImage",
     "NotARegularFile",
     "ObjectNotFound",
@@ -104,10 +124,14 @@ __all__ = [
     "OutputNotWritable",
     "S3Store",
     "SchemaError",
+    "SeriesTooLong",
     "StorageConnectionError",
     "StorageError",
     "StoreCache",
+    "StudyImage",
+    "UnorderableSeries",
     "UnsupportedImageFormat",
+    "VolumeError",
     "arrow_filesystem",
     "code_version",
     "completed_shards",
@@ -135,6 +159,7 @@ __all__ = [
     "read_json",
     "read_manifest",
     "read_run",
+    "read_study",
     "read_table",
     "read_uri",
     "resolve_uri",

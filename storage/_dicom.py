@@ -69,7 +69,7 @@ def decode_dicom(data: bytes, name: str, max_pixels: int, frame: int | None) -> 
     if not rows or not columns:
         raise CorruptImage(f"{name}: DICOM lacks Rows/Columns (got {rows!r}, {columns!r})", name=name)
     check_pixel_budget(int(columns), int(rows), name, max_pixels)  # before decoding any pixel
-    frames = _frame_count(ds, name)
+    frames = frame_count(ds, name)
     if frames > 1 and frame is None:
         raise MultiFrameImage(
             f"{name}: DICOM has {frames} frames; pass frame=0..{frames - 1} to choose one", name=name
@@ -112,11 +112,12 @@ def decode_dicom(data: bytes, name: str, max_pixels: int, frame: int | None) -> 
     return image
 
 
-def _read_dataset(data: bytes, name: str) -> pydicom.Dataset:
+def _read_dataset(data: bytes, name: str, *, header_only: bool = False) -> pydicom.Dataset:
+    """The parsed dataset; with ``header_only`` parsing stops before the pixel data, which is not checked."""
     has_magic = data[128:132] == b"DICM"
     try:
         # force only without the preamble: accepts raw datasets named .dcm, but garbage parses "successfully"
-        ds = pydicom.dcmread(io.BytesIO(data), force=not has_magic)
+        ds = pydicom.dcmread(io.BytesIO(data), force=not has_magic, stop_before_pixels=header_only)
         recognisable = has_magic or any(
             keyword in ds for keyword in ("SOPClassUID", "Rows", *_PIXEL_DATA_TAGS)
         )
@@ -126,6 +127,8 @@ def _read_dataset(data: bytes, name: str) -> pydicom.Dataset:
         raise CorruptImage(
             f"{name}: not a DICOM file (no 'DICM' preamble and no DICOM image elements)", name=name
         )
+    if header_only:
+        return ds
     if not any(tag in ds for tag in _PIXEL_DATA_TAGS):
         raise MissingPixelData(
             f"{name}: DICOM has no PixelData element (SOP class {ds.get('SOPClassUID', 'unknown')}); "
@@ -134,6 +137,40 @@ def _read_dataset(data: bytes, name: str) -> pydicom.Dataset:
         )
     _default_transfer_syntax(ds)
     return ds
+
+
+def read_header(data: bytes, name: str) -> pydicom.Dataset:
+    """The DICOM header of ``data``, parsed up to the pixel data (``CorruptImage`` if it is not DICOM)."""
+    return _read_dataset(data, name, header_only=True)
+
+
+def modality_values(data: bytes, name: str, max_pixels: int) -> tuple[np.ndarray, pydicom.Dataset]:
+    """The one grey frame of ``data`` in modality units (Hounsfield for CT) and its dataset.
+
+    The first two steps of ``decode_dicom`` without VOI: the slices of a volume are windowed together.
+    Colour and multi-frame files are refused (`UnsupportedImageFormat`, `MultiFrameImage`).
+    """
+    ds = _read_dataset(data, name)
+    rows, columns = ds.get("Rows"), ds.get("Columns")
+    if not rows or not columns:
+        raise CorruptImage(f"{name}: DICOM lacks Rows/Columns (got {rows!r}, {columns!r})", name=name)
+    check_pixel_budget(int(columns), int(rows), name, max_pixels)
+    frames = frame_count(ds, name)
+    if frames > 1:
+        raise MultiFrameImage(
+            f"{name}: DICOM has {frames} frames; a slice of a series must be a single-frame file "
+            "(enhanced multi-frame CT/MR is not supported: export the series as one file per slice)",
+            name=name,
+        )
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    pixels = _decode_pixels(ds, name, frames, None)
+    if photometric not in _GREY or pixels.ndim != 2:
+        raise UnsupportedImageFormat(
+            f"{name}: DICOM PhotometricInterpretation {photometric!r} with array shape {pixels.shape} is not "
+            "a grey slice; a series' slices must be MONOCHROME1 or MONOCHROME2",
+            name=name,
+        )
+    return _modality(pixels, ds, name), ds
 
 
 def _default_transfer_syntax(ds: pydicom.Dataset) -> None:
@@ -149,7 +186,8 @@ def _default_transfer_syntax(ds: pydicom.Dataset) -> None:
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if little_endian else ExplicitVRBigEndian
 
 
-def _frame_count(ds: pydicom.Dataset, name: str) -> int:
+def frame_count(ds: pydicom.Dataset, name: str) -> int:
+    """NumberOfFrames as a checked whole number (1 when absent or 0); `CorruptImage` otherwise."""
     value = ds.get("NumberOfFrames")
     if value is None or value == "":
         return 1

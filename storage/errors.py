@@ -82,3 +82,39 @@ class NotARegularFile(StorageError):
 
 class ObjectTooLarge(StorageError):
     """An object is larger than the read allows (checked before its bytes are read)."""
+
+
+class VolumeError(ImageDecodeError):
+    """A DICOM series or NIfTI volume cannot be turned into ordered slices; ``name`` is its URI."""
+
+
+class EmptySeries(VolumeError):
+    """A series folder or prefix holds no files (subfolders are not read)."""
+
+
+class SeriesTooLong(VolumeError):
+    """A series holds more files than ``max_series_files`` (checked from the listing, before any read)."""
+
+
+class MixedSeries(VolumeError):
+    """The files of one series folder carry more than one SeriesInstanceUID."""
+
+
+class InconsistentOrientation(VolumeError):
+    """The slices of a series disagree on ImageOrientationPatient."""
+
+
+class InconsistentSliceSize(VolumeError):
+    """The slices of a series disagree on Rows x Columns."""
+
+
+class DuplicateSlices(VolumeError):
+    """Two slices of a series sit at the same position (or carry the same InstanceNumber)."""
+
+
+class InconsistentSpacing(VolumeError):
+    """The gaps between consecutive slice positions differ: a missing slice, or stacks mixed."""
+
+
+class UnorderableSeries(VolumeError):
+    """A series gives neither positions with orientations nor instance numbers for every slice."""

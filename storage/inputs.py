@@ -6,7 +6,8 @@ one), so the files it names are confined to the manifest's own store: the same b
 following symbolic links (``os.path.realpath``), so a ``../`` or a link pointing out is refused too.
 Anything else (another bucket, an absolute local path, a ``file://`` URI) is read only when a prefix in
 ``allowed_inputs`` covers it. A prefix is a folder: ``s3://scans/cxr`` covers ``s3://scans/cxr/a.png``,
-not ``s3://scans/cxr-private/a.png``.
+not ``s3://scans/cxr-private/a.png``. A DICOM series folder or prefix is checked before it is listed,
+and each file in it again when it is read, so a link inside the folder cannot lead out either.
 
 The refusal is decided from the URI and the links on the way, before the target is opened, and its
 message is the same whether or not the target exists, so a manifest cannot probe the worker's files.
@@ -18,7 +19,7 @@ import os
 from dataclasses import dataclass
 
 from storage.errors import InputNotAllowed, InvalidURIError, ObjectTooLarge
-from storage.objects import StoreCache
+from storage.objects import FolderListing, StoreCache
 from storage.uri import ParsedURI, parent_uri, parse_uri
 
 DEFAULT_MAX_IMAGE_BYTES = 512 * 2**20  # a 16-bit 8k x 8k DICOM is ~128 MiB; 512 MiB leaves room for more
@@ -89,6 +90,12 @@ class InputScope:
             f"({allowed}); to read it, add a prefix that covers it to allowed_inputs "
             "(--allowed-inputs, comma-separated URI prefixes)"
         )
+
+    def list_folder(self, uri: str, objects: StoreCache, *, limit: int) -> FolderListing:
+        """The files directly in a folder or S3 prefix the manifest names (a DICOM series), if the scope
+        allows the folder; ``StoreCache.list_folder`` has the rules. Read each file with `read`, which
+        checks where its own links lead."""
+        return objects.list_folder(self.check(uri), limit=limit)
 
     def read(self, uri: str, objects: StoreCache) -> bytes:
         """The bytes of an image or mask the manifest names, if the scope allows it and it is not too big."""

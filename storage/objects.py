@@ -20,6 +20,7 @@ import stat
 import tempfile
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
 from storage import _s3
@@ -326,6 +327,56 @@ def open_store(uri: str, *, endpoint_url: str | None = None, region: str | None 
     return LocalStore(parsed.path)
 
 
+@dataclass(frozen=True)
+class FolderListing:
+    """The files directly in a folder or S3 prefix (absolute URIs, sorted) and its subfolder count.
+
+    ``truncated``: the listing stopped after ``limit`` files and more are there (``files`` is then a part).
+    """
+
+    files: tuple[str, ...]
+    subfolders: int
+    truncated: bool
+
+
+def _list_local_folder(path: str, limit: int) -> FolderListing:
+    files, subfolders = [], 0
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir():  # follows links: a linked folder is a subfolder, not read
+                    subfolders += 1
+                else:  # files, links, FIFOs: the read of each decides
+                    files.append(entry.path)
+                    if len(files) > limit:
+                        break
+    except FileNotFoundError as exc:
+        raise ObjectNotFound(f"no such folder: {path}") from exc
+    except NotADirectoryError as exc:
+        raise ObjectNotFound(f"no such folder: {path} is a file") from exc
+    return FolderListing(tuple(sorted(files)[:limit]), subfolders, len(files) > limit)
+
+
+def _list_s3_folder(client: Any, folder: ParsedURI, limit: int) -> FolderListing:
+    prefix = f"{folder.path}/" if folder.path else ""
+    files, subfolders = [], 0
+    with _s3.translate_errors("list", f"{folder}/", _s3.client_endpoint(client)):
+        pages = client.get_paginator("list_objects_v2").paginate(
+            Bucket=folder.bucket, Prefix=prefix, Delimiter="/"
+        )
+        for page in pages:
+            subfolders += len(page.get("CommonPrefixes", []))
+            for entry in page.get("Contents", []):
+                name = entry["Key"][len(prefix) :]
+                if name and not name.startswith("."):  # '' is a console's folder marker
+                    files.append(str(ParsedURI("s3", folder.bucket, entry["Key"])))
+            if len(files) > limit:
+                break
+    return FolderListing(tuple(sorted(files)[:limit]), subfolders, len(files) > limit)
+
+
 class StoreCache:
     """Reads objects by absolute URI, reusing one boto3 client for every bucket.
 
@@ -344,16 +395,30 @@ class StoreCache:
         if parsed.scheme == "s3":
             if not parsed.path:
                 raise StorageError(f"{uri!r} names a bucket, not an object; expected s3://bucket/key")
-            if self._client is None:
-                self._client = _s3.make_client(self.endpoint_url, self.region)
-            return S3Store(parsed.bucket, client=self._client), parsed.path
+            return S3Store(parsed.bucket, client=self._s3_client()), parsed.path
         folder, name = os.path.split(parsed.path)
         return LocalStore(folder), name
+
+    def _s3_client(self) -> Any:
+        if self._client is None:
+            self._client = _s3.make_client(self.endpoint_url, self.region)
+        return self._client
 
     def read_uri(self, uri: str, *, max_bytes: int | None = None) -> bytes:
         """Return the bytes of the object at ``uri`` (``ObjectTooLarge`` over ``max_bytes``, unread)."""
         store, key = self.locate(uri)
         return store.read_bytes(key, max_bytes=max_bytes)
+
+    def list_folder(self, uri: str, *, limit: int) -> FolderListing:
+        """The files directly in the local folder or S3 prefix ``uri``, at most ``limit`` of them.
+
+        Names starting with '.' are skipped (hidden files, in-flight writes); subfolders are only counted.
+        A missing local folder is ``ObjectNotFound``; an S3 prefix without objects lists as empty.
+        """
+        parsed = parse_uri(uri)
+        if parsed.scheme == "s3":
+            return _list_s3_folder(self._s3_client(), parsed, limit)
+        return _list_local_folder(parsed.path, limit)
 
 
 def read_uri(uri: str, *, endpoint_url: str | None = None, region: str | None = None) -> bytes:

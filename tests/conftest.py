@@ -17,7 +17,14 @@ from PIL import Image
 from explainer.runtime import keep_freed_memory
 from phantom.build import TinyGemma3Spec
 from tests.models import TinyVLM, random_image
-from tests.s3_fixtures import make_dicom, s3_auth, s3_bucket, s3_env, s3_server  # noqa: F401  (shared fixtures)
+from tests.s3_fixtures import (  # noqa: F401  (shared fixtures)
+    make_dicom,
+    make_series,
+    s3_auth,
+    s3_bucket,
+    s3_env,
+    s3_server,
+)
 
 keep_freed_memory()  # page faults on fresh mmap pages dominate autograd on VMs (explainer/runtime.py)
 

@@ -187,3 +187,63 @@ def make_dicom() -> Callable[..., bytes]:
         return buffer.getvalue()
 
     return build
+
+
+AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # ImageOrientationPatient: rows along +x, columns along +y (LPS)
+
+
+@pytest.fixture
+def make_series(make_dicom) -> Callable[..., list[tuple[str, bytes]]]:
+    """Build a DICOM series in memory, one single-frame file per slice, in slice order.
+
+    ``make_series(volume)`` with ``volume`` [slices, rows, columns] (int16 or uint16 stored values) returns
+    ``[(file name, bytes)]``; slice k sits at ``origin + k * spacing * stack`` (``stack`` defaults to the
+    slice normal, row x column of ``orientation``). ``positions`` replaces the computed positions (None
+    entries omit the element), ``geometry=False`` omits ImagePositionPatient and ImageOrientationPatient,
+    ``instance_numbers`` gives InstanceNumber per slice (None: k + 1; a None entry omits it),
+    ``rescale`` is (slope, intercept), ``edit(ds, k)`` changes slice k's dataset before it is written.
+    """
+    from pydicom.uid import CTImageStorage, generate_uid
+
+    def build(
+        volume: np.ndarray,
+        *,
+        modality: str = "CT",
+        rescale: tuple[float, float] | None = None,
+        orientation: tuple[float, ...] = AXIAL,
+        spacing: float = 2.5,
+        origin: tuple[float, float, float] = (-20.0, -20.0, 100.0),
+        stack: tuple[float, float, float] | None = None,
+        positions: list | None = None,
+        geometry: bool = True,
+        instance_numbers: list | None = None,
+        series_uid: str | None = None,
+        photometric: str = "MONOCHROME2",
+        edit: Callable | None = None,
+    ) -> list[tuple[str, bytes]]:
+        uid = series_uid or generate_uid()
+        normal = np.cross(orientation[:3], orientation[3:])
+        direction = np.asarray(stack if stack is not None else normal, dtype=float)
+        if positions is None:
+            positions = [tuple(np.asarray(origin) + k * spacing * direction) for k in range(len(volume))]
+        numbers = instance_numbers if instance_numbers is not None else list(range(1, len(volume) + 1))
+        files = []
+        for k, pixels in enumerate(volume):
+
+            def slice_header(ds, k=k):
+                ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+                ds.Modality, ds.SeriesInstanceUID = modality, uid
+                if geometry:
+                    ds.ImageOrientationPatient = [round(float(v), 6) for v in orientation]
+                    if positions[k] is not None:
+                        ds.ImagePositionPatient = [round(float(v), 4) for v in positions[k]]
+                if numbers[k] is not None:
+                    ds.InstanceNumber = numbers[k]
+                if edit is not None:
+                    edit(ds, k)
+
+            data = make_dicom(pixels, photometric=photometric, rescale=rescale, edit=slice_header)
+            files.append((f"IM{k:04d}.dcm", data))
+        return files
+
+    return build
