@@ -264,6 +264,13 @@ class Explainer:
                 max_question_tokens=max_question_tokens,
                 image_labels=image_labels,
             )
+            context_length = self.model.config.get_text_config().max_position_embeddings
+            if prompt.length + max_new_tokens > context_length:
+                raise ValueError(
+                    f"the prompt is {prompt.length:,} tokens ({len(images)} images) and the answer may add "
+                    f"{max_new_tokens}, beyond the model's context of {context_length:,} tokens; sample "
+                    "fewer slices per volume (slices_per_volume) or give fewer images per item"
+                )
             path = self.attention_path(prompt.length + max_new_tokens, attention)
             with relevance_mode(self.model, path):  # the answer comes from the computation explained
                 answer_ids = generation.generate_answer(

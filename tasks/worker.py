@@ -15,7 +15,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -32,16 +32,29 @@ from storage import (
     ManifestItem,
     ObjectStore,
     StoreCache,
+    StudyImage,
     decode_image,
     overlay_folder,
     overlay_key,
+    read_study,
     write_part,
 )
 from tasks import cache
 from tasks.cache import get_explainer
 from tasks.config import AuditConfig
 from tasks.faithfulness_sample import check_item
-from tasks.records import RoiError, answer_row, check_roi_box, overlay_targets, roi_weights, token_rows
+from tasks.records import (
+    ImageRole,
+    RoiError,
+    answer_row,
+    body_fractions,
+    check_roi_box,
+    overlay_images,
+    overlay_targets,
+    profile_strips,
+    roi_weights,
+    token_rows,
+)
 from tasks.retry import is_environmental, with_backoff
 from tasks.shards import ItemDeferred, ShardJob, ShardSummary, WorkerInfo
 
@@ -63,33 +76,59 @@ class ItemOutcome:
         return self.answer["status"] == "ok"
 
 
-def load_image(
+def load_study(
     item: ManifestItem, reader: StoreCache, config: AuditConfig
-) -> tuple[Image.Image, Image.Image | None]:
-    """The item's decoded image and ROI mask (if any); `StorageError`/`RoiError` name the problem.
+) -> tuple[list[StudyImage], Image.Image | None]:
+    """The item's images in prompt order (volumes as their sampled slices, `storage.read_study`) and
+    its ROI mask (if any); `StorageError`/`RoiError` name the problem.
 
-    Both are read only from the manifest's own store or `allowed_inputs`, and only if they are regular
-    files within `max_image_bytes` (`storage.InputScope`); transient storage errors are retried with
-    backoff before they are raised.
+    Everything is read only from the manifest's own store or `allowed_inputs`, and only regular files
+    within `max_image_bytes` (`storage.InputScope`); transient storage errors are retried with backoff
+    (the whole study again) before they are raised. An ROI refers to the first image's pixels (the
+    manifest refuses ROIs on items with several images or a volume).
     """
     scope, max_pixels = config.input_scope(), config.max_pixels
-
-    def read(uri: str) -> bytes:
-        return with_backoff(lambda: scope.read(uri, reader), what=f"item {item.item_id}: read {uri}")
-
-    image = decode_image(read(item.image_uri), item.image_uri, max_pixels=max_pixels)
-    size = image.info["original_size"]
+    study = with_backoff(
+        lambda: read_study(
+            item,
+            scope,
+            reader,
+            max_pixels=max_pixels,
+            slices_per_volume=config.slices_per_volume,
+            max_series_files=config.max_series_files,
+        ),
+        what=f"item {item.item_id}: read its images",
+    )
+    size = study[0].image.info["original_size"]
     check_roi_box(item, size)
     mask = None
     if item.roi_mask_uri is not None:
-        mask = decode_image(read(item.roi_mask_uri), item.roi_mask_uri, max_pixels=max_pixels)
+        data = with_backoff(
+            lambda: scope.read(item.roi_mask_uri, reader),
+            what=f"item {item.item_id}: read {item.roi_mask_uri}",
+        )
+        mask = decode_image(data, item.roi_mask_uri, max_pixels=max_pixels)
         if mask.size != size:
             raise RoiError(
                 "InvalidRoiMask",
                 f"roi_mask {item.roi_mask_uri} is {mask.size[0]}x{mask.size[1]} but the image is "
                 f"{size[0]}x{size[1]}; masks must have the image's size",
             )
-    return image, mask
+    return study, mask
+
+
+def image_roles(study: list[StudyImage], grid: tuple[int, int]) -> list[ImageRole]:
+    """Where each image of the prompt came from, for the tokens rows; slices also get their body cells."""
+    return [
+        ImageRole(
+            group=image.group,
+            label=image.label,
+            slice_index=image.slice_index,
+            n_slices=image.n_slices,
+            body=body_fractions(image.image, grid) if image.slice_index is not None else None,
+        )
+        for image in study
+    ]
 
 
 def explain_item(
@@ -120,7 +159,7 @@ def explain_item(
         return ItemOutcome(answer_row(item, image_size=size, **identity), errors=[record])
 
     try:
-        image, mask = load_image(item, reader, config)
+        study, mask = load_study(item, reader, config)
     except Exception as exc:  # a missing, unreadable, undecodable or too large image: this item's row
         if is_environmental(exc):
             raise ItemDeferred(
@@ -128,12 +167,13 @@ def explain_item(
                 "rerun of the run id redoes it once storage is reachable or the credentials are fixed"
             ) from exc
         return failed("image", exc)
-    size = image.info["original_size"]
+    size = study[0].image.info["original_size"]
     try:
         with model_lock or nullcontext():
             explanation = explainer.explain(
-                image,
+                [image.image for image in study],
                 item.question,
+                image_labels=[image.label for image in study],
                 max_new_tokens=config.max_new_tokens,
                 targets=config.explainer_targets(),
                 method=config.method,
@@ -147,9 +187,10 @@ def explain_item(
         return failed("explain", exc, size)
     try:
         roi = roi_weights(item, size, explanation.grid, mask) if explanation.targets else None
+        roles = image_roles(study, explanation.grid)
         outcome = ItemOutcome(
             answer_row(item, image_size=size, explanation=explanation, **identity),
-            token_rows(item.item_id, explanation, roi=roi),
+            token_rows(item.item_id, explanation, roi=roi, roles=roles),
         )
     except Exception as exc:
         return failed("image" if isinstance(exc, RoiError) else "explain", exc, size)
@@ -160,27 +201,45 @@ def explain_item(
         except Exception as exc:  # the item keeps its explanation; the failed check is recorded
             outcome.errors.append(ErrorRecord.from_exception(exc, stage="explain", item=item))
     if overlay_sink is not None:
-        _write_overlays(outcome, explanation, item, config, overlay_sink)
+        _write_overlays(outcome, explanation, roles, item, config, overlay_sink)
     return outcome
 
 
 def _write_overlays(
-    outcome: ItemOutcome, explanation: Explanation, item: ManifestItem, config: AuditConfig, sink: OverlaySink
+    outcome: ItemOutcome,
+    explanation: Explanation,
+    roles: list[ImageRole],
+    item: ManifestItem,
+    config: AuditConfig,
+    sink: OverlaySink,
 ) -> None:
-    """Render the policy's overlays one at a time and hand each to `sink` (which stores or queues it)."""
-    for image_index, image_maps in enumerate(explanation.image_maps):
-        for target_index, name in overlay_targets(explanation, config.overlays, config.findings):
-            label = name if image_index == 0 else f"{name}-image{image_index}"
-            overlay = heatmap_overlay(
-                explanation.images[image_index],
-                image_maps[target_index],
-                caption=f"{explanation.method}: {label}",
-            )
+    """Render the policy's overlays one at a time and hand each to `sink` (which stores or queues it):
+    every plain image's, a volume's most relevant slices and its slice-profile strip."""
+    for target_index, name in overlay_targets(explanation, config.overlays, config.findings):
+        for label, picture in _pictures(explanation, roles, target_index, name):
             try:
-                sink(label, overlay)
+                sink(label, picture)
             except Exception as exc:  # an overlay that cannot be queued is this item's write error
                 outcome.errors.append(ErrorRecord.from_exception(exc, stage="write", item=item))
                 return
+
+
+def _pictures(
+    explanation: Explanation, roles: list[ImageRole], target_index: int, name: str
+) -> Iterator[tuple[str, Image.Image]]:
+    """(overlay name, picture) of one target, rendered one at a time as they are asked for."""
+    for index, suffix in overlay_images(explanation, roles, target_index):
+        label = f"{name}{suffix}"
+        yield (
+            label,
+            heatmap_overlay(
+                explanation.images[index],
+                explanation.image_maps[index][target_index],
+                caption=f"{explanation.method}: {label}",
+            ),
+        )
+    for suffix, strip in profile_strips(explanation, roles, target_index):
+        yield f"{name}{suffix}", strip
 
 
 def _png(image: Image.Image) -> bytes:

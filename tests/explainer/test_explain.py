@@ -198,3 +198,13 @@ def test_the_checked_sequence_is_the_explained_one_labels_included(tiny):
     assert torch.equal(
         explanation_inputs(explainer, explanation)["input_ids"], full_sequence(prompt, answer)["input_ids"]
     )
+
+
+def test_a_prompt_beyond_the_models_context_is_refused_before_the_model_runs(tiny, monkeypatch):
+    explainer = Explainer(tiny.model, tiny.processor)
+    monkeypatch.setattr(tiny.model, "generate", lambda *args, **kwargs: pytest.fail("the model ran"))
+    images = [random_image(seed) for seed in range(400)]  # 400 × (4 image tokens + markers) > 2,048
+    with pytest.raises(
+        GenerationError, match=r"beyond the model's context of 2,048 tokens.*slices_per_volume"
+    ):
+        explainer.explain(images, "Where is the nodule?", max_new_tokens=4)
