@@ -18,6 +18,8 @@ from explainer.methods import ATTENTION_PATHS, METHODS  # the registry's names o
 from storage import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_SERIES_FILES,
+    DEFAULT_SLICES_PER_VOLUME,
     InputScope,
     Manifest,
     input_prefix,
@@ -132,14 +134,16 @@ class AuditConfig(BaseModel):
         description="larger image or mask files are rejected before they are read (bytes)",
     )
     slices_per_volume: int = Field(
-        85,
+        DEFAULT_SLICES_PER_VOLUME,
         ge=1,
         le=1024,
         description="slices sampled uniformly along each CT/MRI volume (DICOM series or NIfTI) of an item, "
         "as MedGemma 1.5's CT recipe does",
     )
     max_series_files: int = Field(
-        2048, ge=1, description="a DICOM series with more files is refused before its pixels are read"
+        DEFAULT_MAX_SERIES_FILES,
+        ge=1,
+        description="a DICOM series with more files is refused before its pixels are read",
     )
     allowed_inputs: InputPrefixes = Field(
         (),
