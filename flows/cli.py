@@ -36,7 +36,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from storage import code_version
+
     parser = argparse.ArgumentParser(prog="vlm-audit", description="Audit where a medical VLM looks.")
+    parser.add_argument("--version", action="version", version=f"vlm-audit {code_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="audit the items of a manifest")
     run.add_argument("manifest", help=AuditConfig.model_fields["manifest"].description)

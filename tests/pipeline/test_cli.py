@@ -203,3 +203,11 @@ def test_storage_failures_at_setup_say_whether_a_rerun_can_finish(
     manifest = local_dataset(tmp_path / "data", 1)
     assert cli.main(["run", manifest, "--out", str(tmp_path / "out"), "--model", model_dir]) == code
     assert capsys.readouterr().err.strip() == f"vlm-audit: {failure}"
+
+
+def test_version_names_the_installed_package(capsys):
+    from storage import code_version
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"vlm-audit {code_version()}"
