@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,3 +110,81 @@ class Explanation:
             "peak_row": row,
             "peak_col": col,
         }
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the question's words shaded by their relevance for the whole answer, the
+        answer's tokens shaded by how much of their relevance lies on the image(s) (hover for the
+        share), and the whole answer's overlay per image (at most `NOTEBOOK_IMAGES`)."""
+        return notebook_html(self)
+
+
+NOTEBOOK_IMAGES = 4
+_SHADE = "rgba(214, 39, 40, {alpha:.2f})"
+
+
+def _shaded(texts: list[str], weights: np.ndarray, titles: list[str]) -> str:
+    """Spans with a red background whose opacity is each weight over the largest (0 for none)."""
+    top = float(weights.max()) if weights.size and weights.max() > 0 else 1.0
+    return "".join(
+        f'<span title="{html.escape(title)}" style="background:{_SHADE.format(alpha=max(0.0, w) / top)}">'
+        f"{html.escape(text)}</span>"
+        for text, w, title in zip(texts, weights, titles, strict=True)
+    )
+
+
+def _png_data_uri(image: Image.Image, width: int = 320) -> str:
+    thumbnail = image.copy()
+    thumbnail.thumbnail((width, width))
+    buffer = io.BytesIO()
+    thumbnail.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def notebook_html(explanation: Explanation) -> str:
+    """The HTML `Explanation._repr_html_` returns (a self-contained fragment: images inlined)."""
+    parts = [f"<div><p><b>Question</b>: {html.escape(explanation.question)}</p>"]
+    answer = explanation.target_index("answer") if explanation.targets else None
+    if answer is not None:
+        question = [k for k, role in enumerate(explanation.prompt_token_roles) if role == "question"]
+        weights = np.clip(np.asarray(explanation.text_relevance[answer])[question], 0, None)
+        words = [explanation.prompt_tokens[k] for k in question]
+        parts.append(
+            "<p><b>Question words, by relevance for the answer</b>: "
+            + _shaded(words, weights, [f"{w:.3g}" for w in weights])
+            + "</p>"
+        )
+    token_targets = {
+        target.positions[0]: index
+        for index, target in enumerate(explanation.targets)
+        if target.kind == "token"
+    }
+    shares, titles = [], []
+    for token in explanation.tokens:
+        index = token_targets.get(token.position)
+        if index is None:
+            shares.append(0.0)
+            titles.append("not explained (explain with targets='all')")
+            continue
+        image = sum(float(np.clip(maps[index], 0, None).sum()) for maps in explanation.image_maps)
+        text = float(np.clip(explanation.text_relevance[index], 0, None).sum())
+        share = image / (image + text) if image + text > 0 else 0.0
+        shares.append(share)
+        titles.append(f"{share:.0%} of its relevance on the image(s)")
+    parts.append(
+        f"<p><b>Answer</b> ({html.escape(explanation.method)}; shade: share of each token's relevance on the "
+        "image): "
+        + _shaded([token.text for token in explanation.tokens], np.asarray(shares), titles)
+        + "</p>"
+    )
+    if answer is not None:
+        figures = [
+            f'<figure style="display:inline-block;margin:4px"><img src="{_png_data_uri(explanation.overlay("answer", k, caption=False))}">'
+            f"<figcaption>{html.escape(explanation.image_labels[k] if k < len(explanation.image_labels) and explanation.image_labels[k] else f'image {k + 1}')}</figcaption></figure>"
+            for k in range(min(len(explanation.images), NOTEBOOK_IMAGES))
+        ]
+        parts.append("<div>" + "".join(figures) + "</div>")
+        if len(explanation.images) > NOTEBOOK_IMAGES:
+            parts.append(
+                f"<p>{len(explanation.images) - NOTEBOOK_IMAGES} more images: use explanation.overlay(target, image)</p>"
+            )
+    return "".join(parts) + "</div>"

@@ -208,3 +208,30 @@ def test_a_prompt_beyond_the_models_context_is_refused_before_the_model_runs(tin
         GenerationError, match=r"beyond the model's context of 2,048 tokens.*slices_per_volume"
     ):
         explainer.explain(images, "Where is the nodule?", max_new_tokens=4)
+
+
+def test_a_notebook_shows_the_answer_with_per_token_heat_and_the_overlay(tiny, scripted_answer):
+    from html.parser import HTMLParser
+
+    scripted_answer("The nodule is in the right upper zone")
+    explanation = Explainer(tiny.model, tiny.processor).explain(
+        random_image(0), "Where is the <nodule>?", targets="all"
+    )
+    page = explanation._repr_html_()
+
+    class Collect(HTMLParser):
+        spans, images = [], []
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "span":
+                self.spans.append(attrs)
+            if tag == "img":
+                self.images.append(attrs["src"])
+
+    collect = Collect()
+    collect.feed(page)
+    answer_spans = [span for span in collect.spans if "relevance on the image" in span["title"]]
+    assert len(answer_spans) == len(explanation.tokens)  # every answer token, shaded, with its share
+    assert len(collect.images) == 1 and collect.images[0].startswith("data:image/png;base64,")
+    assert "&lt;nodule&gt;" in page and "<nodule>" not in page  # text is escaped
