@@ -19,6 +19,7 @@ import re
 import stat
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -115,6 +116,31 @@ def _check_size(uri: str, size: int, max_bytes: int | None) -> None:
         raise ObjectTooLarge(f"{uri} is {size:,} bytes, more than the {max_bytes:,} allowed")
 
 
+@contextlib.contextmanager
+def _complete_temp_file(path: str, data: bytes) -> Iterator[str]:
+    """A temporary file beside `path` holding all of `data` (flushed to disk, the usual mode), removed
+    on exit unless it was renamed into place: what atomic local writes start from."""
+    folder, name = os.path.split(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, temp_path = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _not_writable(path, exc) from exc
+    try:
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(temp_path, _FILE_MODE)
+        except OSError as exc:
+            raise _not_writable(path, exc) from exc
+        yield temp_path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temp_path)
+
+
 class LocalStore(ObjectStore):
     """Objects as files under a local folder (created on first write)."""
 
@@ -152,48 +178,22 @@ class LocalStore(ObjectStore):
 
     def write_bytes(self, key: str, data: bytes) -> str:
         path = self._path(key)
-        folder, name = os.path.split(path)
-        try:
-            os.makedirs(folder, exist_ok=True)
-            # same folder as the target, so os.replace is a rename within one file system (atomic on POSIX)
-            fd, temp_path = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-        except OSError as exc:
-            raise _not_writable(path, exc) from exc
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(temp_path, _FILE_MODE)
-            os.replace(temp_path, path)
-        except BaseException as exc:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(temp_path)
-            if isinstance(exc, OSError):
+        with _complete_temp_file(path, data) as temp_path:
+            try:
+                os.replace(temp_path, path)  # a rename within one file system: atomic on POSIX
+            except OSError as exc:
                 raise _not_writable(path, exc) from exc
-            raise
         return path
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
         path = self._path(key)
-        folder, name = os.path.split(path)
-        try:
-            os.makedirs(folder, exist_ok=True)
-            fd, temp_path = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-        except OSError as exc:
-            raise _not_writable(path, exc) from exc
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.chmod(temp_path, _FILE_MODE)
-            os.link(temp_path, path)  # fails if the key exists; readers never see a partial object
-        except FileExistsError:
-            return False
-        except OSError as exc:
-            raise _not_writable(path, exc) from exc
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(temp_path)
+        with _complete_temp_file(path, data) as temp_path:
+            try:
+                os.link(temp_path, path)  # fails if the key exists; readers never see a partial object
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                raise _not_writable(path, exc) from exc
         return True
 
     def exists(self, key: str) -> bool:
