@@ -144,6 +144,26 @@ def read_header(data: bytes, name: str) -> pydicom.Dataset:
     return _read_dataset(data, name, header_only=True)
 
 
+def slice_size(ds: pydicom.Dataset, name: str, max_pixels: int) -> tuple[int, int]:
+    """(columns, rows) of one slice of a series: `MissingPixelData` without Rows/Columns, the pixel
+    budget checked from the header, `MultiFrameImage` for a multi-frame file."""
+    rows, columns = ds.get("Rows"), ds.get("Columns")
+    if not rows or not columns:
+        raise MissingPixelData(
+            f"{name}: DICOM has no Rows/Columns, so it is not an image; a series folder holds only its slices",
+            name=name,
+        )
+    check_pixel_budget(int(columns), int(rows), name, max_pixels)
+    frames = frame_count(ds, name)
+    if frames > 1:
+        raise MultiFrameImage(
+            f"{name}: DICOM has {frames} frames; a series must be single-frame files, one per slice "
+            "(enhanced multi-frame CT/MR is not supported: export the series as one file per slice)",
+            name=name,
+        )
+    return int(columns), int(rows)
+
+
 def modality_values(data: bytes, name: str, max_pixels: int) -> tuple[np.ndarray, pydicom.Dataset]:
     """The one grey frame of ``data`` in modality units (Hounsfield for CT) and its dataset.
 
@@ -151,19 +171,9 @@ def modality_values(data: bytes, name: str, max_pixels: int) -> tuple[np.ndarray
     Colour and multi-frame files are refused (`UnsupportedImageFormat`, `MultiFrameImage`).
     """
     ds = _read_dataset(data, name)
-    rows, columns = ds.get("Rows"), ds.get("Columns")
-    if not rows or not columns:
-        raise CorruptImage(f"{name}: DICOM lacks Rows/Columns (got {rows!r}, {columns!r})", name=name)
-    check_pixel_budget(int(columns), int(rows), name, max_pixels)
-    frames = frame_count(ds, name)
-    if frames > 1:
-        raise MultiFrameImage(
-            f"{name}: DICOM has {frames} frames; a slice of a series must be a single-frame file "
-            "(enhanced multi-frame CT/MR is not supported: export the series as one file per slice)",
-            name=name,
-        )
+    slice_size(ds, name, max_pixels)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
-    pixels = _decode_pixels(ds, name, frames, None)
+    pixels = _decode_pixels(ds, name, 1, None)
     if photometric not in _GREY or pixels.ndim != 2:
         raise UnsupportedImageFormat(
             f"{name}: DICOM PhotometricInterpretation {photometric!r} with array shape {pixels.shape} is not "

@@ -33,8 +33,7 @@ import numpy as np
 import pydicom
 from pydicom.multival import MultiValue
 
-from storage._dicom import frame_count, modality_values, read_header
-from storage._pixels import check_pixel_budget
+from storage._dicom import modality_values, read_header, slice_size
 from storage._volume import SampledVolume, plane_name, sample_indices
 from storage.errors import (
     CorruptImage,
@@ -43,9 +42,7 @@ from storage.errors import (
     InconsistentOrientation,
     InconsistentSliceSize,
     InconsistentSpacing,
-    MissingPixelData,
     MixedSeries,
-    MultiFrameImage,
     SeriesTooLong,
     UnorderableSeries,
 )
@@ -131,20 +128,7 @@ def _threaded(call: Callable[[T], R], items: Iterable[T]) -> list[R]:
 
 def _header(uri: str, scope: InputScope, objects: StoreCache, max_pixels: int) -> _SliceHeader:
     ds = read_header(scope.read(uri, objects), uri)
-    rows, columns = ds.get("Rows"), ds.get("Columns")
-    if not rows or not columns:
-        raise MissingPixelData(
-            f"{uri}: DICOM has no Rows/Columns, so it is not an image; a series folder holds only its slices",
-            name=uri,
-        )
-    check_pixel_budget(int(columns), int(rows), uri, max_pixels)
-    frames = frame_count(ds, uri)
-    if frames > 1:
-        raise MultiFrameImage(
-            f"{uri}: DICOM has {frames} frames; a series must be single-frame files, one per slice "
-            "(enhanced multi-frame CT/MR is not supported: export the series as one file per slice)",
-            name=uri,
-        )
+    size = slice_size(ds, uri, max_pixels)
     instance = ds.get("InstanceNumber")
     try:
         instance_number = int(instance) if instance not in (None, "") else None
@@ -155,7 +139,7 @@ def _header(uri: str, scope: InputScope, objects: StoreCache, max_pixels: int) -
         series_uid=str(ds.get("SeriesInstanceUID", "") or "").strip(),
         modality=str(ds.get("Modality", "") or "").strip().upper(),
         photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "").strip(),
-        size=(int(columns), int(rows)),
+        size=size,
         orientation=_numbers(ds, "ImageOrientationPatient", 6, uri),
         position=_numbers(ds, "ImagePositionPatient", 3, uri),
         instance_number=instance_number,
