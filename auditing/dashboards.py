@@ -6,7 +6,7 @@
 >>> con.sql("select * from flags_per_run order by created_at").df()
 
 Command line (writes a DuckDB file that Grafana, Superset or Metabase can open):
-``python -m auditing.dashboards <out_uri> <file.duckdb>``.
+``vlm-audit views <out_uri> <file.duckdb>``, or ``python -m auditing.dashboards <out_uri> <file.duckdb>``.
 """
 
 from __future__ import annotations
@@ -21,20 +21,33 @@ import pyarrow as pa
 
 from storage import duckdb_connect, is_s3_uri, normalize_uri, table_schema
 
-__all__ = ["ROOT_PLACEHOLDER", "Block", "create_views", "dashboard_sql", "view_blocks"]
+__all__ = [
+    "ROOT_PLACEHOLDER", "Block", "create_views", "dashboard_sql", "describe_views", "view_blocks", "write_views",
+]  # fmt: skip
 
 ROOT_PLACEHOLDER = "${OUT}"
 _HEADER = re.compile(r"^-- (source|view): ([a-z_]+)\s*$", re.MULTILINE)
 # columns of the `runs` source (run.json); keep in step with its block in dashboards.sql
+_RUN_COUNTS = ("items", "ok", "failed", "errors", "targets", "manifest_errors", "shards", "shards_failed",
+               "shards_deferred")  # fmt: skip
 RUNS_COLUMNS = {
     "run_id": "VARCHAR",
     "status": "VARCHAR",
+    "attempt": "BIGINT",
+    "manifest": "VARCHAR",
     "model_id": "VARCHAR",
     "model_revision": "VARCHAR",
     "method": "VARCHAR",
+    "group_by": "VARCHAR",
+    "code_version": "VARCHAR",
+    "schema_version": "VARCHAR",
+    **{f"n_{count}": "BIGINT" for count in _RUN_COUNTS},
+    "total_seconds": "DOUBLE",
+    "duration_seconds": "DOUBLE",
     "started_at": "VARCHAR",
     "finished_at": "VARCHAR",
     "created_at": "TIMESTAMP",
+    "config": "JSON",
 }
 _GLOB = re.compile(r"read_(?:parquet|json)\('(\$\{OUT\}[^']*)'")
 
@@ -79,25 +92,42 @@ def _has_files(con: Any, glob: str) -> bool:
     return con.execute(f"SELECT count(*) FROM glob('{_sql_string(glob)}')").fetchone()[0] > 0
 
 
-def _empty_standin(con: Any, table: str) -> str:
-    """A view without rows with the source's columns: the table's schema in storage and a VARCHAR
-    run_id, or RUNS_COLUMNS for run.json."""
+def _columns(con: Any, table: str) -> dict[str, str]:
+    """A source's columns and DuckDB types: the table's schema in storage and a VARCHAR run_id, or
+    RUNS_COLUMNS for run.json."""
     if table == "runs":
-        columns = RUNS_COLUMNS
-    else:
-        schema = table_schema(table).append(pa.field("run_id", pa.string()))
-        types = con.from_arrow(schema.empty_table()).types
-        columns = {name: str(kind) for name, kind in zip(schema.names, types, strict=True)}
-    selected = ", ".join(f'CAST(NULL AS {kind}) AS "{name}"' for name, kind in columns.items())
-    return f"CREATE OR REPLACE VIEW {table} AS SELECT {selected} WHERE false"
+        return RUNS_COLUMNS
+    schema = table_schema(table).append(pa.field("run_id", pa.string()))
+    types = con.from_arrow(schema.empty_table()).types
+    return {name: str(kind) for name, kind in zip(schema.names, types, strict=True)}
+
+
+def _nulls(columns: dict[str, str]) -> str:
+    return ", ".join(f'CAST(NULL AS {kind}) AS "{name}"' for name, kind in columns.items())
+
+
+def _empty_standin(con: Any, table: str) -> str:
+    """A view without rows with the source's columns."""
+    return f"CREATE OR REPLACE VIEW {table} AS SELECT {_nulls(_columns(con, table))} WHERE false"
+
+
+def _with_missing_columns(con: Any, table: str, sql: str) -> str | None:
+    """`sql` (a source block) with the columns of the current schema that no part has yet added as NULL,
+    so views over a root written by older versions still bind; None when nothing is missing."""
+    present = {row[0] for row in con.execute(f"DESCRIBE {table}").fetchall()}
+    missing = {name: kind for name, kind in _columns(con, table).items() if name not in present}
+    if not missing:
+        return None
+    return sql.replace("SELECT * FROM", f"SELECT *, {_nulls(missing)} FROM", 1)
 
 
 def create_views(con: Any, out_uri: str, *, endpoint_url: str | None = None) -> dict[str, str]:
     """Create the dashboard views of dashboards.sql on `con` over every run under `out_uri`.
 
     Source views (one per table, plus `runs` from run.json) read the files by glob with hive
-    partitioning; a table with no files yet gets a view without rows and with the table's columns, so
-    the dashboard views still work (rerun `create_views` once the files exist). s3:// roots are read
+    partitioning; a table with no files yet gets a view without rows and with the table's columns, and
+    a column that no part has yet (all written by an older version) reads as NULL, so the dashboard
+    views still work (rerun `create_views` once the files exist). s3:// roots are read
     through `storage.duckdb_connect` (httpfs, or pyarrow's S3 client where httpfs is unavailable).
 
     Returns {view: "files" | "empty" | "view"}: how each view was created.
@@ -114,6 +144,8 @@ def create_views(con: Any, out_uri: str, *, endpoint_url: str | None = None) -> 
             glob = block.glob.replace(ROOT_PLACEHOLDER, root) if block.glob else None
             if glob is None or _has_files(con, glob):
                 con.execute(sql)
+                if widened := _with_missing_columns(con, block.name, sql):
+                    con.execute(widened)
                 created[block.name] = "files"
             else:
                 con.execute(_empty_standin(con, block.name))
@@ -124,17 +156,31 @@ def create_views(con: Any, out_uri: str, *, endpoint_url: str | None = None) -> 
     return created
 
 
+_HOW = {"files": "reads files", "empty": "empty stand-in (no files yet)", "view": "dashboard view"}
+
+
+def write_views(out_uri: str, database: str, *, endpoint_url: str | None = None) -> dict[str, str]:
+    """Create or refresh the views over every run under `out_uri` in the DuckDB file `database` (created
+    if missing), for dashboard tools to open; returns `create_views`' {view: how}."""
+    import duckdb
+
+    with duckdb.connect(database) as con:
+        return create_views(con, out_uri, endpoint_url=endpoint_url)
+
+
+def describe_views(created: dict[str, str]) -> str:
+    """One line per view: its name and whether it reads files, is an empty stand-in or a dashboard view."""
+    width = max(map(len, created), default=0)
+    return "\n".join(f"{name:<{width}}  {_HOW[how]}" for name, how in created.items())
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m auditing.dashboards OUT_URI DATABASE``: persist the views in a DuckDB file."""
+    """``python -m auditing.dashboards OUT_URI DATABASE``: as ``vlm-audit views``."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
         print("usage: python -m auditing.dashboards OUT_URI DATABASE.duckdb", file=sys.stderr)
         return 2
-    import duckdb
-
-    with duckdb.connect(args[1]) as con:
-        for name, how in create_views(con, args[0]).items():
-            print(f"{name}: {how}")
+    print(describe_views(write_views(*args)))
     return 0
 
 

@@ -6,23 +6,50 @@
 -- the file (every source table must then exist under the root).
 --
 -- Blocks start with "-- source: <name>" or "-- view: <name>"; each holds one statement. Tables are read
--- by column name, so parts written by older versions (without a newer column) read as NULL there.
+-- by column name, so parts written by older versions (without a newer column) read as NULL there;
+-- create_views adds a column that no part has yet as NULL (run by hand, such views fail to bind).
 
 -- source: runs
 CREATE OR REPLACE VIEW runs AS
+WITH documents AS (
+    SELECT *,
+           -- run.json times are ISO 8601 with an offset; dashboards get plain UTC timestamps
+           try_cast(started_at AS TIMESTAMPTZ) AT TIME ZONE 'UTC'  AS started,
+           try_cast(finished_at AS TIMESTAMPTZ) AT TIME ZONE 'UTC' AS finished
+    FROM read_json('${OUT}/runs/run_id=*/run.json',
+                   columns = {status: 'VARCHAR', attempt: 'BIGINT', config: 'JSON', manifest_uri: 'VARCHAR',
+                              model_id: 'VARCHAR', model_revision: 'VARCHAR', code_version: 'VARCHAR',
+                              schema_version: 'VARCHAR', counts: 'JSON', timings: 'JSON',
+                              started_at: 'VARCHAR', finished_at: 'VARCHAR'},
+                   hive_partitioning = true, hive_types = {'run_id': VARCHAR})
+)
 SELECT run_id,
        status,
+       attempt,
+       -- the canonical URI the run read; config.manifest is the manifest as it was given
+       coalesce(manifest_uri, config ->> 'manifest')                            AS manifest,
        model_id,
        model_revision,
        config ->> 'method'                                                      AS method,
+       array_to_string(CAST(config -> 'group_by' AS VARCHAR[]), ',')            AS group_by,
+       code_version,
+       schema_version,
+       try_cast(counts ->> 'items' AS BIGINT)                                   AS n_items,
+       try_cast(counts ->> 'ok' AS BIGINT)                                      AS n_ok,
+       try_cast(counts ->> 'failed' AS BIGINT)                                  AS n_failed,
+       try_cast(counts ->> 'errors' AS BIGINT)                                  AS n_errors,
+       try_cast(counts ->> 'targets' AS BIGINT)                                 AS n_targets,
+       try_cast(counts ->> 'manifest_errors' AS BIGINT)                         AS n_manifest_errors,
+       try_cast(counts ->> 'shards' AS BIGINT)                                  AS n_shards,
+       try_cast(counts ->> 'shards_failed' AS BIGINT)                           AS n_shards_failed,
+       try_cast(counts ->> 'shards_deferred' AS BIGINT)                         AS n_shards_deferred,
+       try_cast(timings ->> 'total_seconds' AS DOUBLE)                          AS total_seconds,
+       epoch(finished - started)                                                AS duration_seconds,
        started_at,
        finished_at,
-       -- run.json times are ISO 8601 with an offset; dashboards get a plain UTC timestamp
-       try_cast(coalesce(started_at, finished_at) AS TIMESTAMPTZ) AT TIME ZONE 'UTC' AS created_at
-FROM read_json('${OUT}/runs/run_id=*/run.json',
-               columns = {status: 'VARCHAR', model_id: 'VARCHAR', model_revision: 'VARCHAR', config: 'JSON',
-                          started_at: 'VARCHAR', finished_at: 'VARCHAR'},
-               hive_partitioning = true, hive_types = {'run_id': VARCHAR});
+       coalesce(started, finished)                                              AS created_at,
+       config
+FROM documents;
 
 -- source: answers
 CREATE OR REPLACE VIEW answers AS
@@ -150,3 +177,201 @@ SELECT c.run_id,
 FROM cohorts AS c
 LEFT JOIN runs ON runs.run_id = c.run_id
 GROUP BY c.run_id, runs.created_at, c.grouping, c.cohort, c.answer;
+
+-- view: cohort_trend
+-- Each cohort against the rest of its run, run after run of one manifest: the governance chart is
+-- `difference` (with ci_low/ci_high) against created_at, one line per cohort.
+CREATE OR REPLACE VIEW cohort_trend AS
+SELECT runs.manifest,
+       c.grouping,
+       c.cohort,
+       c.target_class,
+       c.metric,
+       c.run_id,
+       runs.created_at,
+       row_number() OVER (PARTITION BY runs.manifest, c.grouping, c.cohort, c.target_class, c.metric
+                          ORDER BY runs.created_at, c.run_id)              AS run_index,
+       runs.status,
+       runs.model_id,
+       runs.model_revision,
+       runs.method,
+       c.cohort_mean,
+       c.rest_mean,
+       c.difference,
+       c.ci_low,
+       c.ci_high,
+       c.p_above,
+       c.n_cohort,
+       c.n_rest,
+       EXISTS (
+           SELECT 1 FROM flags AS f
+           WHERE f.rule = c.metric || '_share_above_baseline' AND f.run_id = c.run_id
+             AND f.grouping = c.grouping AND f.cohort = c.cohort AND f.target_class = c.target_class
+             AND f.method NOT LIKE '%(faithfulness sample)'
+       )                                                                   AS flagged
+FROM cohort_comparisons AS c
+LEFT JOIN runs ON runs.run_id = c.run_id;
+
+-- view: item_drilldown
+-- One row per (run, item, whole-answer or word target, image), with the overlay and report paths;
+-- items without such a target (failed ones) have one row with NULL target columns.
+CREATE OR REPLACE VIEW item_drilldown AS
+WITH targets AS (
+    SELECT *,
+           CASE WHEN target_kind = 'answer' THEN 'answer' ELSE 'word-' || word END AS target_name,
+           -- overlay_images in tasks/records.py: the item's first image has no suffix, image k
+           -- `-image<k>`; a volume's three slices with the most relevance `-slice<n>` (1-based),
+           -- `-volume<g>-slice<n>` where the item has several images or volumes
+           CASE WHEN slice_index IS NULL THEN
+                    CASE WHEN image_index = 0 THEN '' ELSE '-image' || image_index END
+                WHEN row_number() OVER (PARTITION BY run_id, item_id, target_kind, word, image_group
+                                        ORDER BY study_share DESC, image_index) <= 3 THEN
+                    CASE WHEN min(image_group) OVER item_target < max(image_group) OVER item_target
+                         THEN '-volume' || image_group ELSE '' END || '-slice' || format('{:03d}', slice_index + 1)
+           END AS image_suffix
+    FROM tokens
+    WHERE target_kind IN ('answer', 'word')
+    WINDOW item_target AS (PARTITION BY run_id, item_id, target_kind, word)
+), named AS (
+    SELECT *,
+           target_name || image_suffix AS overlay_name,
+           -- storage.overlay_key: unsafe characters become '_', and a changed name gets 8 hex
+           -- characters of the original's sha256
+           coalesce(nullif(left(ltrim(regexp_replace(target_name || image_suffix, '[^A-Za-z0-9._-]+', '_', 'g'),
+                                      '.'), 100), ''), '_') AS safe_name
+    FROM targets
+)
+SELECT a.run_id,
+       runs.created_at,
+       runs.manifest,
+       a.item_id,
+       a.row_number,
+       coalesce(a.image_uris[t.image_group + 1], a.image_uri)                   AS image_uri,
+       a.question,
+       a.answer,
+       a.status,
+       a.metadata,
+       CASE WHEN t.target_kind = 'word' THEN lower(t.word) ELSE t.target_kind END AS target_class,
+       t.target_kind,
+       t.word,
+       t.image_index,
+       t.image_label,
+       t.slice_index,
+       t.n_slices,
+       t.study_share,
+       t.image_share,
+       t.region_shares.border                                                   AS border_share,
+       t.region_shares.corners                                                  AS corners_share,
+       t.region_shares.lung_right_upper + t.region_shares.lung_right_middle + t.region_shares.lung_right_lower
+           + t.region_shares.lung_left_upper + t.region_shares.lung_left_middle
+           + t.region_shares.lung_left_lower                                    AS lung_share,
+       t.region_shares,
+       t.entropy,
+       t.top10_mass,
+       t.roi_share,
+       t.roi_hit,
+       (SELECT string_agg(DISTINCT f.rule, ',' ORDER BY f.rule) FROM flags AS f
+        WHERE f.scope = 'item' AND f.run_id = a.run_id AND f.item_id = a.item_id) AS item_flags,
+       -- where the run's overlay policy wrote a picture (every target when run.json does not say)
+       CASE WHEN t.image_suffix IS NOT NULL AND CASE runs.config ->> 'overlays'
+                     WHEN 'none' THEN false
+                     WHEN 'answer' THEN t.target_kind = 'answer'
+                     WHEN 'findings' THEN t.target_kind = 'answer'
+                         OR list_contains(CAST(runs.config -> 'findings' AS VARCHAR[]), lower(t.word))
+                     ELSE true END
+            THEN '${OUT}/overlays/run_id=' || a.run_id || '/' || a.item_id || '/'
+                 || CASE WHEN t.safe_name = t.overlay_name THEN t.safe_name
+                         ELSE t.safe_name || '-' || left(sha256(t.overlay_name), 8) END || '.png'
+       END                                                                      AS overlay_path,
+       '${OUT}/report/run_id=' || a.run_id || '/index.html'                     AS report_path
+FROM answers AS a
+LEFT JOIN named AS t ON t.run_id = a.run_id AND t.item_id = a.item_id
+LEFT JOIN runs ON runs.run_id = a.run_id;
+
+-- view: errors_per_run
+-- Error rows per run, stage and error type (runs without errors have no rows).
+CREATE OR REPLACE VIEW errors_per_run AS
+SELECT e.run_id,
+       runs.created_at,
+       runs.manifest,
+       runs.status,
+       runs.n_items,
+       e.stage,
+       e.error_type,
+       count(*)                         AS n_errors,
+       arg_min(e.message, e.occurred_at) AS first_message
+FROM errors AS e
+LEFT JOIN runs ON runs.run_id = e.run_id
+GROUP BY e.run_id, runs.created_at, runs.manifest, runs.status, runs.n_items, e.stage, e.error_type;
+
+-- view: flag_counts
+-- Flags per run and rule, zero-filled: every run (run.json or flags) with every rule of
+-- auditing.report.sections.RULE_TITLES and any other rule a run raised.
+CREATE OR REPLACE VIEW flag_counts AS
+WITH rules AS (
+    SELECT rule FROM (VALUES ('border_share_above_baseline'), ('corners_share_above_baseline'),
+                             ('roi_hit_rate_low'), ('off_anatomy'), ('explanations_not_trustworthy'),
+                             ('evidence_relocated'), ('change_ignores_prior')) AS known(rule)
+    UNION
+    SELECT DISTINCT rule FROM flags
+), run_ids AS (
+    SELECT run_id FROM runs
+    UNION
+    SELECT DISTINCT run_id FROM flags
+), counted AS (
+    SELECT run_id, rule, count(*) AS n_flags FROM flags GROUP BY ALL
+)
+SELECT r.run_id,
+       runs.created_at,
+       runs.manifest,
+       runs.status,
+       runs.method,
+       rules.rule,
+       coalesce(counted.n_flags, 0)                                         AS n_flags,
+       EXISTS (SELECT 1 FROM cohort_stats AS s WHERE s.run_id = r.run_id) AS aggregated
+FROM run_ids AS r
+CROSS JOIN rules
+LEFT JOIN counted ON counted.run_id = r.run_id AND counted.rule = rules.rule
+LEFT JOIN runs ON runs.run_id = r.run_id;
+
+-- view: latest_runs
+-- The latest completed run of each manifest, with its flag counts.
+CREATE OR REPLACE VIEW latest_runs AS
+SELECT runs.*,
+       (SELECT count(*) FROM flags AS f WHERE f.run_id = runs.run_id)                          AS n_flags,
+       (SELECT count(*) FROM flags AS f WHERE f.run_id = runs.run_id AND f.scope = 'cohort') AS n_cohort_flags
+FROM runs
+WHERE status = 'completed'
+QUALIFY row_number() OVER (PARTITION BY manifest ORDER BY created_at DESC, run_id DESC) = 1;
+
+-- view: study_summary
+-- Volumes and longitudinal pairs per cohort (cohort_studies; the slice profiles stay there).
+CREATE OR REPLACE VIEW study_summary AS
+SELECT s.run_id,
+       runs.created_at,
+       runs.manifest,
+       s.grouping,
+       s.cohort,
+       s.target_class,
+       s.n_volume_items,
+       s.slice_position_mean,
+       s.slice_position_ci_low,
+       s.slice_position_ci_high,
+       s.outside_body_mean,
+       s.outside_body_ci_low,
+       s.outside_body_ci_high,
+       s.n_longitudinal_items,
+       s.prior_share_mean,
+       s.prior_share_ci_low,
+       s.prior_share_ci_high,
+       s.n_barely_prior,
+       s.barely_prior_rate,
+       s.barely_prior_ci_low,
+       s.barely_prior_ci_high,
+       EXISTS (
+           SELECT 1 FROM flags AS f
+           WHERE f.rule = 'change_ignores_prior' AND f.run_id = s.run_id AND f.grouping = s.grouping
+             AND f.cohort = s.cohort AND f.target_class = s.target_class
+       ) AS change_ignores_prior
+FROM cohort_studies AS s
+LEFT JOIN runs ON runs.run_id = s.run_id;

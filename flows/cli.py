@@ -1,4 +1,5 @@
-"""`vlm-audit`: run an audit, run the demo, and (through the audit package) aggregate and report.
+"""`vlm-audit`: run an audit, run the demo, and (through the audit package) aggregate, report and
+write the dashboard views.
 
     vlm-audit run s3://scans/batch-07/manifest.csv --out s3://audits/out --model google/medgemma-1.5-4b-it
     vlm-audit demo --out demo-output --n 24
@@ -65,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("out", help=AuditConfig.model_fields["out"].description)
         sub.add_argument("run_id")
         add_field_options(sub, AuditConfig, AGGREGATE_FIELDS if name == "aggregate" else ["endpoint_url"])
+    views = commands.add_parser(
+        "views",
+        help="create or refresh the dashboard views over every run in a DuckDB file (no model needed)",
+    )
+    views.add_argument("out", help=AuditConfig.model_fields["out"].description)
+    views.add_argument("database", help="DuckDB file for dashboard tools (created if missing)")
+    add_field_options(views, AuditConfig, ["endpoint_url"])
     return parser
 
 
@@ -151,13 +159,17 @@ def _run_flow(
 
 
 def _audit_hook(name: str, args: argparse.Namespace) -> int:
-    """`vlm-audit aggregate` / `report`: from the run's Parquet outputs alone."""
+    """`vlm-audit aggregate` / `report` / `views`: from the Parquet outputs alone."""
     from pydantic import TypeAdapter
 
     from auditing import AggregateConfig, aggregate_run, build_report
+    from auditing.dashboards import describe_views, write_views
     from tasks.config import Findings, Groupings
 
     endpoint_url = getattr(args, "endpoint_url", None)
+    if name == "views":
+        print(describe_views(write_views(args.out, args.database, endpoint_url=endpoint_url)))
+        return EXIT_OK
     if name == "aggregate":
         config = AggregateConfig(
             group_by=TypeAdapter(Groupings).validate_python(getattr(args, "group_by", ())),
@@ -203,7 +215,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("aggregate", "report"):
+    if args.command in ("aggregate", "report", "views"):
         return _audit_hook(args.command, args)
     _prepare_environment(args.verbose)
     from flows.server import ServerStartError

@@ -47,10 +47,12 @@ def write_synthetic_run(
     answer_for: Any = None,
     run_json: bool = True,
     per_site: int = 20,
+    run_fields: dict[str, Any] | None = None,
 ):
     """Write one synthetic run's parts (and images, overlays, run.json) under `out`; return its Aggregate.
 
-    `answer_for(row) -> str` changes answers; the maps stay those of `synthetic_run`.
+    `answer_for(row) -> str` changes answers; the maps stay those of `synthetic_run`. `run_fields`
+    replace fields of run.json.
     """
     store: ObjectStore = open_store(str(out))
     answers, tokens = synthetic_run(per_site=per_site, seed=seed, border_site=border_site)
@@ -97,6 +99,7 @@ def write_synthetic_run(
                 "started_at": started_at,
                 "finished_at": started_at,
                 "code_version": "0.1.0",
+                **(run_fields or {}),
             },
         )
     return aggregate_run(str(out), run_id, CONFIG)
