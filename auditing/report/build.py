@@ -31,6 +31,7 @@ from auditing.report.sections import (
     study_rows,
     summary_rows,
     trust_tables,
+    verdict_box,
 )
 from storage import join_key, open_store
 
@@ -193,12 +194,14 @@ def build_report(out_uri: str, run_id: str, *, endpoint_url: str | None = None) 
     reader = ImageReader(tables.run, endpoint_url=endpoint_url)
     sink = ImageSink()
     classes = chosen_classes(tables) if not tables.stats.empty else []
+    cohorts = cohort_sections(tables, classes, reader, sink) if classes else []
     context = {
         "run_id": run_id,
         "summary": summary_rows(tables),
         "errors": error_rows(tables.errors),
         "flags": flag_rows(tables.flags),
-        "cohorts": cohort_sections(tables, classes, reader, sink) if classes else [],
+        "cohorts": cohorts,
+        "verdict": verdict_box(tables.flags, {(c["grouping"], c["cohort"]): c["anchor"] for c in cohorts}),
         "cohorts_left_out": chosen_cohorts(tables)[1] if classes else 0,
         "gallery": gallery(tables, store, reader, sink),
         "trust": trust_tables(tables, classes),

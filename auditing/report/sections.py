@@ -278,3 +278,38 @@ def study_rows(tables: RunTables) -> dict[str, list[dict[str, Any]]]:
                 }
             )
     return {"volumes": volumes, "longitudinal": longitudinal}
+
+
+def verdict_box(flags: pd.DataFrame, anchors: dict[tuple[str, str], str]) -> dict[str, Any]:
+    """The report's first words: one sentence for the run, then one row per finding (rule, cohort,
+    target) with the methods that raised it as columns and a plain sentence, linked to its cohort
+    section (`anchors`: (grouping, cohort) → id) or to the flags table."""
+    from auditing.report.summary import flag_records, verdict
+
+    records = flag_records(flags)
+    findings: dict[tuple, dict[str, Any]] = {}
+    for flag in (record for record in records if record["scope"] != "item"):
+        key = (flag["rule"], flag["grouping"], flag["cohort"], flag["target_class"])
+        finding = findings.setdefault(
+            key,
+            {
+                "title": flag["title"],
+                "where": cohort_name(flag["grouping"], flag["cohort"]),
+                "target_class": flag["target_class"],
+                "anchor": anchors.get((flag["grouping"], flag["cohort"]), "flags"),
+                "methods": set(),
+                "message": flag["message"],
+            },
+        )
+        finding["methods"].add(flag["method"])
+    methods = sorted({method for finding in findings.values() for method in finding["methods"]})
+    rows = [
+        finding
+        | {
+            "sentence": f"{finding['where']}: {finding['title'].lower()} ('{finding['target_class']}')"
+            f" — raised by {', '.join(sorted(finding['methods']))}.",
+            "by": [method in finding["methods"] for method in methods],
+        }
+        for finding in findings.values()
+    ]
+    return {"sentence": verdict(records), "methods": methods, "rows": rows}

@@ -266,3 +266,18 @@ def test_studies_section_shows_volumes_and_flags_answers_that_ignore_the_prior(t
     assert "site = north answer 8 " in text and "8 of 8" in text
     # the volume items sit at 0.2 × 2/4 + 0.8 × 4/4 = 90% of the way along their volumes
     assert "site = south answer 5 90%" in text
+
+
+def test_the_page_opens_with_the_verdict_one_row_per_finding_linked_to_its_evidence(built_report):
+    text, flags = built_report.page.text, built_report.flags
+    cohort_flags = flags[flags["scope"] == "cohort"]
+    findings = cohort_flags.drop_duplicates(["rule", "grouping", "cohort", "target_class"])
+    assert text.index("Verdict") < text.index("How to read this report")  # the verdict comes first
+    n_items = int((flags["scope"] == "item").sum())
+    assert f"{len(cohort_flags)} cohort flags and {n_items} item flags raised." in text
+    html = built_report.index.read_text(encoding="utf-8")
+    verdict = html[html.index('id="verdict"') : html.index('id="how-to-read"')]
+    assert verdict.count("<tr>") == len(findings) + 1  # a header and one row per finding
+    assert "site = east: looks at the image border" in squash(text)
+    east = next(c for c in re.findall(r'id="(cohort-\d+)"[^>]*data-cohort="east"', html))
+    assert f'href="#{east}"' in verdict  # the finding links to its cohort's section
