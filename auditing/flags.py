@@ -67,6 +67,11 @@ def cohort_key(row: tuple) -> dict[str, str]:
     }
 
 
+def cohort_phrase(grouping: str, cohort: str) -> str:
+    """How a message names a cohort: "site=north", or "the whole run" for the ("all", "all") cohort."""
+    return "the whole run" if grouping == "all" else f"{grouping}={cohort}"
+
+
 def flag_row(
     *,
     rule: str,
@@ -151,7 +156,7 @@ def shortcut_flags(
                     ci_high=row.ci_high,
                     n_items=row.n_cohort,
                     message=(
-                        f"{row.method} maps of '{row.target_class}' in {row.grouping}={row.cohort} put "
+                        f"{row.method} maps of '{row.target_class}' in {cohort_phrase(row.grouping, row.cohort)} put "
                         f"{row.cohort_mean:.1%} of their mass on {SHORTCUT_REGIONS[row.metric]}, against "
                         f"{baseline:.1%} in the rest of the audit and {uniform:.1%} for a uniform map "
                         f"(difference {row.cohort_mean - baseline:+.1%}, 95% CI {row.ci_low:+.1%} to "
@@ -181,7 +186,7 @@ def roi_flags(stats: pd.DataFrame, thresholds: FlagThresholds, method: str) -> l
             n_items=row.n_roi,
             message=(
                 f"the peak of {method} maps of '{row.target_class}' falls inside the region of interest in "
-                f"{row.roi_hit_mean:.0%} of {row.grouping}={row.cohort} items (95% CI {row.roi_hit_ci_low:.0%}"
+                f"{row.roi_hit_mean:.0%} of {cohort_phrase(row.grouping, row.cohort)} items (95% CI {row.roi_hit_ci_low:.0%}"
                 f"–{row.roi_hit_ci_high:.0%}), below {thresholds.roi_hit_rate:.0%}"
             ),
         )

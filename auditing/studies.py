@@ -23,7 +23,7 @@ import pandas as pd
 from auditing.bootstrap import mean_ci
 from auditing.cohorts import ITEM_KEYS, StatsConfig, cohorts
 from auditing.evidence import wilson_interval
-from auditing.flags import FlagThresholds, flag_row
+from auditing.flags import FlagThresholds, cohort_phrase, flag_row
 from storage import PROFILE_BINS
 
 PRIOR_LABEL = "prior"  # images whose label starts with this (case-insensitive) are the prior
@@ -135,8 +135,8 @@ def prior_flags(studies: pd.DataFrame, thresholds: FlagThresholds, method: str) 
             ci_high=row.barely_prior_ci_high,
             n_items=row.n_longitudinal_items,
             message=(
-                f"{row.n_barely_prior} of {row.n_longitudinal_items} longitudinal {row.grouping}={row.cohort} "
-                f"items put less than {thresholds.prior_floor:.0%} of the '{row.target_class}' {method} "
+                f"{row.n_barely_prior} of {row.n_longitudinal_items} longitudinal items of "
+                f"{cohort_phrase(row.grouping, row.cohort)} put less than {thresholds.prior_floor:.0%} of the '{row.target_class}' {method} "
                 f"relevance on the prior (95% CI {row.barely_prior_ci_low:.0%}–{row.barely_prior_ci_high:.0%}"
                 f"; mean prior share {row.prior_share_mean:.0%}): answers about change that barely look "
                 "at the prior"

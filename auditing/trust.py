@@ -17,7 +17,7 @@ from scipy.stats import spearmanr
 
 from auditing.cohorts import cohorts
 from auditing.evidence import agreement, evidence_set, wilson_interval
-from auditing.flags import FlagThresholds, cohort_key, flag_row
+from auditing.flags import FlagThresholds, cohort_key, cohort_phrase, flag_row
 from auditing.load import SHARE_COLUMNS, join_targets
 from explainer.map_stats import normalised_entropy  # numpy only: no torch is loaded
 from explainer.methods import REFERENCE_METHODS
@@ -163,7 +163,7 @@ def trust_flags(trust: pd.DataFrame, thresholds: FlagThresholds) -> list[dict]:
         if row.method == TOKEN_REFERENCE:
             rule = "evidence_relocated"
             message = (
-                f"evidence relocated before the language model for {row.grouping}={row.cohort} "
+                f"evidence relocated before the language model for {cohort_phrase(row.grouping, row.cohort)} "
                 f"('{row.target_class}'): the token-occlusion peak lies in the pixel-occlusion evidence {evidence}. "
                 "The vision tower moves the evidence between image positions, so chefer, rollout, raw attention "
                 "and token occlusion all point where the evidence arrived, not where it is in the image"
@@ -171,7 +171,7 @@ def trust_flags(trust: pd.DataFrame, thresholds: FlagThresholds) -> list[dict]:
         else:
             rule = "explanations_not_trustworthy"
             message = (
-                f"explanations not trustworthy for {row.grouping}={row.cohort} ('{row.target_class}'): the peak "
+                f"explanations not trustworthy for {cohort_phrase(row.grouping, row.cohort)} ('{row.target_class}'): the peak "
                 f"of {row.method} maps lies in the {row.reference} reference's evidence {evidence}; "
                 "the evidence does not travel where this map shows"
             )

@@ -66,3 +66,11 @@ def test_single_image_runs_have_no_study_rows():
     answer, tokens = study_item("x-1", "north", [1.0])
     answers, token_frame = _run([(answer, tokens)])
     assert aggregate(token_frame, answers, CONFIG).studies.empty
+
+
+def test_whole_run_flags_name_the_whole_run_not_all_equals_all():
+    answers, tokens = _longitudinal({"north": 0.01, "south": 0.02})
+    flags = aggregate(tokens, answers, CONFIG).flags
+    whole = flags[(flags["rule"] == "change_ignores_prior") & (flags["grouping"] == "all")]
+    assert len(whole) == 1 and "the whole run" in whole["message"].iloc[0]
+    assert not flags["message"].str.contains("all=all").any()
