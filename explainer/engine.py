@@ -21,7 +21,7 @@ from explainer._sequence import (
     token_type_ids_for,
 )
 from explainer.explanation import Explanation
-from explainer.generation import GenerationError, build_prompt, full_sequence
+from explainer.generation import GenerationError, build_prompt, check_question, full_sequence
 from explainer.loading import ModelInfo, check_vision_language_model, load_pretrained, model_info
 from explainer.methods import ATTENTION_PATHS, get_method
 from explainer.methods.base import ExplainContext
@@ -228,6 +228,7 @@ class Explainer:
         max_question_tokens: int | None = None,
         attention: str | None = None,
         image_labels: Sequence[str | None] | None = None,
+        answer: str | None = None,
     ) -> Explanation:
         """Answer `question` about `images` with the chat template, then explain the answer.
 
@@ -246,6 +247,8 @@ class Explainer:
                 explainer's.
             image_labels: text written before each image (one per image, None for none), e.g.
                 "prior" and "current", or a volume's "slice 12 of 85".
+            answer: the answer the model gave (a logged output): explained as given, teacher-forced,
+                without generating; None generates one. Checked like questions (no control tokens).
         Raises:
             GenerationError: prompting or generation failed (the original error is its cause).
         """
@@ -272,10 +275,16 @@ class Explainer:
                     "fewer slices per volume (slices_per_volume) or give fewer images per item"
                 )
             path = self.attention_path(prompt.length + max_new_tokens, attention)
-            with relevance_mode(self.model, path):  # the answer comes from the computation explained
-                answer_ids = generation.generate_answer(
-                    self.model, prompt, max_new_tokens=max_new_tokens, generation_kwargs=generation_kwargs
+            if answer is not None:  # explained as given: the tokens the model is scored on
+                check_question(self.processor.tokenizer, answer)
+                answer_ids = torch.tensor(
+                    self.processor.tokenizer(answer, add_special_tokens=False)["input_ids"], dtype=torch.long
                 )
+            else:
+                with relevance_mode(self.model, path):  # the answer comes from the computation explained
+                    answer_ids = generation.generate_answer(
+                        self.model, prompt, max_new_tokens=max_new_tokens, generation_kwargs=generation_kwargs
+                    )
         except Exception as exc:
             raise GenerationError(f"{type(exc).__name__}: {exc}") from exc
         generated = time.perf_counter()

@@ -1,6 +1,7 @@
 """Read and validate audit manifests (CSV, JSONL, Parquet) into items and per-row error records.
 
-Columns: ``image`` and ``question`` are required; ``image_labels``, ``item_id``, ``roi_box`` and
+Columns: ``image`` and ``question`` are required; ``answer`` (the answer the audited model gave,
+explained as given), ``image_labels``, ``item_id``, ``roi_box`` and
 ``roi_mask`` are optional; every other column is cohort metadata passed through as strings. A missing
 required column fails the whole manifest (``ManifestError``); a bad row becomes an ``ErrorRecord`` and
 the rest go on.
@@ -48,7 +49,7 @@ from storage.records import ErrorRecord
 from storage.uri import normalize_uri, parent_uri, resolve_uri, uri_name
 
 REQUIRED_COLUMNS = ("image", "question")
-RESERVED_COLUMNS = ("image", "image_labels", "question", "item_id", "roi_box", "roi_mask")
+RESERVED_COLUMNS = ("image", "image_labels", "question", "answer", "item_id", "roi_box", "roi_mask")
 MANIFEST_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 ITEM_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")  # a safe file name, no leading '.'
 
@@ -70,6 +71,7 @@ class ManifestItem:
     metadata: dict[str, str]
     row_number: int
     image_labels: tuple[str, ...] | None = None
+    answer: str | None = None  # the answer the audited model gave (logged): explained as given, not generated
 
     def __post_init__(self) -> None:
         uris, labels = self.image_uris, self.image_labels
@@ -279,9 +281,10 @@ def _validate_row(
         )
     if item_id in seen:
         raise RowError("DuplicateItemId", f"item_id {item_id!r} is already used by row {seen[item_id]}")
+    answer = text_cell(record, "answer", "InvalidAnswer", "text (the answer the model gave)") or None
     metadata = {column: metadata_text(record.get(column)) for column in metadata_columns}
     return ManifestItem(
-        item_id, image_uris, question, roi_box, roi_mask_uri, metadata, row_number, image_labels
+        item_id, image_uris, question, roi_box, roi_mask_uri, metadata, row_number, image_labels, answer
     )
 
 
@@ -301,7 +304,8 @@ def read_manifest(
 def manifest_fingerprint(manifest: Manifest) -> str:
     """sha256 hex of the valid items' content in order (row numbers excluded): equal inputs, equal runs.
 
-    A single-image row without labels hashes as before studies existed, so earlier run ids stay valid.
+    A single-image row without labels or given answer hashes as before they existed, so earlier run ids
+    stay valid.
     """
     content = []
     for item in manifest.items:
@@ -314,7 +318,11 @@ def manifest_fingerprint(manifest: Manifest) -> str:
             item.roi_mask_uri,
             sorted(item.metadata.items()),
         ]
-        content.append(row if item.image_labels is None else [*row, list(item.image_labels)])
+        if item.image_labels is not None:
+            row.append(list(item.image_labels))
+        if item.answer is not None:
+            row.append({"answer": item.answer})
+        content.append(row)
     return hashlib.sha256(json.dumps(content, separators=(",", ":")).encode()).hexdigest()
 
 

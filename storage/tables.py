@@ -33,6 +33,7 @@ ANSWERS_SCHEMA = pa.schema(
         ("n_images", pa.int16()),
         ("question", pa.string()),
         ("answer", pa.string()),
+        ("answer_source", pa.string()),
         ("status", pa.string()),
         ("n_targets", pa.int32()),
         ("prompt_tokens", pa.list_(pa.string())),

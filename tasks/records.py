@@ -235,6 +235,7 @@ def answer_row(
             answer=explanation.answer,
             n_targets=len(explanation.targets),
             n_images=len(explanation.images),
+            answer_source="given" if item.answer is not None else "generated",
             prompt_tokens=list(explanation.prompt_tokens),
             prompt_token_special=[role in TEMPLATE_ROLES for role in explanation.prompt_token_roles],
             generate_seconds=explanation.timings.get("generate_seconds"),

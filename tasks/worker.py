@@ -180,6 +180,7 @@ def explain_item(
                 system_prompt=config.system_prompt,
                 max_question_tokens=config.max_question_tokens,
                 attention=config.attention,
+                answer=item.answer,
             )
     except GenerationError as exc:  # the error row names the original error, not the wrapper
         return failed("generate", exc.__cause__ or exc, size)

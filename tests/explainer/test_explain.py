@@ -235,3 +235,14 @@ def test_a_notebook_shows_the_answer_with_per_token_heat_and_the_overlay(tiny, s
     assert len(answer_spans) == len(explanation.tokens)  # every answer token, shaded, with its share
     assert len(collect.images) == 1 and collect.images[0].startswith("data:image/png;base64,")
     assert "&lt;nodule&gt;" in page and "<nodule>" not in page  # text is escaped
+
+
+def test_a_given_answer_is_explained_as_given_without_generating(tiny, monkeypatch):
+    explainer = Explainer(tiny.model, tiny.processor)
+    monkeypatch.setattr(tiny.model, "generate", lambda *args, **kwargs: pytest.fail("the model generated"))
+    explanation = explainer.explain(random_image(0), "Where is the nodule?", answer="right upper zone")
+    assert explanation.answer == "right upper zone"
+    ids = tiny.tokenizer("right upper zone", add_special_tokens=False)["input_ids"]
+    assert [token.id for token in explanation.tokens] == ids and len(explanation.image_maps) == 1
+    with pytest.raises(GenerationError, match="chat control token"):
+        explainer.explain(random_image(0), "Where?", answer="yes<end_of_turn>")

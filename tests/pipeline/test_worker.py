@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -364,3 +365,27 @@ def test_a_redone_shard_keeps_no_overlays_of_an_earlier_attempt(tmp_path, model_
     assert (second.ok, second.failed) == (1, 1)
     assert sorted(p.name for p in folders["item-000"].iterdir()) == fresh["item-000"]
     assert not list(folders["item-001"].iterdir())  # its error row has no overlay beside it
+
+
+def test_logged_answers_are_explained_as_given_and_the_answers_table_says_which(
+    tmp_path, model_dir, monkeypatch
+):
+    manifest_path = local_dataset(tmp_path / "data", 2)
+    rows = Path(manifest_path).read_text().splitlines()
+    rows[0] += ",answer"
+    rows[1] += ",right upper zone"  # item-000: the answer the deployed model gave
+    rows[2] += ","  # item-001: none logged, so it is generated
+    Path(manifest_path).write_text("\n".join(rows) + "\n")
+    config = AuditConfig(manifest=manifest_path, out=str(tmp_path / "out"), model=model_dir, max_new_tokens=2)
+    manifest = read_manifest(manifest_path)
+    from explainer import generation
+
+    generated, generate = [], generation.generate_answer
+    monkeypatch.setattr(
+        generation, "generate_answer", lambda *a, **k: generated.append(1) or generate(*a, **k)
+    )
+    explain_shard(ShardJob("r1", 0, manifest_fingerprint(manifest), config))
+    answers = read_table(str(tmp_path / "out"), "answers", run_id="r1").to_pandas().set_index("item_id")
+    assert answers.loc["item-000", "answer"] == "right upper zone"
+    assert list(answers["answer_source"]) == ["given", "generated"]
+    assert len(generated) == 1  # only item-001's answer was generated

@@ -135,3 +135,21 @@ def test_an_item_refuses_a_bare_string_or_mismatched_labels():
         ManifestItem("a", "/a.png", "Q", None, None, {}, 1)  # would read as the tuple of its characters
     with pytest.raises(ValueError, match="tuple of 2 texts"):
         ManifestItem("a", ("/a.png", "/b.png"), "Q", None, None, {}, 1, ("prior",))
+
+
+def test_a_logged_answer_column_is_the_items_given_answer_and_part_of_its_content():
+    from storage import manifest_fingerprint, parse_manifest
+
+    with_answers = parse_manifest(
+        b"image,question,answer,site\na.png,Is there a nodule?,yes,x\nb.png,Is there a nodule?,,x\n",
+        "/data/m.csv",
+    )
+    first, second = with_answers.items
+    assert (first.answer, second.answer) == ("yes", None) and "answer" not in first.metadata
+    other = parse_manifest(
+        b"image,question,answer,site\na.png,Is there a nodule?,no,x\nb.png,Is there a nodule?,,x\n",
+        "/data/m.csv",
+    )
+    assert manifest_fingerprint(other) != manifest_fingerprint(with_answers)
+    bad = parse_manifest(b'{"image": "a.png", "question": "Q?", "answer": 3}\n', "/data/m.jsonl")
+    assert [error.error_type for error in bad.errors] == ["InvalidAnswer"]
