@@ -30,6 +30,7 @@ from storage import manifest_fingerprint
 from tasks import cache, ledger, steps
 from tasks.config import AuditConfig, DaskSettings, derive_run_id
 from tasks.lock import run_lock
+from tasks.preflight import automatic_groupings, check_groupings, check_model_available
 from tasks.shards import ItemDeferred, ShardFailure, ShardJob, ShardSummary, sampled_item_ids
 
 
@@ -134,9 +135,26 @@ def audit(
     logger = get_run_logger()
     started, started_at = time.perf_counter(), ledger.now_iso()
     parsed = steps.load_manifest(config)
+    # before anything runs: the cohort columns exist, the model is there (nothing downloads unasked)
+    check_groupings(parsed, config.group_by)
+    check_model_available(config.model, config.model_revision, config.allow_download)
+    groupings_from = "settings"
+    if not config.group_by and config.aggregate:  # cohorts by default: the manifest's natural columns
+        config = config.model_copy(update={"group_by": automatic_groupings(parsed)})
+        groupings_from = "manifest columns with few values" if config.group_by else "none found"
+        logger.warning(
+            "no group_by given: cohorts by %s",
+            ", ".join(config.group_by)
+            if config.group_by
+            else "nothing (no metadata column with 2-12 values); only whole-run statistics",
+        )
     fingerprint = manifest_fingerprint(parsed)
     run_id = run_id or derive_run_id(parsed, config)
-    extra = {"dask": dask.describe() if dask else None, "flow_run_id": str(get_run_context().flow_run.id)}
+    extra = {
+        "dask": dask.describe() if dask else None,
+        "flow_run_id": str(get_run_context().flow_run.id),
+        "groupings_from": groupings_from,
+    }
     # one process at a time per run id: a second run of the same manifest and settings is refused
     with run_lock(
         cache.output_store(config.out, config.endpoint_url, config.region),
@@ -191,6 +209,8 @@ def audit(
         outputs = {
             "run_id": run_id,
             "out": config.out,
+            "group_by": list(config.group_by),
+            "groupings_from": groupings_from,
             "run_json": run_json,
             "counts": counts,
             "timings": timings,

@@ -105,6 +105,11 @@ def format_summary(result: dict[str, Any]) -> str:
         f"  run.json  {result['run_json']}",
         f"  report    {where('report')}/index.html (vlm-audit report {out} {run_id})",
     ]
+    if "group_by" in result:
+        lines.append(
+            f"cohorts by {', '.join(result['group_by']) or 'nothing: whole-run statistics only'} "
+            f"({result['groupings_from']})"
+        )
     if "verdict" in result:
         lines.append(result["verdict"])
         lines += [
@@ -171,8 +176,11 @@ def _audit_hook(name: str, args: argparse.Namespace) -> int:
         print(describe_views(write_views(args.out, args.database, endpoint_url=endpoint_url)))
         return EXIT_OK
     if name == "aggregate":
+        group_by = getattr(args, "group_by", None)
+        if group_by is None:  # the run's own grouping, as its audit stored it in run.json
+            group_by = stored_grouping(args.out, args.run_id, endpoint_url)
         config = AggregateConfig(
-            group_by=TypeAdapter(Groupings).validate_python(getattr(args, "group_by", ())),
+            group_by=TypeAdapter(Groupings).validate_python(group_by),
             findings=TypeAdapter(Findings).validate_python(
                 getattr(args, "findings", AuditConfig.model_fields["findings"].default)
             ),
@@ -184,6 +192,25 @@ def _audit_hook(name: str, args: argparse.Namespace) -> int:
         return EXIT_OK
     print(build_report(args.out, args.run_id, endpoint_url=endpoint_url))
     return EXIT_OK
+
+
+def stored_grouping(out: str, run_id: str, endpoint_url: str | None) -> list[str]:
+    """The grouping a run's audit used (run.json); `RunNotFound` for a run id that is not there."""
+    from auditing.report import RunNotFound
+    from storage import ObjectNotFound, open_store, read_run, read_table
+
+    try:
+        return list(
+            (read_run(open_store(out, endpoint_url=endpoint_url), run_id).get("config") or {}).get("group_by")
+            or []
+        )
+    except ObjectNotFound:
+        if read_table(out, "answers", run_id=run_id, endpoint_url=endpoint_url).num_rows:
+            return []
+        raise RunNotFound(
+            f"no run {run_id!r} under {out}: neither runs/run_id={run_id}/run.json nor answers parts exist; "
+            "check the output root and the run id"
+        ) from None
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -216,7 +243,13 @@ def _demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("aggregate", "report", "views"):
-        return _audit_hook(args.command, args)
+        from auditing.report import RunNotFound
+
+        try:
+            return _audit_hook(args.command, args)
+        except RunNotFound as exc:
+            print(f"vlm-audit: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     _prepare_environment(args.verbose)
     from flows.server import ServerStartError
     from phantom import PhantomModelMissing, require_model_folder

@@ -145,6 +145,11 @@ class AuditConfig(BaseModel):
         ge=1,
         description="a DICOM series with more files is refused before its pixels are read",
     )
+    allow_download: bool = Field(
+        False,
+        description="download a hub model at run time when it is not in the Hugging Face cache (off: a "
+        "missing model is one clear error before the audit)",
+    )
     allowed_inputs: InputPrefixes = Field(
         (),
         description="URI prefixes (s3://bucket/prefix, /folder, file:///folder) where manifest images and "

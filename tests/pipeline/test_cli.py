@@ -63,7 +63,7 @@ def test_every_run_setting_is_an_option_with_its_description_choices_and_default
     for name, field in config.AuditConfig.model_fields.items():
         action = options[name]
         assert field.description.split(" (")[0] in action.help.replace("%%", "%"), name
-        if name not in ("manifest", "out", "model", "aggregate", "report") and field.default is not None:
+        if name not in ("manifest", "out", "model") and not isinstance(field.default, bool | None):
             assert f"default: {field.default}" in action.help or isinstance(field.default, tuple), name
     assert options["method"].choices == list(METHODS) and "pixel_occlusion" in METHODS  # the registry
     assert options["dtype"].choices == ["float32", "bfloat16", "float16"]
@@ -100,7 +100,14 @@ def test_without_the_phantom_model_the_cli_says_how_to_build_it(command, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.usefixtures("prefect_server")
+@pytest.fixture
+def cli_on_test_server(prefect_server, monkeypatch) -> str:
+    """The CLI reports to the session's test server instead of starting a temporary one in-process."""
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
+    return prefect_server
+
+
+@pytest.mark.usefixtures("cli_on_test_server")
 def test_run_prints_counts_and_where_the_outputs_are(tmp_path, model_dir, capsys):
     manifest = local_dataset(tmp_path / "data", 2)
     out = str(tmp_path / "out")
@@ -124,7 +131,7 @@ def test_run_prints_counts_and_where_the_outputs_are(tmp_path, model_dir, capsys
     assert "run.json" in summary and "overlays" in summary
 
 
-@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.usefixtures("cli_on_test_server")
 def test_demo_writes_the_mixed_cohort_and_audits_it(tmp_path, model_dir, capsys):
     code = cli.main(
         [
