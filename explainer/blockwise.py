@@ -44,35 +44,60 @@ class MaskDescription:
     a custom one is index-based; its own (causal, sliding window, image blocks, padding) are, and
     broadcasting them is ~50× faster. The first block is evaluated both ways: broadcasting is used
     from then on only if it raised nothing and agreed.
+
+    One description serves every layer of its type in a forward, and their backwards. The first
+    evaluation of a block of rows covers every key and records the span of key columns it allows
+    (`spans`); later ones evaluate only that span: a sliding layer's block then costs O(window)
+    per row, not O(L), in each of the other layers and every backward.
     """
 
     arguments: dict[str, Any]
     broadcastable: bool | None = None  # unknown until the first block
+    # (start, stop) of a block of rows → [first_key, stop_key): its allowed key columns; O(blocks)
+    spans: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict, repr=False)
 
-    def _evaluate(self, start: int, stop: int, use_vmap: bool) -> torch.Tensor:
-        offset = self.arguments.get("q_offset", 0)
+    def _evaluate(
+        self, start: int, stop: int, use_vmap: bool, first_key: int = 0, stop_key: int | None = None
+    ) -> torch.Tensor:
+        stop_key = self.arguments["kv_length"] if stop_key is None else stop_key
         mask = sdpa_mask(
             **{
                 **self.arguments,
                 "q_length": stop - start,
-                "q_offset": offset + start,
+                "q_offset": self.arguments.get("q_offset", 0) + start,
+                "kv_length": stop_key - first_key,
+                "kv_offset": self.arguments.get("kv_offset", 0) + first_key,
                 "allow_is_causal_skip": False,
                 "allow_is_bidirectional_skip": False,
                 "use_vmap": use_vmap,
             }
         )
-        return mask.expand(self.arguments["batch_size"], 1, stop - start, self.arguments["kv_length"])
+        return mask.expand(self.arguments["batch_size"], 1, stop - start, stop_key - first_key)
 
-    def rows(self, start: int, stop: int) -> torch.Tensor:
-        """[B, 1, stop - start, kv_length] bool: which keys query rows start..stop-1 may attend."""
+    def rows(self, start: int, stop: int, first_key: int = 0, stop_key: int | None = None) -> torch.Tensor:
+        """[B, 1, stop - start, stop_key - first_key] bool: which keys first_key..stop_key-1 (default:
+        all) query rows start..stop-1 may attend."""
         if self.broadcastable is None:
-            exact = self._evaluate(start, stop, use_vmap=True)
+            exact = self._evaluate(start, stop, True, first_key, stop_key)
             try:
-                self.broadcastable = torch.equal(self._evaluate(start, stop, use_vmap=False), exact)
+                self.broadcastable = torch.equal(
+                    self._evaluate(start, stop, False, first_key, stop_key), exact
+                )
             except Exception:  # a mask function that only works under vmap
                 self.broadcastable = False
             return exact
-        return self._evaluate(start, stop, use_vmap=not self.broadcastable)
+        return self._evaluate(start, stop, not self.broadcastable, first_key, stop_key)
+
+    def block(self, start: int, stop: int) -> tuple[int, int, torch.Tensor]:
+        """(first_key, stop_key, allowed [B, 1, stop - start, stop_key - first_key]) for query rows
+        start..stop-1: the span of key columns any of them may attend, and the mask over it."""
+        span = self.spans.get((start, stop))
+        if span is not None:
+            return span[0], span[1], self.rows(start, stop, *span)
+        allowed = self.rows(start, stop)
+        first_key, stop_key = _column_span(allowed)
+        self.spans[(start, stop)] = (first_key, stop_key)
+        return first_key, stop_key, allowed[..., first_key:stop_key]
 
 
 def describe_mask(**arguments: Any) -> MaskDescription:
@@ -142,14 +167,22 @@ class _Block:
     allowed: torch.Tensor  # [B|1, 1, n, stop_key - first_key] bool
 
 
+def _column_span(allowed: torch.Tensor) -> tuple[int, int]:
+    """[first, stop) of the key columns that `allowed` [..., n, K] allows anywhere ((0, 1) if none)."""
+    columns = allowed.any(dim=(0, 1, 2)).nonzero()
+    return (int(columns[0]), int(columns[-1]) + 1) if len(columns) else (0, 1)
+
+
 def _blocks(
     mask: MaskDescription | torch.Tensor | None, q_length: int, kv_length: int, block_rows: int, device
 ) -> Iterator[_Block]:
     for start in range(0, q_length, block_rows):
         stop = min(start + block_rows, q_length)
+        if isinstance(mask, MaskDescription):
+            yield _Block(start, stop, *mask.block(start, stop))
+            continue
         allowed = _mask_rows(mask, start, stop, kv_length, device)
-        columns = allowed.any(dim=(0, 1, 2)).nonzero()
-        first_key, stop_key = (int(columns[0]), int(columns[-1]) + 1) if len(columns) else (0, 1)
+        first_key, stop_key = _column_span(allowed)
         yield _Block(start, stop, first_key, stop_key, allowed[..., first_key:stop_key])
 
 
@@ -161,12 +194,12 @@ def _scores(
     heads, kv_heads = query.shape[1], key.shape[1]
     rows = _grouped(query[:, :, block.start : block.stop], kv_heads)
     keys = key[:, :, block.first_key : block.stop_key]
-    scores = _ungrouped(rows @ keys.transpose(-1, -2), heads) * scaling
+    scores = _ungrouped(rows @ keys.transpose(-1, -2), heads).mul_(scaling)  # a fresh tensor: in place
     capped = None
     if softcap is not None:
         capped = torch.tanh(scores / softcap)
         scores = capped * softcap
-    return scores.masked_fill(~block.allowed, float("-inf")), capped
+    return scores.masked_fill_(~block.allowed, float("-inf")), capped
 
 
 def _probabilities(scores: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers.masking_utils import and_masks, causal_mask_function, sdpa_mask, sliding_window_overlay
 
-from explainer import Explainer
+from explainer import Explainer, blockwise
 from explainer.blockwise import MaskDescription, RelevanceTap, tapping
 from explainer.engine import RelevanceMemoryError, eager_attention_bytes
 from explainer.targets import Target
@@ -154,6 +155,36 @@ def test_a_mask_function_that_needs_vmap_is_evaluated_under_vmap():
     assert torch.equal(description.rows(0, 3)[0, 0], causal[:3])
     assert description.broadcastable is False
     assert torch.equal(description.rows(3, 6)[0, 0], causal[3:])
+
+
+def test_a_block_evaluates_every_key_once_then_only_the_keys_it_may_attend(monkeypatch):
+    """One description serves every layer of its type and their backwards: after a block's first
+    evaluation the mask is evaluated over its span of key columns only (a sliding layer's window
+    and block, not all L keys), with the same result."""
+    window, length, rows = 6, 40, 8
+    widths = []
+
+    def spy(**arguments):
+        widths.append(arguments["kv_length"])
+        return sdpa_mask(**arguments)
+
+    monkeypatch.setattr(blockwise, "sdpa_mask", spy)
+    sliding = and_masks(causal_mask_function, sliding_window_overlay(window))
+    description = MaskDescription(
+        {"batch_size": 1, "q_length": length, "kv_length": length, "mask_function": sliding, "device": "cpu"}
+    )
+    whole = sdpa_mask(
+        batch_size=1, q_length=length, kv_length=length, mask_function=sliding, allow_is_causal_skip=False
+    )
+    spans = [(max(0, start - window + 1), start + rows) for start in range(0, length, rows)]
+    for _layer in range(3):
+        for start, (first, stop) in zip(range(0, length, rows), spans, strict=True):
+            first_key, stop_key, allowed = description.block(start, start + rows)
+            assert (first_key, stop_key) == (first, stop)
+            assert torch.equal(allowed, whole[..., start : start + rows, first:stop])
+    # the first layer: every key (the first block twice: under vmap too, to learn it may broadcast)
+    assert widths[: len(spans) + 1] == [length] * (len(spans) + 1)
+    assert widths[len(spans) + 1 :] == [stop - first for first, stop in spans] * 2
 
 
 def test_auto_takes_eager_within_the_budget_and_blockwise_beyond(windowed):
