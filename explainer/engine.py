@@ -20,6 +20,7 @@ from explainer._sequence import (
     sequence_layout,
     token_type_ids_for,
 )
+from explainer.blockwise import DEFAULT_BLOCK_ROWS
 from explainer.explanation import Explanation
 from explainer.generation import GenerationError, build_prompt, check_question, full_sequence
 from explainer.loading import ModelInfo, check_vision_language_model, load_pretrained, model_info
@@ -46,12 +47,13 @@ def eager_attention_bytes(model: nn.Module, seq_len: int) -> int:
 def blockwise_bytes(model: nn.Module, seq_len: int, max_chunk_bytes: int) -> int:
     """Memory the blockwise path needs: what autograd keeps per layer for the backward, linear in
     L (≈ 14 hidden-size and 3 intermediate-size vectors per token, queries, keys and values), plus
-    one block of attention scores."""
+    one block of attention scores (at most `DEFAULT_BLOCK_ROWS` rows, within `max_chunk_bytes`)."""
     text = model.config.get_text_config()
     head_dim = getattr(text, "head_dim", text.hidden_size // text.num_attention_heads)
     per_token = 14 * text.hidden_size + 3 * text.intermediate_size
     per_token += 2 * (text.num_attention_heads + 2 * text.num_key_value_heads) * head_dim
-    return text.num_hidden_layers * seq_len * per_token * model.dtype.itemsize + max_chunk_bytes
+    block = min(max_chunk_bytes, 32 * text.num_attention_heads * seq_len * DEFAULT_BLOCK_ROWS)
+    return text.num_hidden_layers * seq_len * per_token * model.dtype.itemsize + block
 
 
 def device_memory_bytes(device: torch.device) -> int | None:

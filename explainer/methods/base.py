@@ -13,6 +13,7 @@ from torch import nn
 from explainer._capture import AttentionRecorder
 from explainer._forward import embed_inputs, forward_embeddings
 from explainer._sequence import SequenceLayout
+from explainer.blockwise import DEFAULT_BLOCK_ROWS
 from explainer.targets import Target
 
 
@@ -32,10 +33,16 @@ class ExplainContext:
         return self.attention == "blockwise"
 
     def block_rows(self) -> int:
-        """Query rows per attention block within the memory budget: a block's scores, probabilities
-        and their gradients are ≈ 8 float32 values per head and key."""
+        """Query rows per attention block: at most `DEFAULT_BLOCK_ROWS`, and within the memory budget
+        (a block's scores, probabilities and their gradients are ≈ 8 float32 values per head and key).
+
+        Without the row bound a sequence of a few thousand tokens is one block: every layer then
+        computes full L×L scores (sliding layers too) and, on CPU, each layer's block-sized
+        temporaries fragment the heap (`explainer.runtime.keep_freed_memory`), so memory grows with
+        L²; 256-row blocks were as fast or faster there (docs/performance.md, "Long prompts")."""
         heads = self.model.config.get_text_config().num_attention_heads
-        return max(1, min(self.layout.seq_len, self.max_chunk_bytes // (32 * heads * self.layout.seq_len)))
+        budget = self.max_chunk_bytes // (32 * heads * self.layout.seq_len)
+        return max(1, min(self.layout.seq_len, DEFAULT_BLOCK_ROWS, budget))
 
     @property
     def input_ids(self) -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch
 from transformers.masking_utils import and_masks, causal_mask_function, sdpa_mask, sliding_window_overlay
 
 from explainer import Explainer, blockwise
-from explainer.blockwise import MaskDescription, RelevanceTap, tapping
+from explainer.blockwise import DEFAULT_BLOCK_ROWS, MaskDescription, RelevanceTap, tapping
 from explainer.engine import RelevanceMemoryError, eager_attention_bytes
 from explainer.targets import Target
 from phantom.build import TinyGemma3Spec
@@ -67,6 +67,18 @@ def test_blockwise_chefer_on_medgemmas_layer_pattern(medgemma_pattern):
     eager = explainer.relevance(inputs, _targets(seq_len), "chefer", attention="eager")
     blockwise = explainer.relevance(inputs, _targets(seq_len), "chefer", attention="blockwise")
     torch.testing.assert_close(blockwise, eager, rtol=1e-5, atol=1e-5 * eager.abs().max().item())
+
+
+def test_blocks_hold_at_most_256_query_rows_within_the_budget(medgemma_pattern):
+    """A generous budget no longer makes a whole prompt of a few images one block (full L×L scores
+    in every layer, memory growing with L²); a tight one still bounds the rows."""
+    inputs = _inputs(medgemma_pattern, 2)
+    seq_len = inputs["input_ids"].shape[1]
+    explainer = Explainer(medgemma_pattern.model, medgemma_pattern.processor)  # 2 GiB: every row fits
+    with explainer.context(inputs, "blockwise") as context:
+        assert context.block_rows() == DEFAULT_BLOCK_ROWS == 256 < seq_len
+    with _explainer(medgemma_pattern, 7, seq_len).context(inputs, "blockwise") as context:
+        assert context.block_rows() == 7
 
 
 def test_the_blockwise_forward_keeps_no_attention_map(windowed):
