@@ -46,15 +46,20 @@ class MaskDescription:
     from then on only if it raised nothing and agreed.
 
     One description serves every layer of its type in a forward, and their backwards. The first
-    evaluation of a block of rows covers every key and records the span of key columns it allows
-    (`spans`); later ones evaluate only that span: a sliding layer's block then costs O(window)
-    per row, not O(L), in each of the other layers and every backward.
+    evaluation of a block of rows covers every key and records (`spans`) the span of key columns
+    the block allows and, where each row allows one run of keys (causal, sliding window and image
+    blocks do; checked on the evaluated rows), every row's run: later layers and every backward
+    build the block's mask from those runs with two comparisons, else evaluate the mask function
+    over the span only. A sliding layer's block then costs O(window) per row, not O(L).
     """
 
     arguments: dict[str, Any]
     broadcastable: bool | None = None  # unknown until the first block
-    # (start, stop) of a block of rows → [first_key, stop_key): its allowed key columns; O(blocks)
-    spans: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict, repr=False)
+    # (start, stop) of a block of rows → (first_key, stop_key, runs): its allowed key columns and
+    # [2, n] each row's run of allowed keys (None where a row's keys are not one run); O(L) in all
+    spans: dict[tuple[int, int], tuple[int, int, torch.Tensor | None]] = field(
+        default_factory=dict, repr=False
+    )
 
     def _evaluate(
         self, start: int, stop: int, use_vmap: bool, first_key: int = 0, stop_key: int | None = None
@@ -91,13 +96,34 @@ class MaskDescription:
     def block(self, start: int, stop: int) -> tuple[int, int, torch.Tensor]:
         """(first_key, stop_key, allowed [B, 1, stop - start, stop_key - first_key]) for query rows
         start..stop-1: the span of key columns any of them may attend, and the mask over it."""
-        span = self.spans.get((start, stop))
-        if span is not None:
-            return span[0], span[1], self.rows(start, stop, *span)
+        known = self.spans.get((start, stop))
+        if known is not None:
+            first_key, stop_key, runs = known
+            if runs is None:
+                return first_key, stop_key, self.rows(start, stop, first_key, stop_key)
+            return first_key, stop_key, _run_mask(runs, first_key, stop_key, self.arguments["batch_size"])
         allowed = self.rows(start, stop)
         first_key, stop_key = _column_span(allowed)
-        self.spans[(start, stop)] = (first_key, stop_key)
+        self.spans[(start, stop)] = (first_key, stop_key, _runs(allowed))
         return first_key, stop_key, allowed[..., first_key:stop_key]
+
+
+def _runs(allowed: torch.Tensor) -> torch.Tensor | None:
+    """[2, n]: (lo, hi) such that row i of `allowed` [B, 1, n, K] allows exactly keys lo_i..hi_i-1,
+    the same in every batch entry (lo = hi = 0: none); None where that does not describe it."""
+    rows = allowed[0, 0].to(torch.uint8)  # [n, K]
+    width = rows.shape[-1]
+    some = rows.any(dim=-1)
+    runs = torch.stack(  # argmax: the first maximum
+        [rows.argmax(dim=-1) * some, (width - rows.flip(-1).argmax(dim=-1)) * some]
+    )
+    return runs if torch.equal(_run_mask(runs, 0, width, allowed.shape[0]), allowed) else None
+
+
+def _run_mask(runs: torch.Tensor, first_key: int, stop_key: int, batch: int) -> torch.Tensor:
+    """[B, 1, n, stop_key - first_key] bool: keys first_key..stop_key-1 within each row's run."""
+    keys = torch.arange(first_key, stop_key, device=runs.device)
+    return ((keys >= runs[0, :, None]) & (keys < runs[1, :, None])).expand(batch, 1, -1, -1)
 
 
 def describe_mask(**arguments: Any) -> MaskDescription:
@@ -262,18 +288,22 @@ class _BlockwiseAttention(torch.autograd.Function):
             probabilities = exact.to(query.dtype)  # the A eager attention multiplies V by
             # ∂y/∂A = dO · Vᵀ
             grad_probabilities = _ungrouped(_grouped(grad_rows, kv_heads) @ values.transpose(-1, -2), heads)
+            grad_probabilities = grad_probabilities.float()
+            weighted = grad_probabilities * exact  # ∂y/∂A ⊙ A in float32
             if propagated is not None:  # Ā_block, applied to the rows it maps: v·Ā over this block
-                cam = (grad_probabilities.float() * probabilities.float()).clamp_(min=0).mean(dim=1)[0]
+                if probabilities is not exact:  # Ā weights the map eager attention holds (its dtype)
+                    cam = (grad_probabilities * probabilities.float()).clamp_(min=0).mean(dim=1)[0]
+                else:
+                    cam = weighted.clamp(min=0).mean(dim=1)[0]
                 propagated[:, block.first_key : block.stop_key] += (
                     relevance_rows[:, block.start : block.stop] @ cam
                 )
-            # softmax backward in float32, as autograd differentiates eager's upcast softmax
-            grad_scores = exact * (
-                grad_probabilities.float() - (grad_probabilities.float() * exact).sum(dim=-1, keepdim=True)
-            )
+            # softmax backward in float32, as autograd differentiates eager's upcast softmax:
+            # A ⊙ (∂y/∂A - Σ_k A ∂y/∂A), in place
+            grad_scores = weighted.addcmul_(exact, weighted.sum(dim=-1, keepdim=True), value=-1)
             if capped is not None:
                 grad_scores = grad_scores * (1 - capped.float() ** 2)
-            grad_scores = grad_scores.to(query.dtype) * ctx.scaling
+            grad_scores = grad_scores.to(query.dtype).mul_(ctx.scaling)
             grouped_scores = _grouped(grad_scores, kv_heads)  # [B, KV, G·n, K]
             rows = _grouped(query[:, :, block.start : block.stop], kv_heads)
             grad_query[:, :, block.start : block.stop] = _ungrouped(grouped_scores @ keys, heads).float()

@@ -169,11 +169,9 @@ def test_a_mask_function_that_needs_vmap_is_evaluated_under_vmap():
     assert torch.equal(description.rows(3, 6)[0, 0], causal[3:])
 
 
-def test_a_block_evaluates_every_key_once_then_only_the_keys_it_may_attend(monkeypatch):
-    """One description serves every layer of its type and their backwards: after a block's first
-    evaluation the mask is evaluated over its span of key columns only (a sliding layer's window
-    and block, not all L keys), with the same result."""
-    window, length, rows = 6, 40, 8
+def _evaluated_widths(monkeypatch, mask_function, length: int, rows: int, layers: int = 3):
+    """Blocks of `rows` rows of a description of `mask_function`, evaluated for `layers` layers (each
+    checked against the whole mask): their (first_key, stop_key) and the widths evaluated."""
     widths = []
 
     def spy(**arguments):
@@ -181,22 +179,53 @@ def test_a_block_evaluates_every_key_once_then_only_the_keys_it_may_attend(monke
         return sdpa_mask(**arguments)
 
     monkeypatch.setattr(blockwise, "sdpa_mask", spy)
-    sliding = and_masks(causal_mask_function, sliding_window_overlay(window))
     description = MaskDescription(
-        {"batch_size": 1, "q_length": length, "kv_length": length, "mask_function": sliding, "device": "cpu"}
+        {
+            "batch_size": 1,
+            "q_length": length,
+            "kv_length": length,
+            "mask_function": mask_function,
+            "device": "cpu",
+        }
     )
     whole = sdpa_mask(
-        batch_size=1, q_length=length, kv_length=length, mask_function=sliding, allow_is_causal_skip=False
+        batch_size=1,
+        q_length=length,
+        kv_length=length,
+        mask_function=mask_function,
+        allow_is_causal_skip=False,
     )
-    spans = [(max(0, start - window + 1), start + rows) for start in range(0, length, rows)]
-    for _layer in range(3):
-        for start, (first, stop) in zip(range(0, length, rows), spans, strict=True):
-            first_key, stop_key, allowed = description.block(start, start + rows)
-            assert (first_key, stop_key) == (first, stop)
+    spans = []
+    for _layer in range(layers):
+        spans = []
+        for start in range(0, length, rows):
+            first, stop, allowed = description.block(start, start + rows)
             assert torch.equal(allowed, whole[..., start : start + rows, first:stop])
-    # the first layer: every key (the first block twice: under vmap too, to learn it may broadcast)
-    assert widths[: len(spans) + 1] == [length] * (len(spans) + 1)
-    assert widths[len(spans) + 1 :] == [stop - first for first, stop in spans] * 2
+            spans.append((first, stop))
+    return spans, widths
+
+
+def test_a_block_evaluates_its_mask_once_per_forward_then_rebuilds_it_from_runs(monkeypatch):
+    """One description serves every layer of its type and their backwards: after a block's first
+    evaluation over every key, each row's run of allowed keys (a sliding window here) rebuilds the
+    block's mask over its span (window and block, not all L keys); the mask function is not called
+    again."""
+    window, length, rows = 6, 40, 8
+    sliding = and_masks(causal_mask_function, sliding_window_overlay(window))
+    spans, widths = _evaluated_widths(monkeypatch, sliding, length, rows)
+    assert spans == [(max(0, start - window + 1), start + rows) for start in range(0, length, rows)]
+    # the first layer only; its first block also under vmap (to learn that it may broadcast)
+    assert widths == [length] * (len(spans) + 1)
+
+
+def test_rows_that_are_not_one_run_are_evaluated_over_the_span(monkeypatch):
+    def hole(batch_idx, head_idx, q_idx, kv_idx):
+        return kv_idx != 3
+
+    length, rows = 24, 8
+    spans, widths = _evaluated_widths(monkeypatch, and_masks(causal_mask_function, hole), length, rows)
+    assert spans == [(0, start + rows) for start in range(0, length, rows)]
+    assert widths[len(spans) + 1 :] == [stop for _, stop in spans] * 2
 
 
 def test_auto_takes_eager_within_the_budget_and_blockwise_beyond(windowed):
