@@ -100,9 +100,9 @@ def relevance_mode(model: nn.Module, attention: str = "eager") -> Iterator[Atten
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         if attention == "blockwise":
-            from explainer.blockwise import IMPLEMENTATION  # registers it with transformers
+            from explainer.blockwise import register
 
-            use_attention(model, IMPLEMENTATION)
+            use_attention(model, register())
         else:
             use_attention(model, "eager")
             handles = [

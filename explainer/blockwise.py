@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 IMPLEMENTATION = "vlm_audit_blockwise"
@@ -345,8 +344,15 @@ def blockwise_attention(
     return output.transpose(1, 2).contiguous(), None
 
 
-AttentionInterface.register(IMPLEMENTATION, blockwise_attention)
-AttentionMaskInterface.register(IMPLEMENTATION, describe_mask)
+def register() -> str:
+    """Register the blockwise attention and its mask creator with transformers under `IMPLEMENTATION`
+    (idempotent); returns the name. Called when a model switches to it, not at import: transformers'
+    attention registry lives in `modeling_utils`, whose import loads accelerate (and boto3)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(IMPLEMENTATION, blockwise_attention)
+    AttentionMaskInterface.register(IMPLEMENTATION, describe_mask)
+    return IMPLEMENTATION
 
 
 @contextmanager

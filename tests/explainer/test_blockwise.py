@@ -7,7 +7,7 @@ import torch
 from transformers.masking_utils import and_masks, causal_mask_function, sdpa_mask, sliding_window_overlay
 
 from explainer import Explainer, blockwise
-from explainer.blockwise import DEFAULT_BLOCK_ROWS, MaskDescription, RelevanceTap, tapping
+from explainer.blockwise import DEFAULT_BLOCK_ROWS, MaskDescription, RelevanceTap, register, tapping
 from explainer.engine import RelevanceMemoryError, eager_attention_bytes
 from explainer.targets import Target
 from phantom.build import TinyGemma3Spec
@@ -135,7 +135,7 @@ def test_the_mask_description_is_transformers_own_mask(windowed):
             windowed.model(**inputs, use_cache=False)
             eager = dict(seen)
             seen.clear()
-            windowed.model.set_attn_implementation({"text_config": "vlm_audit_blockwise"})
+            windowed.model.set_attn_implementation({"text_config": register()})
             windowed.model(**inputs, use_cache=False)
     finally:
         windowed.model.set_attn_implementation({"text_config": "eager"})
