@@ -5,12 +5,20 @@ attention mass (head mean), so the answer-predicting rows read the asked object'
 optionally, no other route carries image content to the answer:
 
 - `answer`: rows p-1 that predict answer words, last `answer_layers` language layers: −log(mass on
-  the object's cells). Only for cases where the object is present.
+  the object's cells). Only for cases where the object is present; with several images per prompt,
+  optionally for each image that shows it (`cells_per_image`), and then optionally by heads of its
+  own (`image_heads[k]` for image k; e.g. the prior's nodule read by heads 0–1 and the current's by
+  2–3, so that a comparison between the images is a difference of head outputs).
 - `exclusive`: the same rows in every language layer: −log(1 − mass on the other image cells).
-- `text`: every other text row after the image: −log(1 − mass on image tokens) (no side channel
-  through the question tokens).
+- `text`: every other text row after the (first) image: −log(1 − mass on image tokens) (no side
+  channel through the question tokens, or through the labels between images).
 - `image_lm`: image rows in the language model: −log(1 − mass on other image cells).
 - `vision`: SigLIP rows: −log(mass on the patch itself), keeping each image token's content local.
+- `label`: with several labelled images per prompt ("slice 3 of 9", "prior"), image rows of language
+  layer `label_layer` read their own image's label: −log(mass on its tokens). The batch's
+  `image_index` and `label_index` ([B, L], image k's tokens and its label's marked k + 1, else 0)
+  say which is which. An image token then knows which image it is in, the one thing its own patch
+  cannot tell it.
 
 With `hub` cells set, the language-model terms use the hub cells as the evidence instead of the
 object, and the object's evidence is moved into the hub tokens by one of:
@@ -60,6 +68,9 @@ class RoutingWeights:
     hub_uniform: float = 0.0
     hub_layer: int = 0
     vision_mirror: float = 0.0
+    label: float = 0.0
+    label_layer: int = 0
+    image_heads: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if self.vision_mirror > 0 and self.hub:
@@ -132,6 +143,13 @@ def _neg_log(mass: torch.Tensor) -> torch.Tensor:
     return torch.where(mass >= EPS, -torch.log(safe), -math.log(EPS) + (EPS - mass) / EPS)
 
 
+def _only_image(groups: torch.Tensor, image: int) -> torch.Tensor:
+    """[B, n * G] cells: image `image`'s cells of `groups` [B, n, G], every other image's cleared."""
+    only = torch.zeros_like(groups)
+    only[:, image] = groups[:, image]
+    return only.flatten(1)
+
+
 def routing_loss(
     attentions: tuple[torch.Tensor, ...],
     vision_attentions: list[torch.Tensor],
@@ -139,6 +157,7 @@ def routing_loss(
     weights: RoutingWeights,
     end_of_turn_id: int,
     evidence: str = "object_cells",
+    cells_per_image: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted sum of the routing terms, and each term's value for logging.
 
@@ -147,6 +166,9 @@ def routing_loss(
         vision_attentions: SigLIP attention per layer, each [B, H, P, P] (may be empty).
         batch: with labels, token_type_ids, attention_mask [B, L] and the evidence cells [B, G].
         evidence: which cells the answer must read: "object_cells", "marker_cells" or "shortcut_cells".
+        cells_per_image: several images per row, their cells concatenated in prompt order ([B, n * G]):
+            the `answer` term then asks every image holding evidence to be read (mean of −log of
+            each one's mass), not only their union. None: one mass over all evidence cells.
     """
     types, mask = batch["token_type_ids"], batch["attention_mask"].bool()
     rows = answer_rows(batch["labels"], end_of_turn_id)  # [B, L]
@@ -170,16 +192,33 @@ def routing_loss(
 
     if weights.answer > 0:
         answer_rows_present = rows & present[:, None]
-        masses = [rows_mass(a, answer_rows_present, evidence_keys) for a in maps[-weights.answer_layers :]]
+        # per image: each image holding evidence is read (−log of the mass on its own evidence cells)
+        groups = cells.unflatten(1, (-1, cells_per_image)) if cells_per_image else cells[:, None]
+        masses = []
+        for image in range(groups.shape[1]):
+            image_rows = rows & groups[:, image].any(dim=1)[:, None]
+            own_keys = cell_keys(types, _only_image(groups, image))
+            if cells_per_image and weights.image_heads:  # this image's heads, each on its own
+                head_maps = [
+                    a[:, h] for a in attentions[-weights.answer_layers :] for h in weights.image_heads[image]
+                ]
+            else:
+                head_maps = maps[-weights.answer_layers :]
+            masses += [rows_mass(a, image_rows, own_keys) for a in head_maps]
         terms["answer"] = _neg_log(torch.cat(masses)).mean() if answer_rows_present.any() else zero
     if weights.exclusive > 0:
         masses = torch.cat([rows_mass(a, rows, other_keys) for a in maps])
         terms["exclusive"] = _neg_log(1 - masses).mean()
     if weights.text > 0:
-        after_image = torch.cumsum(image_keys.long(), dim=1) == image_keys.sum(1, keepdim=True)
+        after_image = torch.cumsum(image_keys.long(), dim=1) > 0  # from the first image on
         text_rows = after_image & ~image_keys & ~rows & mask
         masses = torch.cat([rows_mass(a, text_rows, image_keys) for a in maps])
         terms["text"] = _neg_log(1 - masses).mean()
+    if weights.label > 0:
+        image_index, label_index = batch["image_index"], batch["label_index"]  # [B, L]
+        own_label = (image_index[:, :, None] == label_index[:, None, :]) & (label_index > 0)[:, None, :]
+        masses = (maps[weights.label_layer] * own_label).sum(-1)[image_index > 0]  # [n_image_rows]
+        terms["label"] = _neg_log(masses).mean()
     hub_rows = cell_keys(types, cells) if weights.hub else torch.zeros_like(image_keys)  # [B, L]
     if weights.image_lm > 0:
         # mass of each image row on image cells other than itself (the pooling hub rows excepted)

@@ -44,6 +44,55 @@ def test_answer_term_is_minus_log_of_the_head_mean_mass_on_the_object():
     assert float(loss) == pytest.approx(terms["answer"])
 
 
+def _two_images():
+    """[text, label0, a0, a1, label1, b0, b1, text, answer-row, answer]: two 2-cell images, each
+    after its one-token label; the nodule is cell 1 of image a and cell 0 of image b."""
+    types = torch.tensor([[0, 0, 1, 1, 0, 1, 1, 0, 0, 0]])
+    return {
+        "token_type_ids": types,
+        "attention_mask": torch.ones_like(types),
+        "labels": torch.tensor([[-100] * 9 + [9]]),
+        "object_cells": torch.tensor([[False, True, True, False]]),
+        "image_index": torch.tensor([[0, 0, 1, 1, 0, 2, 2, 0, 0, 0]]),
+        "label_index": torch.tensor([[0, 1, 0, 0, 2, 0, 0, 0, 0, 0]]),
+    }
+
+
+def test_per_image_answer_term_asks_every_image_to_be_read_by_its_own_heads():
+    batch = _two_images()
+    attention = torch.full((1, 4, 10, 10), 0.1)
+    attention[0, :2, 8] = torch.tensor([0.2, 0, 0, 0.8, 0, 0, 0, 0, 0, 0])  # heads 0–1: image a's nodule
+    attention[0, 2:, 8] = torch.tensor([0.1, 0, 0, 0, 0, 0.4, 0.5, 0, 0, 0])  # heads 2–3: image b's, 0.4
+    weights = RoutingWeights(answer=1.0, answer_layers=1)
+    _, union = routing_loss((attention,), [], batch, weights, 5)
+    assert union["answer"] == pytest.approx(-math.log((0.8 + 0.4) / 2))  # one mass over both images
+    _, per_image = routing_loss((attention,), [], batch, weights, 5, cells_per_image=2)
+    assert per_image["answer"] == pytest.approx(-(math.log(0.4) + math.log(0.2)) / 2)  # head means
+    by_heads = RoutingWeights(answer=1.0, answer_layers=1, image_heads=((0, 1), (2, 3)))
+    _, own_heads = routing_loss((attention,), [], batch, by_heads, 5, cells_per_image=2)
+    assert own_heads["answer"] == pytest.approx(-(math.log(0.8) + math.log(0.4)) / 2)
+
+
+def test_label_term_asks_image_tokens_to_read_their_own_label():
+    batch = _two_images()
+    attention = torch.zeros((1, 2, 10, 10))
+    attention[0, :, [2, 3], 1] = 1.0  # image a's tokens read label a
+    attention[0, :, [5, 6], 4] = 0.5  # image b's tokens half on label b ...
+    attention[0, :, [5, 6], 1] = 0.5  # ... half on label a, which is not theirs
+    _, terms = routing_loss((attention,), [], batch, RoutingWeights(answer=0.0, label=1.0), 5)
+    assert terms["label"] == pytest.approx(-(math.log(1.0) + math.log(0.5)) / 2)
+
+
+def test_question_term_covers_labels_between_images():
+    batch = _two_images()
+    attention = torch.zeros((1, 1, 10, 10))
+    attention[0, 0, :, 0] = 1.0
+    attention[0, 0, 4] = torch.tensor([0.5, 0, 0.5, 0, 0, 0, 0, 0, 0, 0])  # label b reads image a
+    _, terms = routing_loss((attention,), [], batch, RoutingWeights(answer=0.0, text=1.0), 5)
+    # text rows after the first image that predict no answer word: label b (4), 7, 9
+    assert terms["text"] == pytest.approx(-math.log(0.5) / 3)
+
+
 def test_a_vanishing_mass_still_gets_a_gradient():
     types = torch.tensor([[0, 1, 1, 0, 0, 0]])
     logits = torch.zeros(1, 1, 6, 6, requires_grad=True)
