@@ -1,4 +1,4 @@
-"""Phantom chest radiographs and the tiny Gemma3 models trained on them (shipped with the package).
+"""Phantom chest radiographs and studies, and the tiny Gemma3 models trained on them (shipped with the package).
 
 - `sample(n, seed)`: reproducible phantom cases with questions, expected answers and object boxes.
 - `MODEL_PATH`: positive control and the demo's default — its answers read the asked object through
@@ -20,13 +20,23 @@
   answer reads the mirror cells. Every language-model-level method (chefer, rollout, raw attention,
   token occlusion) peaks on the mirror of the object; occluding the object's pixels and rerunning
   the whole model finds it.
+- `sample_studies(n, seed, kind="volume" | "longitudinal")`: multi-image studies with known evidence
+  (`phantom.studies`): a stack of 9 labelled axial slices ("slice k of 9") with a nodule in one or
+  two adjacent slices or none ("Is there a nodule?", "In which part of the volume is the nodule?"),
+  or a prior and a current chest phantom ("Has the nodule grown since the prior?"). Each case has
+  `.images` in prompt order, `.image_labels` to write before them, `.question`, `.answer` and
+  `.evidence_boxes` (the nodule's box in each image, None where it is absent).
+- `STUDY_MODEL_PATH`: the positive control for several images per prompt, warm-started from
+  `MODEL_PATH` — it answers those studies from the nodule's image tokens through attention (in a
+  prior/current pair, from both nodules). Prompt it with the case's labels:
+  `Explainer.explain(case.images, case.question, image_labels=case.image_labels)`.
 - `require_model_folder(path, recipe)`: `path` if a shipped model folder is built, else
   `PhantomModelMissing` naming the command that trains it.
 
 Each folder is a Hugging Face model + processor with a `training_report.json`; retrain with
 `python -m phantom.training.train positive|pooling|shortcut|relocation` (recipes, attention routing,
-probes and evaluation live in `phantom.training`) and rebuild the decoy with
-`python -m phantom.training.decoy`. `phantom.build` makes tiny random Gemma3 models offline, for the
+probes and evaluation live in `phantom.training`), the study control with
+`python -m phantom.training.study`, and rebuild the decoy with `python -m phantom.training.decoy`. `phantom.build` makes tiny random Gemma3 models offline, for the
 tests and benches; `phantom.demo` writes the demo's data set. Nothing in the `explainer` engine
 imports this package.
 """
@@ -34,6 +44,7 @@ imports this package.
 from pathlib import Path
 
 from phantom.cases import PhantomCase, PhantomObject, sample
+from phantom.studies import StudyCase, sample_studies
 
 MODELS_DIR = Path(__file__).with_name("models")
 MODEL_PATH = MODELS_DIR / "positive"
@@ -41,6 +52,7 @@ POOLING_MODEL_PATH = MODELS_DIR / "pooling"
 SHORTCUT_MODEL_PATH = MODELS_DIR / "shortcut"
 DECOY_MODEL_PATH = MODELS_DIR / "decoy"
 RELOCATION_MODEL_PATH = MODELS_DIR / "relocation"
+STUDY_MODEL_PATH = MODELS_DIR / "study"
 
 
 class PhantomModelMissing(FileNotFoundError):
@@ -65,9 +77,12 @@ __all__ = [
     "POOLING_MODEL_PATH",
     "RELOCATION_MODEL_PATH",
     "SHORTCUT_MODEL_PATH",
+    "STUDY_MODEL_PATH",
     "PhantomCase",
     "PhantomModelMissing",
     "PhantomObject",
+    "StudyCase",
     "require_model_folder",
     "sample",
+    "sample_studies",
 ]
