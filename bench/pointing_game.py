@@ -23,8 +23,18 @@ answer rows' attention to the evidence cells is removed in every language layer,
 as many random image cells instead (for the relocation control, the mirror cells it reads).
 `--into-reports` also stores each model's figures in its folder's `training_report.json`.
 
+`--studies` plays the game over images instead, on the study control (`phantom.STUDY_MODEL_PATH`)
+and held-out `phantom.sample_studies` cases, prompted with their image labels as in training:
+
+- volumes with a nodule (presence questions, all "yes", and "which third" questions): slice hit =
+  the slice whose whole-answer map holds the most positive relevance (sum of the map's positive
+  part) is one of the nodule's slices; chance = nodule slices / 9; mass = share of the positive
+  relevance over all slices on the nodule's slices; peak hit = that slice's peak cell is on the nodule;
+- prior/current pairs (grown and stable): each image's own peak cell on that image's nodule, and both.
+
     python bench/pointing_game.py                    # 200 cases per model, every method
     python bench/pointing_game.py --n 40 --models positive --methods chefer
+    python bench/pointing_game.py --studies --n 100  # chefer, rollout, raw attention by default
 """
 
 from __future__ import annotations
@@ -42,11 +52,21 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from explainer import Explainer
+from explainer.explanation import Explanation
 from explainer.map_stats import pointing_hit
 from explainer.methods import METHODS as ENGINE_METHODS
 from explainer.overlay import heatmap_overlay
 from explainer.regions import box_region, mass_share
-from phantom import MODEL_PATH, POOLING_MODEL_PATH, RELOCATION_MODEL_PATH, SHORTCUT_MODEL_PATH, sample
+from phantom import (
+    MODEL_PATH,
+    POOLING_MODEL_PATH,
+    RELOCATION_MODEL_PATH,
+    SHORTCUT_MODEL_PATH,
+    STUDY_MODEL_PATH,
+    StudyCase,
+    sample,
+    sample_studies,
+)
 from phantom.training.data import encode
 from phantom.training.evaluate import blocking_test
 
@@ -57,6 +77,7 @@ PATHS = {
     "relocation": RELOCATION_MODEL_PATH,
 }
 METHODS = tuple(ENGINE_METHODS)
+STUDY_METHODS = ("chefer", "rollout", "raw_attention")  # occlusion would rerun 576 tokens per volume
 SEED = 21_000  # held out: training uses seeds < 10_000, the shipped reports 20_000, tests 20_000-20_013
 
 
@@ -192,24 +213,164 @@ def figure(examples: dict, path: Path, methods: tuple[str, ...]) -> None:
     canvas.save(path)
 
 
+def image_masses(explanation: Explanation) -> np.ndarray:
+    """Positive relevance of each image's whole-answer map, [n_images]."""
+    return np.array(
+        [np.clip(explanation.answer_map(k), 0, None).sum() for k in range(len(explanation.images))]
+    )
+
+
+def score_study(explainer: Explainer, case: StudyCase, method: str) -> tuple[dict, Explanation]:
+    """One study's pointing-game scores (see the module docstring) and its explanation."""
+    started = time.perf_counter()
+    explanation = explainer.explain(
+        case.images, case.question, image_labels=case.image_labels, targets="answer", method=method
+    )
+    scores: dict = {"seconds": time.perf_counter() - started, "right": explanation.answer == case.answer}
+    grid = explanation.grid
+    peak_hits = [
+        pointing_hit(explanation.answer_map(k), box_region(box, case.images[k].size, grid))
+        if box is not None
+        else None
+        for k, box in enumerate(case.evidence_boxes)
+    ]
+    if case.kind == "volume":
+        masses = image_masses(explanation)
+        top = int(np.argmax(masses))
+        scores.update(
+            slice_hit=top in case.nodule_images,
+            chance=len(case.nodule_images) / len(case.images),
+            mass=float(masses[list(case.nodule_images)].sum() / masses.sum()) if masses.sum() > 0 else 0.0,
+            peak_hit=bool(peak_hits[top]),
+        )
+    else:
+        scores.update(prior_hit=peak_hits[0], current_hit=peak_hits[1], both_hit=all(peak_hits))
+        scores["chance"] = float(
+            np.mean(
+                [
+                    (box_region(b, i.size, grid) > 0).mean()
+                    for b, i in zip(case.evidence_boxes, case.images, strict=True)
+                ]
+            )
+        )
+    return scores, explanation
+
+
+def study_groups(n: int, seed: int) -> dict[str, list[StudyCase]]:
+    """Held-out studies whose evidence is present: volumes with a nodule, pairs grown and stable."""
+    volumes = sample_studies(n, seed, "volume", finding_prob=1.0)
+    pairs = sample_studies(n, seed, "longitudinal")
+    return {
+        "volume presence (yes)": [c for c in volumes if c.task == "presence"],
+        "volume locate (third)": [c for c in volumes if c.task == "locate"],
+        "longitudinal grown (yes)": [c for c in pairs if c.answer == "yes"],
+        "longitudinal stable (no)": [c for c in pairs if c.answer == "no"],
+    }
+
+
+def score_studies(n: int, seed: int, methods: tuple[str, ...]) -> tuple[dict, dict]:
+    """Per group and method, the mean of every score; one volume and one grown pair for the figure."""
+    explainer = Explainer.from_pretrained(STUDY_MODEL_PATH)
+    summary, examples = {}, {}
+    for group, cases in study_groups(n, seed).items():
+        summary[group] = {"cases": len(cases), "methods": {}}
+        for method in methods:
+            rows = []
+            for case in cases:
+                scores, explanation = score_study(explainer, case, method)
+                rows.append(scores)
+                if case is cases[0] and group in ("volume presence (yes)", "longitudinal grown (yes)"):
+                    examples.setdefault(group, {"case": case, "explanations": {}})["explanations"][method] = (
+                        explanation
+                    )
+            summary[group]["methods"][method] = {
+                key: float(np.mean([r[key] for r in rows])) for key in rows[0] if key != "right"
+            }
+            if method == methods[0]:
+                summary[group]["answer_accuracy"] = float(np.mean([r["right"] for r in rows]))
+            print(f"  {group} / {method}: {json.dumps(summary[group]['methods'][method])}", flush=True)
+    return summary, examples
+
+
+def study_figure(examples: dict, path: Path, method: str) -> None:
+    """One row per example study: each image's map from `method`, all on the study's colour scale (its
+    largest cell), the nodule's box in green, and under it the label and the image's share of the
+    study's positive relevance."""
+    tile, pad, header = 128, 4, 30
+    width = max(len(e["case"].images) for e in examples.values()) * (tile + pad) + pad
+    canvas = Image.new("RGB", (width, len(examples) * (tile + header + 14 + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for row, example in enumerate(examples.values()):
+        case, explanation = example["case"], example["explanations"][method]
+        y = pad + row * (tile + header + 14 + pad)
+        draw.text(
+            (pad, y), f"{case.question} expected: {case.answer}, answered: {explanation.answer}", fill="black"
+        )
+        draw.text((pad, y + 14), f"{method}, whole answer; green: the nodule", fill="black")
+        masses = image_masses(explanation)
+        shares = masses / masses.sum() if masses.sum() > 0 else masses
+        top = max(float(explanation.answer_map(k).max()) for k in range(len(case.images)))
+        for k, (image, label, box) in enumerate(
+            zip(case.images, case.image_labels, case.evidence_boxes, strict=True)
+        ):
+            overlay = heatmap_overlay(image, explanation.answer_map(k), scale=top).resize((tile, tile))
+            if box is not None:
+                ratio = tile / image.size[0]
+                ImageDraw.Draw(overlay).rectangle([v * ratio for v in box], outline=(0, 255, 0), width=2)
+            x = pad + k * (tile + pad)
+            canvas.paste(overlay, (x, y + header))
+            draw.text((x, y + header + tile), f"{label}: {shares[k]:.0%}", fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+
+
+def run_studies(args: argparse.Namespace, argv: list[str] | None) -> None:
+    methods = tuple(args.methods or STUDY_METHODS)
+    print(f"study control: pointing game over images, {args.n} volumes and {args.n} pairs", flush=True)
+    summary, examples = score_studies(args.n, args.seed, methods)
+    out_json = args.json or Path("docs/pointing_game_studies.json")
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps({"seed": args.seed, "results": summary}, indent=2) + "\n")
+    study_figure(examples, args.figure or Path("docs/pointing_game_studies.png"), methods[0])
+    if args.into_reports:
+        path = Path(STUDY_MODEL_PATH) / "training_report.json"
+        report = json.loads(path.read_text())
+        command = "python bench/pointing_game.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        report["pointing_game"] = {"command": command, "seed": args.seed, "results": summary}
+        path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out_json}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(PATHS), choices=list(PATHS))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument(
+        "--methods", nargs="+", default=None, choices=list(METHODS), help="default: every method"
+    )
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--blocking", type=int, default=200, help="cases per blocking group (0: skip)")
-    parser.add_argument("--json", type=Path, default=Path("docs/pointing_game.json"))
-    parser.add_argument("--figure", type=Path, default=Path("docs/pointing_game.png"))
+    parser.add_argument("--json", type=Path, default=None, help="default: docs/pointing_game[_studies].json")
+    parser.add_argument("--figure", type=Path, default=None, help="default: docs/pointing_game[_studies].png")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--into-reports",
         action="store_true",
         help="also store each model's figures in its training_report.json",
     )
+    parser.add_argument(
+        "--studies",
+        action="store_true",
+        help="the study control over images (volumes, prior/current pairs) instead of the chest models",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    methods = tuple(args.methods)
+    if args.studies:
+        run_studies(args, argv)
+        return
+    methods = tuple(args.methods or METHODS)
+    args.json = args.json or Path("docs/pointing_game.json")
+    args.figure = args.figure or Path("docs/pointing_game.png")
     results, examples = {}, {}
     for name in args.models:
         print(f"{name}: pointing game on {args.n} cases", flush=True)

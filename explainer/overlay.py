@@ -46,16 +46,28 @@ def _opacity_lut(alpha: float) -> list[int]:
 
 
 def heatmap_overlay(
-    image: Image.Image, cell_map: np.ndarray, *, alpha: float = 0.6, caption: str | None = None
+    image: Image.Image,
+    cell_map: np.ndarray,
+    *,
+    alpha: float = 0.6,
+    caption: str | None = None,
+    scale: float | None = None,
 ) -> Image.Image:
     """The min-max normalised map, upsampled smoothly over the whole image, blended where relevance is high.
 
     The processor resizes the image plainly to a square, so the token grid covers the whole original
     image: the map is stretched to the original width and height. The map is quantised to 256 levels
     before the bilinear upsampling; colouring and blending are Pillow lookups and a composite.
+    `scale` instead divides the map by a fixed value (clipped to [0, 1]): the images of one prompt
+    (a volume's slices, a prior and a current) then share one colour scale.
     """
     base = image.convert("RGB")
-    levels = np.round(min_max(cell_map.astype(np.float32)) * 255).astype(np.uint8)
+    values = cell_map.astype(np.float32)
+    if scale is None:
+        shown = min_max(values)
+    else:  # a fixed scale: relevance at or above it is brightest, 0 and below is transparent
+        shown = np.clip(values / scale, 0.0, 1.0) if scale > 0 else np.zeros_like(values)
+    levels = np.round(shown * 255).astype(np.uint8)
     scaled = Image.fromarray(levels, mode="L").resize(base.size, Image.BILINEAR)
     heat = Image.merge("RGB", [scaled.point(lut) for lut in _COLOUR_LUTS])
     result = Image.composite(heat, base, scaled.point(_opacity_lut(alpha)))
