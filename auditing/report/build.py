@@ -22,17 +22,9 @@ from PIL import Image
 from auditing.flags import FlagThresholds
 from auditing.report.data import ImageReader, RunNotFound, RunTables, cohort_members, load_run
 from auditing.report.figures import Bar, ImageSink, colour_scale, heatmap, region_bars_svg
+from auditing.report.findings import findings, flag_records, flag_rows, verdict_box
 from auditing.report.gallery import gallery
-from auditing.report.sections import (
-    RULE_TITLES,
-    cohort_name,
-    error_rows,
-    flag_rows,
-    study_rows,
-    summary_rows,
-    trust_tables,
-    verdict_box,
-)
+from auditing.report.sections import cohort_name, error_rows, study_rows, summary_rows, trust_tables
 from storage import join_key, open_store
 
 __all__ = ["RunNotFound", "build_report", "report_key"]
@@ -161,10 +153,7 @@ def cohort_sections(
                 "image_item": first["item_id"] if first is not None else None,
                 "image_problem": loaded.problem,
                 "image_uri": loaded.uri,
-                "flags": [
-                    (RULE_TITLES.get(flag.rule, flag.rule), flag.method, flag.message)
-                    for flag in matching(flags, grouping, cohort).itertuples()
-                ],
+                "flags": findings(flag_records(matching(flags, grouping, cohort)))[1],
                 "panels": panels,
             }
         )

@@ -7,7 +7,6 @@ beside its code name, so a clinician can read the table and an engineer can grep
 from __future__ import annotations
 
 import math
-from collections import Counter
 from typing import Any
 
 import pandas as pd
@@ -26,7 +25,6 @@ RULE_TITLES = {
 }
 TRUST_RULES = ("explanations_not_trustworthy", "evidence_relocated")
 REFERENCE_NAMES = {"occlusion": "token occlusion", "pixel_occlusion": "pixel occlusion"}
-ITEM_FLAG_ROWS = 50  # item-level flags listed in the table; the flags table holds them all
 RANDOMIZATION_DOUBT = 0.5  # maps this similar after scrambling the model barely depend on it (Adebayo et al.)
 
 
@@ -106,48 +104,6 @@ def error_rows(errors: pd.DataFrame, limit: int = 10) -> list[dict[str, Any]]:
     table = grouped.agg(count=("message", "size"), example=("message", "first")).reset_index()
     table = table.sort_values(["count", "stage"], ascending=[False, True]).head(limit)
     return table.astype(object).where(table.notna(), "").to_dict("records")
-
-
-def evidence(flag: pd.Series) -> str:
-    """'100% vs 33% in the rest (flag at ≥ 1.5× the rest)' and the like, per rule family."""
-    value, threshold = flag.get("value"), flag.get("threshold")
-    if str(flag.get("rule", "")).endswith("_above_baseline"):
-        return f"{pct(value)} vs {pct(flag.get('baseline'))} in the rest (flag at ≥ {num(threshold, 1)}× the rest)"
-    if str(flag.get("metric", "")).startswith("spearman"):
-        return f"{num(value)} (flag below {num(threshold)})"
-    return f"{pct(value)} (flag below {pct(threshold)})"
-
-
-def _flag_row(flag: pd.Series) -> dict[str, Any]:
-    where = (
-        f"item {flag['item_id']}"
-        if flag["scope"] == "item"
-        else cohort_name(flag["grouping"], flag["cohort"])
-    )
-    return {
-        "title": RULE_TITLES.get(flag["rule"], str(flag["rule"]).replace("_", " ")),
-        "rule": flag["rule"],
-        "method": flag["method"],
-        "where": where,
-        "target_class": flag["target_class"],
-        "evidence": evidence(flag),
-        "message": flag["message"],
-    }
-
-
-def flag_rows(flags: pd.DataFrame) -> dict[str, Any]:
-    """Cohort flag rows, item flag rows (capped at ITEM_FLAG_ROWS), item flag counts per rule title,
-    and how many item flags the table leaves out."""
-    if flags.empty:
-        return {"cohort": [], "item": [], "item_counts": [], "left_out": 0}
-    items = flags[flags["scope"] == "item"]
-    titles = [RULE_TITLES.get(rule, str(rule).replace("_", " ")) for rule in items["rule"]]
-    return {
-        "cohort": [_flag_row(flag) for _, flag in flags[flags["scope"] != "item"].iterrows()],
-        "item": [_flag_row(flag) for _, flag in items.head(ITEM_FLAG_ROWS).iterrows()],
-        "item_counts": sorted(Counter(titles).items(), key=lambda pair: (-pair[1], pair[0])),
-        "left_out": max(0, len(items) - ITEM_FLAG_ROWS),
-    }
 
 
 def _count(value: Any) -> int | str:
@@ -278,38 +234,3 @@ def study_rows(tables: RunTables) -> dict[str, list[dict[str, Any]]]:
                 }
             )
     return {"volumes": volumes, "longitudinal": longitudinal}
-
-
-def verdict_box(flags: pd.DataFrame, anchors: dict[tuple[str, str], str]) -> dict[str, Any]:
-    """The report's first words: one sentence for the run, then one row per finding (rule, cohort,
-    target) with the methods that raised it as columns and a plain sentence, linked to its cohort
-    section (`anchors`: (grouping, cohort) → id) or to the flags table."""
-    from auditing.report.summary import flag_records, verdict
-
-    records = flag_records(flags)
-    findings: dict[tuple, dict[str, Any]] = {}
-    for flag in (record for record in records if record["scope"] != "item"):
-        key = (flag["rule"], flag["grouping"], flag["cohort"], flag["target_class"])
-        finding = findings.setdefault(
-            key,
-            {
-                "title": flag["title"],
-                "where": cohort_name(flag["grouping"], flag["cohort"]),
-                "target_class": flag["target_class"],
-                "anchor": anchors.get((flag["grouping"], flag["cohort"]), "flags"),
-                "methods": set(),
-                "message": flag["message"],
-            },
-        )
-        finding["methods"].add(flag["method"])
-    methods = sorted({method for finding in findings.values() for method in finding["methods"]})
-    rows = [
-        finding
-        | {
-            "sentence": f"{finding['where']}: {finding['title'].lower()} ('{finding['target_class']}')"
-            f" — raised by {', '.join(sorted(finding['methods']))}.",
-            "by": [method in finding["methods"] for method in methods],
-        }
-        for finding in findings.values()
-    ]
-    return {"sentence": verdict(records), "methods": methods, "rows": rows}

@@ -281,3 +281,47 @@ def test_the_page_opens_with_the_verdict_one_row_per_finding_linked_to_its_evide
     assert "site = east: looks at the image border" in squash(text)
     east = next(c for c in re.findall(r'id="(cohort-\d+)"[^>]*data-cohort="east"', html))
     assert f'href="#{east}"' in verdict  # the finding links to its cohort's section
+
+
+def _cohort_table(html: str) -> str:
+    start = html.index('<table class="flags findings-table">')
+    return html[start : html.index("</table>", start)]
+
+
+def test_the_flags_table_has_one_row_per_finding_and_a_column_per_method(built_report):
+    flags = built_report.flags[built_report.flags["scope"] == "cohort"]
+    findings = flags.drop_duplicates(["rule", "grouping", "cohort", "target_class"])
+    assert len(findings) < len(flags)  # the fixture repeats findings across methods
+    table = _cohort_table(built_report.index.read_text(encoding="utf-8"))
+    assert table.count('<tr class="flag">') == len(findings)
+    header = re.findall(r"<th>([^<]*)</th>", table)
+    assert header == ["What was found", "Where", "Target", *flags["method"].unique(), "Details"]
+    rows = {}
+    for row in table.split('<tr class="flag">')[1:]:
+        where, target = re.findall(r"<td>([^<]*)</td>", row)[:2]
+        rule = re.search(r'class="code">(\w+)', row)[1]
+        rows[where, target, rule] = re.findall(r'<td class="method-cell">([^<]*)</td>', row)
+    border = rows["site = east", "answer", "border_share_above_baseline"]
+    assert border == ["100% vs 0% in the rest (flag at ≥ 1.5× the rest)"] * 2  # raised by both methods
+    assert (
+        rows["site = east", "nodule", "border_share_above_baseline"][1] == "–"
+    )  # the sample has no 'nodule'
+    trust = rows["site = east", "answer", "explanations_not_trustworthy"]
+    assert trust[0].startswith("occlusion: 0%") and "pixel occlusion: 0%" in trust[0]
+
+
+def test_the_markdown_artifact_has_one_row_per_finding_too(built_report):
+    from auditing.report.summary import flag_records, run_markdown
+
+    records = flag_records(built_report.flags)
+    cohort = built_report.flags[built_report.flags["scope"] == "cohort"]
+    n_findings = len(cohort.drop_duplicates(["rule", "grouping", "cohort", "target_class"]))
+    markdown = run_markdown("r1", records, {"items": 60}, "report/index.html")
+    table = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert table[0] == "| finding | where | target | chefer | chefer (faithfulness sample) |"
+    assert len(table) == 1 + n_findings
+    assert (
+        "| Looks at the image border | site = east | nodule | 100% vs 0% in the rest (flag at ≥ 1.5× the rest) | – |"
+        in table
+    )
+    assert markdown.index(f"**{len(cohort)} cohort flags and") < markdown.index("| finding")

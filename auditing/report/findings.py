@@ -1,0 +1,151 @@
+"""Flags as findings: one finding per rule × cohort × target class, the methods that raised it as columns.
+
+A run with a faithfulness sample raises the same shortcut rule once for the run's maps and once per
+method of the sample (`chefer`, `chefer (faithfulness sample)`, ...). The verdict box, the report's
+flags table and the Prefect Markdown artifact all show one row per finding with one column per method
+(its evidence where it raised the finding, "–" where it did not), built here from the flag records.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from auditing.report.sections import RULE_TITLES, cohort_name, num, pct
+
+FLAG_FIELDS = (
+    "rule",
+    "method",
+    "grouping",
+    "cohort",
+    "target_class",
+    "item_id",
+    "value",
+    "threshold",
+    "message",
+)
+ITEM_FLAG_ROWS = 50  # item-level flags listed in the table; the flags table holds them all
+NOT_RAISED = "–"
+
+
+def flag_records(flags: pd.DataFrame) -> list[dict[str, Any]]:
+    """The flags as plain records (no NaN: missing values are None), with a `title` in words; `metric`
+    and `baseline` ride along for the evidence text."""
+    if flags.empty:
+        return []
+    frame = flags.reindex(columns=["scope", *FLAG_FIELDS, "metric", "baseline"])
+    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    return [record | {"title": RULE_TITLES.get(record["rule"], str(record["rule"]))} for record in records]
+
+
+def verdict(flags: list[dict[str, Any]]) -> str:
+    """One sentence: how many cohort and item flags, or that nothing was flagged."""
+    cohort = [flag for flag in flags if flag["scope"] != "item"]
+    items = len(flags) - len(cohort)
+    if not flags:
+        return "No flags were raised."
+    parts = [f"{len(cohort)} cohort flag{'s' * (len(cohort) != 1)}"] if cohort else []
+    parts += [f"{items} item flag{'s' * (items != 1)}"] if items else []
+    return " and ".join(parts) + " raised."
+
+
+def evidence(flag: dict[str, Any] | pd.Series) -> str:
+    """'100% vs 33% in the rest (flag at ≥ 1.5× the rest)' and the like, per rule family."""
+    value, threshold = flag.get("value"), flag.get("threshold")
+    if str(flag.get("rule", "")).endswith("_above_baseline"):
+        return f"{pct(value)} vs {pct(flag.get('baseline'))} in the rest (flag at ≥ {num(threshold, 1)}× the rest)"
+    if str(flag.get("metric", "")).startswith("spearman"):
+        return f"{num(value)} (flag below {num(threshold)})"
+    return f"{pct(value)} (flag below {pct(threshold)})"
+
+
+def _metric_label(metric: Any) -> str:
+    """'peak_in_pixel_occlusion_evidence' → 'pixel occlusion: ' (which reference); '' for the rest."""
+    text = str(metric or "")
+    if text.startswith("peak_in_") and text.endswith("_evidence"):
+        return text.removeprefix("peak_in_").removesuffix("_evidence").replace("_", " ") + ": "
+    return ""
+
+
+@dataclass
+class Finding:
+    """One rule × cohort × target class, and what each method that raised it found."""
+
+    rule: str
+    title: str
+    grouping: Any
+    cohort: Any
+    target_class: Any
+    evidence: dict[str, list[str]] = field(default_factory=dict)  # method → evidence, one per metric
+    messages: list[tuple[str, str]] = field(default_factory=list)  # (method, message) per flag
+
+    @property
+    def where(self) -> str:
+        return cohort_name(self.grouping, self.cohort)
+
+    def cells(self, methods: list[str]) -> list[str]:
+        """The evidence under each method's column ('; ' between metrics), NOT_RAISED where it did not raise it."""
+        return [
+            "; ".join(self.evidence[method]) if method in self.evidence else NOT_RAISED for method in methods
+        ]
+
+
+def findings(records: list[dict[str, Any]]) -> tuple[list[str], list[Finding]]:
+    """(methods in the order they first raised a cohort flag, one Finding per rule × cohort × target)."""
+    grouped: dict[tuple, Finding] = {}
+    for flag in (record for record in records if record["scope"] != "item"):
+        key = (flag["rule"], flag["grouping"], flag["cohort"], flag["target_class"])
+        finding = grouped.setdefault(key, Finding(flag["rule"], flag["title"], *key[1:]))
+        method = str(flag["method"])
+        finding.evidence.setdefault(method, []).append(_metric_label(flag.get("metric")) + evidence(flag))
+        finding.messages.append((method, str(flag["message"])))
+    methods = list(dict.fromkeys(method for finding in grouped.values() for method in finding.evidence))
+    return methods, list(grouped.values())
+
+
+def _item_row(flag: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "title": flag["title"],
+        "rule": flag["rule"],
+        "method": flag["method"],
+        "where": f"item {flag['item_id']}",
+        "target_class": flag["target_class"],
+        "evidence": evidence(flag),
+        "message": flag["message"],
+    }
+
+
+def flag_rows(flags: pd.DataFrame) -> dict[str, Any]:
+    """The flags table: cohort findings (one row each, a column per method), item flag rows (capped at
+    ITEM_FLAG_ROWS), item flag counts per rule title, and how many item flags the table leaves out."""
+    records = flag_records(flags)
+    methods, cohort = findings(records)
+    items = [record for record in records if record["scope"] == "item"]
+    counts = Counter(record["title"] for record in items)
+    return {
+        "methods": methods,
+        "cohort": [{"finding": finding, "cells": finding.cells(methods)} for finding in cohort],
+        "item": [_item_row(flag) for flag in items[:ITEM_FLAG_ROWS]],
+        "item_counts": sorted(counts.items(), key=lambda pair: (-pair[1], pair[0])),
+        "left_out": max(0, len(items) - ITEM_FLAG_ROWS),
+    }
+
+
+def verdict_box(flags: pd.DataFrame, anchors: dict[tuple[str, str], str]) -> dict[str, Any]:
+    """The report's first words: one sentence for the run, then one row per finding with a tick under
+    each method that raised it, linked to its cohort section (`anchors`: (grouping, cohort) → id) or
+    to the flags table."""
+    records = flag_records(flags)
+    methods, cohort = findings(records)
+    rows = [
+        {
+            "sentence": f"{finding.where}: {finding.title.lower()} ('{finding.target_class}').",
+            "by": [method in finding.evidence for method in methods],
+            "anchor": anchors.get((finding.grouping, finding.cohort), "flags"),
+        }
+        for finding in cohort
+    ]
+    return {"sentence": verdict(records), "methods": methods, "rows": rows}
