@@ -119,16 +119,17 @@ def test_trust_table_gives_a_verdict_per_cohort_method_and_reference(built_repor
 )
 def test_each_trust_row_gets_a_verdict_from_its_evidence_interval(row, verdict, css):
     base = {"method": "chefer", "reference": "pixel_occlusion", "n_items": 20, "randomization_spearman": 0.1}
-    text, found = trust_verdict(pd.Series({**base, **row}), None, FlagThresholds())
-    assert text.startswith(verdict) and found == css
+    found = trust_verdict(pd.Series({**base, **row}), None, FlagThresholds())
+    assert found.verdict.startswith(verdict) and found.css == css and found.basis.endswith(".")
 
 
 def test_flagged_trust_rows_say_why():
     row = pd.Series({"method": "occlusion", "reference": "pixel_occlusion", "n_items": 20, "n_checkable": 20})
-    assert trust_verdict(row, "evidence_relocated", FlagThresholds())[0].startswith("Evidence relocated")
+    assert trust_verdict(row, "evidence_relocated", FlagThresholds()).verdict.startswith("Evidence relocated")
     chefer = row.copy()
     chefer["method"] = "chefer"
-    assert trust_verdict(chefer, "explanations_not_trustworthy", FlagThresholds()) == (
+    found = trust_verdict(chefer, "explanations_not_trustworthy", FlagThresholds())
+    assert (found.verdict, found.css) == (
         "Not trustworthy: its peak misses the pixel occlusion evidence",
         "bad",
     )
@@ -325,3 +326,67 @@ def test_the_markdown_artifact_has_one_row_per_finding_too(built_report):
         in table
     )
     assert markdown.index(f"**{len(cohort)} cohort flags and") < markdown.index("| finding")
+
+
+@pytest.mark.parametrize(
+    ("numbers", "basis"),
+    [
+        (
+            {
+                "n_checkable": 13,
+                "peak_in_evidence_rate": 12 / 13,
+                "peak_in_evidence_ci_low": 0.667,
+                "peak_in_evidence_ci_high": 0.986,
+                "spearman_median": 0.08,
+            },
+            "Its peak falls in the token occlusion evidence in 12 of 13 checkable items (92%, 95% interval "
+            "67%–99%); the rank correlation (0.08) is low because token occlusion changes the answer in only a "
+            "few regions and is noise elsewhere, and the verdict rests on the peak, not on the ranks.",
+        ),
+        (
+            {
+                "n_checkable": 20,
+                "peak_in_evidence_rate": 0.9,
+                "peak_in_evidence_ci_low": 0.7,
+                "peak_in_evidence_ci_high": 0.97,
+                "spearman_median": 0.61,
+            },
+            "Its peak falls in the token occlusion evidence in 18 of 20 checkable items (90%, 95% interval "
+            "70%–97%); the rank correlation (0.61) agrees, though the verdict rests on the peak.",
+        ),
+        (
+            {"n_checkable": 3, "peak_in_evidence_rate": 1.0},
+            "In 3 of 20 sampled items does removing one region lower the answer's score by at least 0.1 logits",
+        ),
+        (
+            {
+                "n_checkable": 8,
+                "peak_in_evidence_rate": 0.5,
+                "peak_in_evidence_ci_low": 0.22,
+                "peak_in_evidence_ci_high": 0.78,
+            },
+            "in 4 of 8 checkable items (50%, 95% interval 22%–78%); the interval reaches below 50%",
+        ),
+    ],
+)
+def test_each_trust_verdict_says_in_one_sentence_what_it_rests_on(numbers, basis):
+    row = pd.Series(
+        {
+            "method": "chefer",
+            "reference": "occlusion",
+            "n_items": 20,
+            "randomization_spearman": 0.1,
+            **numbers,
+        }
+    )
+    assert basis in trust_verdict(row, None, FlagThresholds()).basis
+
+
+def test_trust_rows_show_their_basis_under_the_verdict(built_report):
+    html = built_report.index.read_text(encoding="utf-8")
+    trust = html[html.index('id="trust"') :]
+    cells = re.findall(r'<span class="(\w+)">([^<]*)</span><p class="basis">([^<]*)</p>', trust)
+    assert len(cells) == trust.count("<tr>") - trust.count("<th>Cohort</th>")  # one under every verdict
+    north = [basis for css, verdict, basis in cells if css == "good"]
+    assert north and all(basis.startswith("Its peak falls in the ") for basis in north)
+    assert any("in 20 of 20 checkable items (100%, 95% interval 84%–100%)" in basis for basis in north)
