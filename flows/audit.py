@@ -229,10 +229,21 @@ def audit(
         return Completed(message=outputs["verdict"], data=outputs)  # the flow run's state says the verdict
 
 
-def _timings(summaries: list[ShardSummary], total_seconds: float) -> dict[str, float]:
-    """Wall-clock seconds of this attempt; the per-stage figures are sums over shards (all workers)."""
+def _timings(
+    summaries: list[ShardSummary], total_seconds: float, *, now: float | None = None
+) -> dict[str, float]:
+    """Seconds of this attempt, from the flow's start to run.json (`total_seconds`, wall clock).
+
+    Wall-clock parts of the total, from the shards' wall-clock start and end (`now`: time.time()
+    at the call): `before_shards_seconds` (manifest, pre-flight, planning, scheduling, until the first
+    shard starts), `shards_wall_seconds` (first shard start to last shard end), `after_shards_seconds`
+    (counting outputs); clamped so that they never exceed the total (remote workers' clocks may
+    differ), the rest is not attributed. The stage figures are sums over shards, so over `workers`
+    processes in parallel they can exceed `shards_wall_seconds`; so can `shard_seconds`, their sum.
+    """
+    now = time.time() if now is None else now
     items = sum(summary.items for summary in summaries)
-    return {
+    timings = {
         "total_seconds": round(total_seconds, 3),
         "model_load_seconds": round(sum(s.model_load_seconds for s in summaries), 3),
         "generate_seconds": round(sum(s.generate_seconds for s in summaries), 3),
@@ -240,4 +251,17 @@ def _timings(summaries: list[ShardSummary], total_seconds: float) -> dict[str, f
         "write_seconds": round(sum(s.write_seconds for s in summaries), 3),
         "shard_seconds": round(sum(s.seconds for s in summaries), 3),
         "items_per_second": round(items / total_seconds, 4) if total_seconds > 0 else 0.0,
+    }
+    if not summaries:
+        return timings
+    flow_started = now - total_seconds
+    first, last = min(s.started_at for s in summaries), max(s.finished_at for s in summaries)
+    before = min(max(first - flow_started, 0.0), total_seconds)
+    shards = min(max(last - first, 0.0), total_seconds - before)
+    after = min(max(now - last, 0.0), total_seconds - before - shards)
+    return timings | {
+        "before_shards_seconds": round(before, 3),
+        "shards_wall_seconds": round(shards, 3),
+        "after_shards_seconds": round(after, 3),
+        "workers": len({(s.worker.host, s.worker.pid) for s in summaries}),
     }

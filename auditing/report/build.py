@@ -24,7 +24,14 @@ from auditing.report.data import ImageReader, RunNotFound, RunTables, cohort_mem
 from auditing.report.figures import Bar, ImageSink, colour_scale, heatmap, region_bars_svg
 from auditing.report.findings import findings, flag_records, flag_rows, verdict_box
 from auditing.report.gallery import gallery
-from auditing.report.sections import cohort_name, error_rows, study_rows, summary_rows, trust_tables
+from auditing.report.sections import (
+    cohort_name,
+    error_rows,
+    study_rows,
+    summary_rows,
+    timing_rows,
+    trust_tables,
+)
 from storage import join_key, open_store
 
 __all__ = ["RunNotFound", "build_report", "report_key"]
@@ -187,6 +194,7 @@ def build_report(out_uri: str, run_id: str, *, endpoint_url: str | None = None) 
     context = {
         "run_id": run_id,
         "summary": summary_rows(tables),
+        "timings": timing_rows((tables.run or {}).get("timings") or {}),
         "errors": error_rows(tables.errors),
         "flags": flag_rows(tables.flags),
         "cohorts": cohorts,

@@ -51,7 +51,8 @@ def cohort_name(grouping: Any, cohort: Any) -> str:
 
 
 def summary_rows(tables: RunTables) -> list[tuple[str, str]]:
-    """(label, value) rows: model, method, counts, timings, times; run.json first, tables as fallback."""
+    """(label, value) rows: model, method, counts, times, throughput; run.json first, tables as fallback
+    (the timing table is `timing_rows`)."""
     run = tables.run or {}
     answers = tables.answers
     counts = run.get("counts") or {}
@@ -85,16 +86,84 @@ def summary_rows(tables: RunTables) -> list[tuple[str, str]]:
         ]
     else:
         rows.append(("Run description", "no run.json: counts come from the tables"))
-    labels = {
-        "total_seconds": "Total time",
-        "model_load_seconds": "Model loading",
-        "generate_seconds": "Answer generation",
-        "explain_seconds": "Relevance maps",
-        "write_seconds": "Writing outputs",
-    }
-    rows += [(label, f"{timings[key]:.1f} s") for key, label in labels.items() if is_number(timings.get(key))]
     if is_number(timings.get("items_per_second")):
         rows.append(("Throughput", f"{timings['items_per_second']:.2f} items/s"))
+    return rows
+
+
+STAGES = {  # per-shard stage sums in run.json timings, in the order they happen
+    "model_load_seconds": "Model loading",
+    "generate_seconds": "Answer generation",
+    "explain_seconds": "Relevance maps",
+    "write_seconds": "Writing outputs",
+}
+
+
+@dataclass(frozen=True)
+class TimingRow:
+    """One row of the timing table; `adds` rows sum to the total, `aside` rows are sums over parallel workers."""
+
+    label: str
+    seconds: float
+    kind: str  # "total", "adds" or "aside"
+
+    @property
+    def value(self) -> str:
+        return f"{self.seconds:.1f} s"
+
+
+def timing_rows(timings: dict[str, Any]) -> list[TimingRow]:
+    """The run's total time, then parts that add up to it (the last: other, not attributed).
+
+    From run.json timings (`flows.audit._timings`): the wall-clock time before, during and after the
+    shards; within the shards the stage sums when the shards ran one after another, else the shards'
+    wall clock and the stage sums beside it, said to be summed over the workers. Older runs recorded
+    only the stage sums: they add up when they fit in the total, else they are shown beside it.
+    """
+    total = timings.get("total_seconds")
+    if not is_number(total):
+        return []
+    stages = [(label, float(timings[key])) for key, label in STAGES.items() if is_number(timings.get(key))]
+    wall = timings.get("shards_wall_seconds")
+    rows = [TimingRow("Total time", total, "total")]
+    if is_number(wall):
+        rows.append(
+            TimingRow(
+                "Before the shards: manifest, pre-flight checks, planning, scheduling",
+                timings.get("before_shards_seconds", 0.0),
+                "adds",
+            )
+        )
+        summed = float(timings.get("shard_seconds") or 0.0)
+        if summed <= wall + max(0.05, 0.01 * wall):  # one shard at a time: the stages are wall-clock parts
+            in_stages = sum(seconds for _, seconds in stages)
+            rows += [TimingRow(label, seconds, "adds") for label, seconds in stages]
+            rows.append(
+                TimingRow("Rest of the shards: reading images, overlays", max(wall - in_stages, 0.0), "adds")
+            )
+        else:
+            workers = int(timings.get("workers") or 0)
+            rows.append(
+                TimingRow(
+                    f"Shards, wall clock ({workers} worker{'s' * (workers != 1)} in parallel)", wall, "adds"
+                )
+            )
+            rows += [
+                TimingRow(f"{label} (summed over {workers} workers)", seconds, "aside")
+                for label, seconds in stages
+            ]
+        rows.append(
+            TimingRow("After the shards: counting outputs", timings.get("after_shards_seconds", 0.0), "adds")
+        )
+    elif sum(seconds for _, seconds in stages) <= total:
+        rows += [TimingRow(label, seconds, "adds") for label, seconds in stages]
+    else:
+        rows += [
+            TimingRow(f"{label} (summed over shards and workers)", seconds, "aside")
+            for label, seconds in stages
+        ]
+    attributed = sum(row.seconds for row in rows if row.kind == "adds")
+    rows.append(TimingRow("Other (not attributed)", max(total - attributed, 0.0), "adds"))
     return rows
 
 

@@ -45,6 +45,10 @@ def test_local_run_writes_every_table_and_resumes_without_duplicates(tmp_path, m
     assert record["status"] == "completed" and record["schema_version"] == SCHEMA_VERSION
     assert record["counts"]["ok"] == 5 and record["counts"]["targets"] == len(tokens)
     assert record["model_revision"].startswith("sha256:")  # a local folder's checksum
+    timings = record["timings"]  # wall-clock parts of the total; one shard at a time, so the stages fit
+    parts = ("before_shards_seconds", "shards_wall_seconds", "after_shards_seconds")
+    assert 0 < sum(timings[part] for part in parts) <= timings["total_seconds"] + 0.002
+    assert timings["shard_seconds"] <= timings["shards_wall_seconds"] + 0.01 and timings["workers"] == 1
     metadata = pq.read_schema(os.path.join(out, "answers", f"run_id={run_id}", "part-00000.parquet")).metadata
     assert metadata[b"vlm_audit.run_id"] == run_id.encode()
 
@@ -82,3 +86,42 @@ def test_rerun_with_other_settings_is_refused(tmp_path, model_dir):
     audit(fast_config(manifest, out, model=model_dir, shard_size=2), run_id="fixed")
     with pytest.raises(RunConflict, match=r"shard_size=1 \(was 2\)"):
         audit(fast_config(manifest, out, model=model_dir, shard_size=1), run_id="fixed")
+
+
+def test_recorded_timings_split_the_total_into_wall_clock_parts():
+    from flows.audit import _timings
+    from tasks.shards import ShardSummary, WorkerInfo
+
+    def shard(index: int, start: float, end: float, pid: int) -> ShardSummary:
+        return ShardSummary(
+            **dict.fromkeys(("shard", "ok", "failed", "token_rows", "error_rows", "overlays"), index),
+            items=2,
+            model_id="m",
+            model_revision=None,
+            seconds=end - start,
+            model_load_seconds=0.5 if index == 0 else 0.0,
+            generate_seconds=1.0,
+            explain_seconds=2.0,
+            write_seconds=0.25,
+            started_at=start,
+            finished_at=end,
+            worker=WorkerInfo("h", pid, 1),
+        )
+
+    # the flow started at 100 and calls _timings at 120: shards ran 104-110 and 110-117, one worker
+    timings = _timings([shard(0, 104.0, 110.0, 1), shard(1, 110.0, 117.0, 1)], 20.0, now=120.0)
+    assert (
+        timings["before_shards_seconds"],
+        timings["shards_wall_seconds"],
+        timings["after_shards_seconds"],
+    ) == (
+        4.0,
+        13.0,
+        3.0,
+    )
+    assert timings["workers"] == 1 and timings["shard_seconds"] == 13.0 and timings["explain_seconds"] == 4.0
+    # two workers in parallel, one with a clock 30 s ahead: the parts never exceed the total
+    skewed = _timings([shard(0, 104.0, 110.0, 1), shard(1, 135.0, 147.0, 2)], 20.0, now=120.0)
+    parts = skewed["before_shards_seconds"] + skewed["shards_wall_seconds"] + skewed["after_shards_seconds"]
+    assert skewed["workers"] == 2 and parts <= 20.0
+    assert "shards_wall_seconds" not in _timings([], 3.0, now=120.0)  # nothing ran: all of it is unattributed

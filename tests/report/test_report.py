@@ -12,7 +12,7 @@ from auditing.flags import FlagThresholds
 from auditing.report import RunNotFound, build_report
 from auditing.report.data import ImageReader
 from auditing.report.gallery import MAX_GALLERY_ITEMS, overlay_label
-from auditing.report.sections import trust_verdict
+from auditing.report.sections import timing_rows, trust_verdict
 from storage import open_store, write_part
 from tests.report.fixtures import phantom_png, write_synthetic_run
 from tests.report.pages import parse_page, squash
@@ -390,3 +390,61 @@ def test_trust_rows_show_their_basis_under_the_verdict(built_report):
     north = [basis for css, verdict, basis in cells if css == "good"]
     assert north and all(basis.startswith("Its peak falls in the ") for basis in north)
     assert any("in 20 of 20 checkable items (100%, 95% interval 84%–100%)" in basis for basis in north)
+
+
+def _adds_up(rows) -> None:
+    total = next(row.seconds for row in rows if row.kind == "total")
+    parts = [row for row in rows if row.kind == "adds"]
+    assert sum(row.seconds for row in parts) == pytest.approx(total)
+    shown = sum(float(row.value.removesuffix(" s")) for row in parts)
+    assert abs(shown - float(rows[0].value.removesuffix(" s"))) <= 0.05 * len(parts) + 1e-9  # rounding only
+
+
+def test_the_timing_rows_add_up_to_the_total():
+    serial = {
+        "total_seconds": 132.8,
+        "before_shards_seconds": 118.0,
+        "shards_wall_seconds": 12.3,
+        "after_shards_seconds": 0.4,
+        "shard_seconds": 12.2,
+        "workers": 1,
+        "model_load_seconds": 3.1,
+        "generate_seconds": 1.5,
+        "explain_seconds": 1.2,
+        "write_seconds": 0.6,
+    }
+    rows = timing_rows(serial)
+    _adds_up(rows)
+    labels = {row.label: row.value for row in rows}
+    assert labels["Total time"] == "132.8 s" and labels["Model loading"] == "3.1 s"
+    assert labels["Rest of the shards: reading images, overlays"] == "5.9 s"  # 12.3 − 6.4 in the stages
+    assert labels["Other (not attributed)"] == "2.1 s"  # 132.8 − 118.0 − 12.3 − 0.4
+    assert all(row.kind != "aside" for row in rows)
+
+
+def test_parallel_stage_sums_are_said_to_be_summed_over_workers():
+    parallel = {
+        "total_seconds": 20.0,
+        "before_shards_seconds": 2.0,
+        "shards_wall_seconds": 15.0,
+        "after_shards_seconds": 1.0,
+        "shard_seconds": 29.0,
+        "workers": 2,
+        "generate_seconds": 10.0,
+        "explain_seconds": 16.0,
+    }
+    rows = timing_rows(parallel)
+    _adds_up(rows)
+    aside = [row.label for row in rows if row.kind == "aside"]
+    assert aside == ["Answer generation (summed over 2 workers)", "Relevance maps (summed over 2 workers)"]
+    assert "Shards, wall clock (2 workers in parallel)" in [row.label for row in rows]
+    # a run.json of before the wall-clock parts: stage sums that fit add up, with the rest not attributed
+    old = timing_rows({"total_seconds": 12.5, "explain_seconds": 8.0})
+    _adds_up(old)
+    assert [(row.label, row.value) for row in old][-1] == ("Other (not attributed)", "4.5 s")
+    assert timing_rows({"total_seconds": 5.0, "explain_seconds": 8.0})[1].kind == "aside"
+
+
+def test_the_report_shows_where_the_time_went(built_report):
+    text = built_report.page.text
+    assert "Where the time went Total time 12.5 s Relevance maps 8.0 s Other (not attributed) 4.5 s" in text
