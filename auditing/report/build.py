@@ -11,6 +11,7 @@ self-contained: it can be zipped, mailed or opened from a download without broke
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,12 +22,21 @@ from PIL import Image
 
 from auditing.flags import FlagThresholds
 from auditing.report.data import ImageReader, RunNotFound, RunTables, cohort_members, load_run
-from auditing.report.figures import Bar, ImageSink, colour_scale, heatmap, region_bars_svg
+from auditing.report.figures import (
+    Bar,
+    ImageSink,
+    axis_limit,
+    colour_scale,
+    heatmap,
+    mean_image,
+    region_bars_svg,
+)
 from auditing.report.findings import findings, flag_records, flag_rows, verdict_box
 from auditing.report.gallery import gallery
 from auditing.report.sections import (
     cohort_name,
     error_rows,
+    pct,
     study_rows,
     summary_rows,
     timing_rows,
@@ -37,6 +47,7 @@ from storage import join_key, open_store
 __all__ = ["RunNotFound", "build_report", "report_key"]
 
 MAX_COHORTS = 16  # cohort sections ("all" and flagged cohorts come first)
+MAX_MEAN_IMAGES = 32  # images averaged into a cohort's background, spread over its members
 MAX_FINDING_CLASSES = 3  # finding words shown beside the whole answer
 REPORT_REGIONS = (
     ("lung_right_upper", "Right lung, upper zone"),
@@ -106,11 +117,57 @@ def matching(frame: pd.DataFrame, grouping: str, cohort: str, target: str | None
     return frame[mask]
 
 
+@dataclass(frozen=True)
+class Scales:
+    """One scale per figure family: the bar charts' axis end, and per target class the share of
+    relevance per cell at which the cohort heatmaps' colour saturates."""
+
+    bar_axis: float
+    heat_max: dict[str, float]
+
+
+def family_scales(tables: RunTables, cohorts: list[tuple[str, str]], classes: list[str]) -> Scales:
+    """The scales shared by every cohort panel drawn: bars of all cohorts and targets, heatmaps per target."""
+    bars, heat_max = [], {}
+    for target in classes:
+        rows = pd.concat([matching(tables.stats, grouping, cohort, target) for grouping, cohort in cohorts])
+        heat_max[target] = max((float(np.max(mean_map)) for mean_map in rows["mean_map"]), default=0.0)
+        bars += [bar for grouping, cohort in cohorts for bar in region_bars(tables, grouping, cohort, target)]
+    return Scales(axis_limit(bars), heat_max)
+
+
+@dataclass(frozen=True)
+class Background:
+    """A cohort's mean image, how many images it averages of how many members, or why there is none."""
+
+    image: Image.Image | None
+    n_images: int
+    n_members: int
+    problem: str | None = None
+
+
+def cohort_background(members: pd.DataFrame, reader: ImageReader) -> Background:
+    """The mean of up to MAX_MEAN_IMAGES of the members' images, spread evenly over the manifest order."""
+    uris = list(members["image_uri"]) if len(members) else []
+    picks = sorted(set(np.linspace(0, len(uris) - 1, min(len(uris), MAX_MEAN_IMAGES)).round().astype(int)))
+    images, problems = [], []
+    for index in picks:
+        loaded = reader.read(uris[index], keep=False)  # a cohort's images are read once, not kept
+        if loaded.image is not None:
+            images.append(loaded.image)
+        else:
+            problems.append(f"{loaded.uri or '(no URI)'}: {loaded.problem}")
+    if not images:
+        return Background(None, 0, len(uris), problems[0] if problems else "the cohort has no answered items")
+    return Background(mean_image(images), len(images), len(uris))
+
+
 def cohort_panel(
     tables: RunTables,
     key: tuple[str, str],
     target: str,
     background: Image.Image | None,
+    scales: Scales,
     name: str,
     sink: ImageSink,
 ) -> dict[str, Any] | None:
@@ -123,12 +180,14 @@ def cohort_panel(
     cell_map = np.asarray(row["mean_map"], dtype=np.float32).reshape(int(row["grid_h"]), int(row["grid_w"]))
     title = f"Where the model looked for '{target}' in {cohort_name(grouping, cohort)}"
     flags = tables.flags[tables.flags["scope"] == "cohort"] if not tables.flags.empty else tables.flags
+    bars = region_bars(tables, grouping, cohort, target)
     return {
         "target_class": target,
         "n_items": int(row["n_items"]),
         "n_targets": int(row["n_targets"]),
-        "heatmap": sink.add(name, heatmap(cell_map, background)),
-        "bars": Markup(region_bars_svg(region_bars(tables, grouping, cohort, target), title=title)),
+        "heatmap": sink.add(name, heatmap(cell_map, background, vmax=scales.heat_max[target])),
+        "scale_max": pct(scales.heat_max[target], 1),
+        "bars": Markup(region_bars_svg(bars, title=title, axis_max=scales.bar_axis)),
         "flagged": not matching(flags, grouping, cohort, target).empty,
     }
 
@@ -136,16 +195,24 @@ def cohort_panel(
 def cohort_sections(
     tables: RunTables, classes: list[str], reader: ImageReader, sink: ImageSink
 ) -> list[dict[str, Any]]:
-    """Per cohort: its flags, a heatmap over a representative image and region bars per target class."""
+    """Per cohort: its findings, and per target class a heatmap over the cohort's mean image and region
+    bars, on the scales all cohorts share."""
     sections = []
     flags = tables.flags[tables.flags["scope"] == "cohort"] if not tables.flags.empty else tables.flags
-    for index, (grouping, cohort) in enumerate(chosen_cohorts(tables)[0]):
+    cohorts = chosen_cohorts(tables)[0]
+    scales = family_scales(tables, cohorts, classes)
+    for index, (grouping, cohort) in enumerate(cohorts):
         members = cohort_members(tables.ok_answers, grouping, cohort)
-        first = members.iloc[0] if len(members) else None
-        loaded = reader.read(first["image_uri"] if first is not None else None)
+        background = cohort_background(members, reader)
         panels = [
             cohort_panel(
-                tables, (grouping, cohort), target, loaded.image, f"cohort-{index:02d}-{target}", sink
+                tables,
+                (grouping, cohort),
+                target,
+                background.image,
+                scales,
+                f"cohort-{index:02d}-{target}",
+                sink,
             )
             for target in classes
         ]
@@ -157,9 +224,7 @@ def cohort_sections(
                 "grouping": grouping,
                 "cohort": cohort,
                 "n_items": panels[0]["n_items"] if panels else len(members),
-                "image_item": first["item_id"] if first is not None else None,
-                "image_problem": loaded.problem,
-                "image_uri": loaded.uri,
+                "background": background,
                 "flags": findings(flag_records(matching(flags, grouping, cohort)))[1],
                 "panels": panels,
             }

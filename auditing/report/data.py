@@ -148,13 +148,17 @@ class ImageReader:
         self._objects = StoreCache(endpoint_url=endpoint_url)
         self._cache: dict[str, LoadedImage] = {}
 
-    def read(self, image_uri: str | None) -> LoadedImage:
-        """The decoded image, shrunk to the report's largest size; never raises for a bad image."""
+    def read(self, image_uri: str | None, *, keep: bool = True) -> LoadedImage:
+        """The decoded image, shrunk to the report's largest size; never raises for a bad image.
+        `keep=False` does not cache it (a cohort's mean image reads many images once each)."""
         if not image_uri:
             return LoadedImage("", None, "the item has no image URI")
-        if image_uri not in self._cache:
-            self._cache[image_uri] = self._load(image_uri)
-        return self._cache[image_uri]
+        if image_uri in self._cache:
+            return self._cache[image_uri]
+        loaded = self._load(image_uri)
+        if keep:
+            self._cache[image_uri] = loaded
+        return loaded
 
     def _load(self, image_uri: str) -> LoadedImage:
         if self._scope is None:  # without the manifest's location there is no store to confine reads to

@@ -1,7 +1,9 @@
 """Figures of the audit report, drawn with numpy and Pillow (heatmaps) or as inline SVG (bar charts).
 
-Heatmaps are min-max normalised for display only: colours compare places within one map, never
-brightness across maps. Statistics always come from the mass shares in the tables.
+Figures of one family share one scale, so panels can be compared: every region bar chart ends at the
+same axis value (`axis_limit` over all of them), and the cohort heatmaps of one target class colour the
+same share of relevance per cell alike (`heatmap(..., vmax=...)`, stated by a colour bar). Statistics
+always come from the mass shares in the tables.
 """
 
 from __future__ import annotations
@@ -56,12 +58,37 @@ def min_max(cell_map: np.ndarray) -> np.ndarray:
     return (values - low) / (high - low) if high > low else np.zeros_like(values)
 
 
-def heatmap(cell_map: np.ndarray, background: Image.Image | None, *, size: int = HEATMAP_SIZE) -> Image.Image:
-    """The map [grid_h, grid_w] stretched over `background` (or drawn alone), min-max normalised.
+NEUTRAL_GREY = 128  # the background when no image can be shown: says nothing about any patient
 
-    The token grid covers the whole image (the processor resizes it plainly to a square), so the
-    map is stretched to the background's width and height. Where relevance is high the colour
-    covers the image; where it is low the grayscale image shows through.
+
+def mean_image(images: Sequence[Image.Image], size: int = HEATMAP_SIZE) -> Image.Image:
+    """The pixel-wise mean of the images in grayscale, each resized plainly to size × size (as the
+    processor resizes them to its square): a cohort's average anatomy, no one patient's image.
+
+    >>> mean_image([Image.new("L", (10, 20), 0), Image.new("L", (30, 30), 200)], size=8).getpixel((0, 0))
+    100
+    """
+    total = np.zeros((size, size), dtype=np.float64)
+    for image in images:
+        gray = ImageOps.grayscale(image).resize((size, size), Image.Resampling.BILINEAR)
+        total += np.asarray(gray, dtype=np.float64)
+    return Image.fromarray((total / max(len(images), 1)).round().astype(np.uint8), mode="L")
+
+
+def heatmap(
+    cell_map: np.ndarray,
+    background: Image.Image | None,
+    *,
+    size: int = HEATMAP_SIZE,
+    vmax: float | None = None,
+) -> Image.Image:
+    """The map [grid_h, grid_w] stretched over `background` (neutral grey without one).
+
+    Colours run from 0 to `vmax` (a scale shared by the maps of one figure family; values above it
+    saturate), or min–max within this map when `vmax` is None. The token grid covers the whole image
+    (the processor resizes it plainly to a square), so the map is stretched to the background's width
+    and height. Where relevance is high the colour covers the image; where it is low the grayscale
+    image shows through.
 
     >>> heatmap(np.eye(16), None).size
     (384, 384)
@@ -69,14 +96,19 @@ def heatmap(cell_map: np.ndarray, background: Image.Image | None, *, size: int =
     if background is not None:
         base = ImageOps.grayscale(thumbnail(background, size)).convert("RGB")
     else:
-        base = Image.new("RGB", (size, size), (40, 40, 40))
+        base = Image.new("RGB", (size, size), (NEUTRAL_GREY,) * 3)
     width, height = base.size
-    scaled = Image.fromarray(min_max(cell_map), mode="F").resize((width, height), Image.Resampling.BILINEAR)
+    values = np.nan_to_num(np.asarray(cell_map, dtype=np.float32))
+    if vmax is None:
+        shown = min_max(values)
+    else:
+        shown = np.clip(values / vmax, 0.0, 1.0) if vmax > 0 else np.zeros_like(values)
+    scaled = Image.fromarray(shown.astype(np.float32), mode="F").resize(
+        (width, height), Image.Resampling.BILINEAR
+    )
     values = np.clip(np.asarray(scaled), 0.0, 1.0)
     gray = Image.fromarray((values * 255).round().astype(np.uint8), mode="L")
     colour = ImageOps.colorize(gray, black=_BLACK, white=_WHITE, mid=_MID)
-    if background is None:
-        return colour
     # opacity grows with relevance: the anatomy stays visible under the weak parts of the map
     alpha = Image.fromarray((255 * 0.75 * np.sqrt(values)).round().astype(np.uint8), mode="L")
     return Image.composite(colour, base, alpha)
@@ -103,16 +135,23 @@ def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def region_bars_svg(bars: Sequence[Bar], *, title: str, width: int = 460) -> str:
+def axis_limit(bars: Sequence[Bar]) -> float:
+    """The next 10% above the largest mean, upper CI bound or baseline (at least 10%, at most 100%)."""
+    highest = max([_finite(v) or 0.0 for bar in bars for v in (bar.mean, bar.ci_high, bar.baseline)] + [0.1])
+    return min(1.0, math.ceil(highest * 10 - 1e-9) / 10)
+
+
+def region_bars_svg(
+    bars: Sequence[Bar], *, title: str, width: int = 460, axis_max: float | None = None
+) -> str:
     """A horizontal bar chart (inline SVG): mean share per region, 95% CI whiskers, baseline ticks.
 
-    The axis runs from 0 to the next 10% above the largest upper CI bound, so small shares stay
-    readable; its end is labelled.
+    The axis runs from 0 to `axis_max`: pass one limit for every chart of a family (`axis_limit` over
+    all their bars) so they compare; by default the chart's own `axis_limit`. Its end is labelled.
     """
     label_width, row, top = 190, 20, 8
     plot = width - label_width - 50
-    highest = max([_finite(v) or 0.0 for bar in bars for v in (bar.mean, bar.ci_high, bar.baseline)] + [0.1])
-    axis_max = min(1.0, math.ceil(highest * 10 - 1e-9) / 10)
+    axis_max = axis_limit(bars) if axis_max is None else axis_max
 
     def x(value: float) -> float:
         return label_width + plot * min(max(value, 0.0), axis_max) / axis_max

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from auditing.flags import FlagThresholds
 from auditing.report import RunNotFound, build_report
@@ -64,7 +65,8 @@ def test_cohort_sections_draw_the_answer_and_the_finding_word(built_report):
     text = built_report.page.text
     assert "The whole answer" in text and "The word 'nodule'" in text
     assert "Right lung, upper zone" in text and "Image border band" in text
-    assert text.count("Background image: item") == 4
+    assert text.count("Background: the mean of 20 of the cohort's 20 images") == 3
+    assert "Background: the mean of 32 of the cohort's 60 images" in text  # the whole run: at most 32
 
 
 def test_gallery_shows_flagged_items_with_original_and_overlays(built_report):
@@ -141,7 +143,13 @@ def test_unreadable_images_are_reported_in_words_and_the_heatmaps_drawn_alone(tm
     )  # image URIs point at files that don't exist
     index = Path(build_report(str(tmp_path), "r1"))
     page = parse_page(index.read_text(encoding="utf-8"))
-    assert "could not be read (ObjectNotFound" in page.text and "the heatmaps are drawn alone" in page.text
+    assert (
+        page.text.count(
+            "Background: neutral grey, no patient's anatomy; the cohort's images could not be read"
+        )
+        == 4
+    )
+    assert ": ObjectNotFound: " in page.text
     assert not any(image["src"].startswith("img/item-") for image in page.images)
     assert all((index.parent / image["src"]).is_file() for image in page.images)
     assert sum(image["src"].startswith("img/cohort-") for image in page.images) == 8
@@ -448,3 +456,34 @@ def test_parallel_stage_sums_are_said_to_be_summed_over_workers():
 def test_the_report_shows_where_the_time_went(built_report):
     text = built_report.page.text
     assert "Where the time went Total time 12.5 s Relevance maps 8.0 s Other (not attributed) 4.5 s" in text
+
+
+def test_cohort_figures_share_one_scale_per_family(built_report):
+    html = built_report.index.read_text(encoding="utf-8")
+    charts = re.findall(r'<svg[^>]*class="bars".*?</svg>', html, flags=re.S)
+    assert len(charts) == 4 * 2  # four cohorts × two target classes
+    axis_ends = {re.findall(r'class="tick">(\d+%)</text>', chart)[-1] for chart in charts}
+    assert axis_ends == {"100%"}  # east's border bars set it; north's and south's lung bars alone end lower
+    scales = re.findall(r"alt=\"colour scale from 0% to ([\d.]+%)\"", html)
+    panels = re.findall(r"The (?:whole answer|word &#39;(\w+)&#39;)", html)
+    assert len(scales) == 8
+    by_target = {}
+    for target, scale in zip(panels, scales, strict=True):
+        by_target.setdefault(target or "answer", set()).add(scale)
+    assert all(len(found) == 1 for found in by_target.values()), (
+        by_target
+    )  # one colour scale per target class
+
+
+def test_a_cohort_background_is_the_mean_of_its_images(tmp_path):
+    from auditing.report.build import cohort_background
+
+    for name, level in (("dark.png", 40), ("light.png", 200)):
+        Image.new("L", (64, 48), level).save(tmp_path / name)
+    reader = ImageReader({"manifest_uri": str(tmp_path / "manifest.csv"), "config": {}})
+    members = pd.DataFrame({"image_uri": ["dark.png", "light.png", "missing.png"]})
+    background = cohort_background(members, reader)
+    assert (background.n_images, background.n_members) == (2, 3)
+    assert background.image.size == (384, 384) and background.image.getextrema() == (120, 120)
+    nothing = cohort_background(members.iloc[2:], reader)
+    assert nothing.image is None and nothing.problem.startswith(f"{tmp_path}/missing.png: ObjectNotFound")
