@@ -87,8 +87,9 @@ class Explanation:
         """float32 [rows, cols] raw relevance for the tokens of an answer word (never a prompt word)."""
         return self.map(word, image)
 
-    def overlay(self, target: str | int = "answer", image: int = 0, *, caption: bool = True) -> Image.Image:
-        """Heatmap of a target over the original image, at the original size."""
+    def overlay(self, target: str | int = "answer", image: int = 0, *, caption: bool = False) -> Image.Image:
+        """Heatmap of a target over the original image, at the original size; `caption=True` adds a band
+        under the image naming the method and target (never drawn over the image's corners)."""
         label = target if isinstance(target, str) else self.tokens[target].text.strip()
         return heatmap_overlay(
             self.images[image],
@@ -178,7 +179,7 @@ def notebook_html(explanation: Explanation) -> str:
     )
     if answer is not None:
         figures = [
-            f'<figure style="display:inline-block;margin:4px"><img src="{_png_data_uri(explanation.overlay("answer", k, caption=False))}">'
+            f'<figure style="display:inline-block;margin:4px"><img src="{_png_data_uri(explanation.overlay("answer", k))}">'
             f"<figcaption>{html.escape(explanation.image_labels[k] if k < len(explanation.image_labels) and explanation.image_labels[k] else f'image {k + 1}')}</figcaption></figure>"
             for k in range(min(len(explanation.images), NOTEBOOK_IMAGES))
         ]

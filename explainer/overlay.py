@@ -45,6 +45,9 @@ def _opacity_lut(alpha: float) -> list[int]:
     return np.round(255 * alpha * np.sqrt(_LEVELS)).astype(np.uint8).tolist()
 
 
+CAPTION_BAND = 16  # pixels of the band under the image that holds a caption
+
+
 def heatmap_overlay(
     image: Image.Image,
     cell_map: np.ndarray,
@@ -59,7 +62,9 @@ def heatmap_overlay(
     image: the map is stretched to the original width and height. The map is quantised to 256 levels
     before the bilinear upsampling; colouring and blending are Pillow lookups and a composite.
     `scale` instead divides the map by a fixed value (clipped to [0, 1]): the images of one prompt
-    (a volume's slices, a prior and a current) then share one colour scale.
+    (a volume's slices, a prior and a current) then share one colour scale. A `caption` goes in a
+    black band under the image, never over it: the corners are where burned-in markers and tags sit,
+    the very evidence an audit looks for. Without one the overlay has the original size.
     """
     base = image.convert("RGB")
     values = cell_map.astype(np.float32)
@@ -71,8 +76,9 @@ def heatmap_overlay(
     scaled = Image.fromarray(levels, mode="L").resize(base.size, Image.BILINEAR)
     heat = Image.merge("RGB", [scaled.point(lut) for lut in _COLOUR_LUTS])
     result = Image.composite(heat, base, scaled.point(_opacity_lut(alpha)))
-    if caption:
-        ImageDraw.Draw(result).text(
-            (4, 4), caption, fill=(255, 255, 255), stroke_width=2, stroke_fill=(0, 0, 0)
-        )
-    return result
+    if not caption:
+        return result
+    framed = Image.new("RGB", (result.width, result.height + CAPTION_BAND), (0, 0, 0))
+    framed.paste(result, (0, 0))
+    ImageDraw.Draw(framed).text((4, result.height + 2), caption, fill=(255, 255, 255))
+    return framed

@@ -231,14 +231,9 @@ def _pictures(
     """(overlay name, picture) of one target, rendered one at a time as they are asked for."""
     for index, suffix in overlay_images(explanation, roles, target_index):
         label = f"{name}{suffix}"
-        yield (
-            label,
-            heatmap_overlay(
-                explanation.images[index],
-                explanation.image_maps[index][target_index],
-                caption=f"{explanation.method}: {label}",
-            ),
-        )
+        # no caption burned in: the overlay keeps the original's size and corners (where markers sit);
+        # its file name, the report and the dashboards name the target
+        yield label, heatmap_overlay(explanation.images[index], explanation.image_maps[index][target_index])
     for suffix, strip in profile_strips(explanation, roles, target_index):
         yield f"{name}{suffix}", strip
 

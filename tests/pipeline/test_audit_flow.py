@@ -6,6 +6,7 @@ import os
 
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from flows.audit import audit
 from storage import SCHEMA_VERSION, completed_shards, open_store, read_run, read_table
@@ -39,7 +40,10 @@ def test_local_run_writes_every_table_and_resumes_without_duplicates(tmp_path, m
     assert with_roi.roi_share.notna().all() and tokens[tokens.item_id == "item-001"].roi_share.isna().all()
     overlays = sorted(os.listdir(os.path.join(out, "overlays", f"run_id={run_id}")))
     assert overlays == [f"item-{i:03d}" for i in range(5)]
-    assert os.path.isfile(os.path.join(out, "overlays", f"run_id={run_id}", "item-000", "answer.png"))
+    overlay = os.path.join(out, "overlays", f"run_id={run_id}", "item-000", "answer.png")
+    original = answers.set_index("item_id").loc["item-000", "image_uri"]
+    with Image.open(overlay) as stored, Image.open(original) as image:
+        assert stored.size == image.size  # no caption band or text: the corners show what the image has
 
     record = read_run(open_store(out), run_id)
     assert record["status"] == "completed" and record["schema_version"] == SCHEMA_VERSION

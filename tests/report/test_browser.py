@@ -4,6 +4,7 @@ a screenshot saved under test-artifacts/, and what the rendered page shows."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -81,3 +82,38 @@ def test_a_broken_image_link_shows_up_in_the_rendered_page(built_report, tmp_pat
     dom = run_chromium(copy / "index.html", tmp_path / "profile", "--dump-dom").stdout
     assert 'class="missing">image not found: img/cohort-01-answer.png</p>' in dom
     assert dom.count("<img ") == len(built_report.page.images) - 1
+
+
+# measures, once the images have loaded, every figure's image and caption boxes into a data attribute
+_MEASURE = """<script>
+window.addEventListener("load", function () {
+  var boxes = [];
+  document.querySelectorAll("figure").forEach(function (figure) {
+    var img = figure.querySelector("img"), caption = figure.querySelector("figcaption");
+    if (!img || !caption) return;
+    var i = img.getBoundingClientRect(), c = caption.getBoundingClientRect();
+    boxes.push([i.left, i.top, i.right, i.bottom, c.left, c.top, c.right, c.bottom].join(","));
+  });
+  document.body.setAttribute("data-boxes", boxes.join(";"));
+});
+</script>"""
+
+
+def test_captions_lie_outside_the_images_they_describe(built_report, tmp_path):
+    copy = tmp_path / "report"
+    shutil.copytree(built_report.index.parent, copy)
+    page = copy / "index.html"
+    page.write_text(
+        page.read_text(encoding="utf-8").replace("</body>", _MEASURE + "</body>"), encoding="utf-8"
+    )
+    dom = run_chromium(page, tmp_path / "profile", "--dump-dom").stdout
+    boxes = [
+        [float(value) for value in box.split(",")]
+        for box in re.search(r'data-boxes="([^"]*)"', dom)[1].split(";")
+    ]
+    gallery_figures = sum(src.startswith("img/item-") for src in (i["src"] for i in built_report.page.images))
+    assert len(boxes) >= gallery_figures > 0
+    for left, top, right, bottom, c_left, c_top, c_right, c_bottom in boxes:
+        assert bottom - top > 20 and right - left > 20  # the image loaded and has a size
+        overlap = min(right, c_right) > max(left, c_left) and min(bottom, c_bottom) > max(top, c_top)
+        assert not overlap and c_top >= bottom - 0.5  # the caption sits below the image, not on it
