@@ -139,10 +139,14 @@ def read_table(
     *,
     endpoint_url: str | None = None,
     region: str | None = None,
+    columns: list[str] | None = None,
+    where: ds.Expression | None = None,
 ) -> pa.Table:
     """Read every part of ``table_name`` under the output root (one run or all); adds a ``run_id`` column.
 
-    ``out`` is the output root URI or its store. Returns an empty table with the schema if nothing exists.
+    ``out`` is the output root URI or its store. ``columns`` and ``where`` (a pyarrow dataset filter,
+    e.g. ``ds.field("item_id").isin(ids)``) read only those columns and rows. Returns an empty table
+    with the schema (those columns) if nothing exists.
     """
     if isinstance(out, S3Store):  # read with the same endpoint and region the store writes to
         endpoint_url, region = endpoint_url or out.endpoint_url, region or out.region
@@ -162,9 +166,10 @@ def read_table(
             partitioning=partitioning,
             partition_base_dir=base,
         )
-        return dataset.to_table()
+        return dataset.to_table(columns=columns, filter=where)
     except FileNotFoundError:
-        return schema.empty_table()
+        empty = schema.empty_table()
+        return empty.select(columns) if columns else empty
     except OSError as exc:  # pyarrow's S3 errors (access denied, unreachable endpoint)
         if any(code in str(exc) for code in _ARROW_CREDENTIAL_CODES):
             raise CredentialsError(

@@ -12,6 +12,7 @@ from PIL import Image, UnidentifiedImageError
 
 from auditing.report.data import ImageReader, RunTables, cohort_members
 from auditing.report.figures import ImageSink, thumbnail
+from auditing.report.question import answer_text_relevance, item_question
 from auditing.report.sections import RULE_TITLES, cohort_name
 from storage import ObjectStore, StorageError
 
@@ -99,10 +100,13 @@ def stored_overlays(store: ObjectStore, run_id: str, item_id: str) -> list[str]:
 def gallery(
     tables: RunTables, store: ObjectStore, reader: ImageReader, sink: ImageSink
 ) -> list[dict[str, Any]]:
-    """The flagged items: original image, the stored overlays (copied as thumbnails) and why each is here."""
+    """The flagged items: original image, the stored overlays (copied as thumbnails), the question's words
+    shaded by their relevance for the answer, and why each item is here."""
     answers = tables.answers.set_index("item_id")
+    chosen = gallery_choice(tables)
+    text_relevance = answer_text_relevance(store, tables.run_id, [item_id for item_id, _ in chosen])
     cards = []
-    for item_id, reasons in gallery_choice(tables):
+    for item_id, reasons in chosen:
         row = answers.loc[item_id] if item_id in answers.index else pd.Series(dtype=object)
         row = row.iloc[0] if isinstance(row, pd.DataFrame) else row
         loaded = reader.read(row.get("image_uri"))
@@ -125,6 +129,7 @@ def gallery(
             {
                 "item_id": item_id,
                 "question": row.get("question"),
+                "question_words": item_question(row, text_relevance.get(item_id)),
                 "answer": row.get("answer"),
                 "reasons": reasons,
                 "images": images,

@@ -17,6 +17,22 @@ from tests.auditing.synthetic import GRID, faithfulness_rows, synthetic_run
 
 CONFIG = AggregateConfig(group_by=("site",), stats=StatsConfig(resamples=200))
 OVERLAY_ITEMS = ("east-0", "east-1", "north-0")
+PROMPT_PIECES = (
+    "<bos>",
+    "<start_of_turn>",
+    "user",
+    "\n",
+    "Where",
+    "▁is",
+    "▁the",
+    "▁nod",
+    "ule",
+    "?",
+    "<end_of_turn>",
+)
+PROMPT_SPECIAL = (True, True, True, True, False, False, False, False, False, False, True)
+# 'nodule' (0.3 + 0.25) is the question's most relevant word; <bos> carries more but is no question word
+PROMPT_RELEVANCE = (0.9, 0.0, 0.0, 0.0, 0.2, 0.05, 0.02, 0.3, 0.25, -0.1, 0.4)
 
 
 def phantom_png(seed: int, *, marker: bool = False, size: int = 128) -> bytes:
@@ -56,6 +72,10 @@ def write_synthetic_run(
     """
     store: ObjectStore = open_store(str(out))
     answers, tokens = synthetic_run(per_site=per_site, seed=seed, border_site=border_site)
+    for row in answers:  # Gemma's pieces of the chat template and the question "Where is the nodule?"
+        row["prompt_tokens"], row["prompt_token_special"] = list(PROMPT_PIECES), list(PROMPT_SPECIAL)
+    for row in tokens:
+        row["text_relevance"] = list(PROMPT_RELEVANCE)
     for row in answers:
         site = row["metadata"]["site"]
         if images is not None:

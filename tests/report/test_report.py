@@ -487,3 +487,47 @@ def test_a_cohort_background_is_the_mean_of_its_images(tmp_path):
     assert background.image.size == (384, 384) and background.image.getextrema() == (120, 120)
     nothing = cohort_background(members.iloc[2:], reader)
     assert nothing.image is None and nothing.problem.startswith(f"{tmp_path}/missing.png: ObjectNotFound")
+
+
+def test_a_gallery_card_shades_the_question_words_by_their_relevance(built_report):
+    html = built_report.index.read_text(encoding="utf-8")
+    card = html[html.index('id="item-east-0"') :]
+    card = card[: card.index('class="images"')]
+    words = re.findall(r'<span class="word" data-shade="([\d.]+)"[^>]*>([^<]*)</span>', card)
+    assert [word for _, word in words] == [
+        "Where",
+        "is",
+        "the",
+        "nodule?",
+    ]  # pieces joined, template left out
+    shades = {word: float(shade) for shade, word in words}
+    assert max(shades, key=shades.get) == "nodule?" and shades["nodule?"] == 1.0  # the darkest
+    assert shades["Where"] == pytest.approx(0.2 / 0.55, abs=0.01) and shades["the"] < shades["is"]
+    assert "Most relevant: nodule? (67%), Where (24%), is (6%) of the question" in squash(
+        parse_page(card).text
+    )
+
+
+@pytest.mark.parametrize(
+    ("pieces", "special", "relevance", "question", "expected"),
+    [
+        (["<bos>", "Is", "▁it"], [True, False, False], [9, 1, 2], "Is it", [("Is", 0.5), ("it", 1.0)]),
+        # a system prompt's words are not the question's
+        (
+            ["▁Be", "▁brief", ".", "▁Any", "▁nodule", "?"],
+            [False] * 6,
+            [5, 5, 0, 1, 3, 0],
+            "Any nodule?",
+            [("Any", 1 / 3), ("nodule?", 1.0)],
+        ),
+        (["Ġleft", "Ġlung"], [False, False], [-1.0, 0.5], "left lung", [("left", 0.0), ("lung", 1.0)]),
+        (["a", "b"], [False], [1.0, 2.0], "ab", []),  # misaligned lengths: nothing rather than wrong words
+    ],
+)
+def test_question_words_join_pieces_and_keep_only_the_question(
+    pieces, special, relevance, question, expected
+):
+    from auditing.report.question import question_words
+
+    words = question_words(pieces, special, relevance, question)
+    assert [(word.text, pytest.approx(word.shade)) for word in words] == expected

@@ -3,6 +3,7 @@ import os
 from importlib.metadata import version
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
@@ -95,6 +96,14 @@ def test_ledger_and_rerun_without_duplicates(out):
     tokens = read_table(uri, "tokens", run_id="r1")
     assert sorted(tokens["item_id"].to_pylist()) == ["i0", "i1", "i1", "i2"]
     assert read_table(uri, "errors")["row_number"].to_pylist() == [4]
+    some = read_table(
+        uri, "tokens", "r1", columns=["item_id"], where=ds.field("target_kind") == "answer"
+    )  # only what is asked for
+    assert some.column_names == ["item_id"] and some["item_id"].to_pylist() == ["i1"]
+    assert read_table(uri, "tokens", "r9", columns=["item_id", "method"]).column_names == [
+        "item_id",
+        "method",
+    ]
 
 
 def test_missing_tables_read_as_empty(out):
