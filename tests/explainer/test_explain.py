@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from explainer import Explainer, generation
 from explainer.generation import GenerationError, build_prompt, check_question, full_sequence
@@ -247,17 +246,3 @@ def test_a_given_answer_is_explained_as_given_without_generating(tiny, monkeypat
     assert [token.id for token in explanation.tokens] == ids and len(explanation.image_maps) == 1
     with pytest.raises(GenerationError, match="chat control token"):
         explainer.explain(random_image(0), "Where?", answer="yes<end_of_turn>")
-
-
-def test_an_overlay_caption_sits_in_a_band_under_the_image_never_over_it():
-    from explainer.overlay import CAPTION_BAND, heatmap_overlay
-
-    image = Image.new("RGB", (96, 64), (90, 90, 90))
-    cell_map = np.zeros((4, 4), dtype=np.float32)
-    cell_map[0, 0] = 1.0  # relevance in the top-left corner, where captions used to be drawn
-    plain = heatmap_overlay(image, cell_map)
-    captioned = heatmap_overlay(image, cell_map, caption="chefer: answer")
-    assert plain.size == (96, 64) and captioned.size == (96, 64 + CAPTION_BAND)
-    assert np.array_equal(np.asarray(captioned)[:64], np.asarray(plain))  # the image's pixels untouched
-    band = np.asarray(captioned)[64:]
-    assert band.max() > 200 and band.min() == 0  # light text on the black band
