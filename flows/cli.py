@@ -53,11 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(run)
     demo = commands.add_parser("demo", help="write phantom cases and audit them with the phantom model")
     demo.add_argument("--out", default="demo-output", help="local folder for the data and the outputs")
-    demo.add_argument("--n", type=int, default=24, help="number of phantom cases")
+    demo.add_argument(
+        "--n", type=int, help="number of phantom cases (default: 24; 8 of each kind with --studies)"
+    )
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--studies",
+        action="store_true",
+        help="audit phantom studies instead: MR volumes as DICOM series and prior/current pairs, "
+        "with the study model",
+    )
     _add_run_options(demo)
-    # a few shards so the progress bar moves; a faithfulness sample of a dozen items; short answers
-    demo.set_defaults(shard_size=4, faithfulness_sample=12, max_new_tokens=8)
+    # a few shards so the progress bar moves; short answers (faithfulness sample: see _demo)
+    demo.set_defaults(shard_size=4, max_new_tokens=8)
     for name, text in (
         ("aggregate", "recompute cohort statistics and flags of a run"),
         ("report", "rebuild the HTML report of a run"),
@@ -213,12 +221,42 @@ def stored_grouping(out: str, run_id: str, endpoint_url: str | None) -> list[str
         ) from None
 
 
+def _demo_studies(args: argparse.Namespace) -> int:
+    """Write phantom volumes (DICOM series) and prior/current pairs, audit each with the study model."""
+    from phantom import STUDY_MODEL_PATH, require_model_folder
+    from phantom.demo import DEMO_GROUPINGS, write_study_datasets
+
+    args.n = args.n or 8
+    # off unless asked: occlusion reruns the model once per cell of every slice (~4 min per volume here)
+    args.faithfulness_sample = getattr(args, "faithfulness_sample", 0)
+    args.model = require_model_folder(getattr(args, "model", STUDY_MODEL_PATH), "study")
+    if not hasattr(args, "group_by"):
+        args.group_by = DEMO_GROUPINGS
+    manifests = write_study_datasets(os.path.join(args.out, "data-studies"), args.n, args.seed)
+    print(
+        f"wrote {args.n} phantom volumes and {args.n} prior/current pairs: {', '.join(map(str, manifests.values()))}"
+    )
+    dask = dask_settings(args)
+    with _prefect_api():
+        for kind, manifest in manifests.items():
+            print(f"\n== auditing the {kind} studies with the study phantom model ({args.model})")
+            config = audit_config(args, str(manifest), os.path.join(args.out, "audit-studies"))
+            code, _result = _run_flow(config, args.run_id, dask)
+            if code != EXIT_OK:
+                return code
+    return EXIT_OK
+
+
 def _demo(args: argparse.Namespace) -> int:
     """Write the mixed phantom cohort, audit it with the honest and the shortcut model, compare."""
     from flows.demo import demo_models, format_comparison
     from phantom import require_model_folder
     from phantom.demo import DEMO_GROUPINGS, write_demo_dataset
 
+    if args.studies:
+        return _demo_studies(args)
+    args.n = args.n or 24
+    args.faithfulness_sample = getattr(args, "faithfulness_sample", 12)
     models = {"model": require_model_folder(args.model)} if hasattr(args, "model") else demo_models()
     manifest = write_demo_dataset(os.path.join(args.out, "data"), args.n, args.seed)
     print(f"wrote {args.n} phantom cases and {manifest}")

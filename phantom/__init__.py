@@ -59,13 +59,22 @@ class PhantomModelMissing(FileNotFoundError):
     """The bundled phantom model folder has not been built yet."""
 
 
+def training_command(recipe: str) -> str:
+    """The command that trains the named phantom model (the study model has a trainer of its own)."""
+    return (
+        "python -m phantom.training.study"
+        if recipe == "study"
+        else f"python -m phantom.training.train {recipe}"
+    )
+
+
 def require_model_folder(path: str | Path, recipe: str = "positive") -> str:
     """`path` as a string if it holds a Hugging Face model (config.json), else `PhantomModelMissing`."""
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise PhantomModelMissing(
             f"the phantom model is not built yet: {folder} has no config.json. Train it with "
-            f"`python -m phantom.training.train {recipe}`, or pass --model with a local folder or hub id"
+            f"`{training_command(recipe)}`, or pass --model with a local folder or hub id"
         )
     return str(folder)
 

@@ -374,6 +374,16 @@ def _voi_lut_to_uint8(values: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
     return stretch_to_uint8(mapped, float(outputs.min()), float(outputs.max()))
 
 
+def linear_window(ds: pydicom.Dataset) -> tuple[float, float] | None:
+    """(low, high) in modality units of the file's own LINEAR display window (WindowCenter/WindowWidth,
+    as a viewer opens it); None without a usable one or for a SIGMOID window."""
+    window, _problem = _usable_window(ds)
+    if window is None or str(ds.VOILUTFunction) == "SIGMOID":
+        return None
+    center, width = window
+    return center - width / 2, center + width / 2
+
+
 def _usable_window(ds: pydicom.Dataset) -> tuple[tuple[float, float] | None, str | None]:
     """((center, width), None) when the window can be applied, else (None, why not); (None, None) without one."""
     if "WindowCenter" not in ds and "WindowWidth" not in ds:

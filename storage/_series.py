@@ -33,7 +33,7 @@ import numpy as np
 import pydicom
 from pydicom.multival import MultiValue
 
-from storage._dicom import modality_values, read_header, slice_size
+from storage._dicom import linear_window, modality_values, read_header, slice_size
 from storage._volume import SampledVolume, plane_name, sample_indices
 from storage.errors import (
     CorruptImage,
@@ -67,6 +67,7 @@ class _SliceHeader:
     orientation: tuple[float, ...] | None  # six direction cosines: row direction, then column direction
     position: tuple[float, ...] | None  # ImagePositionPatient (mm)
     instance_number: int | None
+    window: tuple[float, float] | None  # the file's LINEAR display window (low, high), if it has one
 
 
 def read_series(
@@ -102,6 +103,7 @@ def read_series(
         lambda header: modality_values(scope.read(header.uri, objects), header.uri, max_pixels)[0], sampled
     )
     hounsfield = headers[0].modality == "CT"
+    windows = {header.window for header in sampled}  # slices with windows of their own: percentiles
     slice_info = [
         {"slice_uri": header.uri, "slice_position": positions[index] if positions else None}
         for header, index in zip(sampled, indices, strict=True)
@@ -112,6 +114,7 @@ def read_series(
         slices=[values.astype(np.float32) for values in slices],
         hounsfield=hounsfield,
         inverted=not hounsfield and headers[0].photometric == "MONOCHROME1",
+        display_window=None if hounsfield or len(windows) != 1 else windows.pop(),
         info={"source_format": "DICOM series", "modality": headers[0].modality, **info},
         slice_info=slice_info,
     )
@@ -143,6 +146,7 @@ def _header(uri: str, scope: InputScope, objects: StoreCache, max_pixels: int) -
         orientation=_numbers(ds, "ImageOrientationPatient", 6, uri),
         position=_numbers(ds, "ImagePositionPatient", 3, uri),
         instance_number=instance_number,
+        window=linear_window(ds),
     )
 
 

@@ -2,8 +2,10 @@
 
 CT slices in Hounsfield units become RGB through three windows, as in MedGemma 1.5's CT recipe:
 R -1024..1024 (wide), G -135..215 (soft tissue), B 0..80 (brain), each mapped linearly onto 0..255 and
-clipped. Other volumes get one grey window for the whole volume, from the 0.5th to the 99.5th percentile
-of the sampled slices' values, so slices keep their brightness relative to each other.
+clipped. Other volumes get one grey window for the whole volume: a DICOM series' own display window
+(a LINEAR WindowCenter/WindowWidth that every sampled slice shares, as a viewer opens the series), else
+the 0.5th to 99.5th percentile of the sampled slices' values, so slices keep their brightness relative
+to each other.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class SampledVolume:
     slices: list[np.ndarray]  # one [rows, columns] float32 array per sampled slice, finite
     hounsfield: bool  # CT in Hounsfield units: shown through CT_WINDOWS
     inverted: bool = False  # MONOCHROME1: low values bright (grey window only)
+    display_window: tuple[float, float] | None = None  # (low, high) the series states; None: percentiles
     info: dict[str, Any] = field(default_factory=dict)  # the same for every slice
     slice_info: list[dict[str, Any]] = field(default_factory=list)  # one per sampled slice (or empty)
 
@@ -56,7 +59,7 @@ def plane_name(normal: np.ndarray) -> str:
 
 
 def volume_to_rgb(volume: SampledVolume) -> list[Image.Image]:
-    """The sampled slices as RGB images (CT windows or the volume's percentile window), with their info."""
+    """The sampled slices as RGB images (CT windows, or one grey window for the volume), with their info."""
     if volume.hounsfield:
         windows: tuple[tuple[float, float], ...] = CT_WINDOWS
         arrays = [
@@ -65,11 +68,15 @@ def volume_to_rgb(volume: SampledVolume) -> list[Image.Image]:
         ]
         window = "ct_hounsfield"
     else:
-        values = np.concatenate([s.ravel() for s in volume.slices])
-        low, high = (float(v) for v in np.percentile(values, PERCENTILES))
-        if not high > low:  # a nearly constant volume: its full range, or black when truly constant
-            low, high = float(values.min()), float(values.max())
-        windows, window = ((low, high),), "volume_percentile"
+        if volume.display_window is not None:
+            (low, high), window = volume.display_window, "dicom_window"
+        else:
+            values = np.concatenate([s.ravel() for s in volume.slices])
+            low, high = (float(v) for v in np.percentile(values, PERCENTILES))
+            if not high > low:  # a nearly constant volume: its full range, or black when truly constant
+                low, high = float(values.min()), float(values.max())
+            window = "volume_percentile"
+        windows = ((low, high),)
         grey = [stretch_to_uint8(s, low, high) for s in volume.slices]
         arrays = [np.stack([255 - g if volume.inverted else g] * 3, axis=-1) for g in grey]
     images = []

@@ -158,6 +158,35 @@ def test_demo_writes_the_mixed_cohort_and_audits_it(tmp_path, model_dir, capsys)
     )
 
 
+@pytest.mark.usefixtures("cli_on_test_server")
+def test_demo_studies_audits_dicom_volumes_and_prior_current_pairs_with_the_study_model(tmp_path, capsys):
+    import pandas as pd
+
+    from storage import read_table
+
+    assert cli.main(["demo", "--studies", "--out", str(tmp_path), "--n", "4", "--no-report"]) == cli.EXIT_OK
+    data, out = tmp_path / "data-studies", str(tmp_path / "audit-studies")
+    assert len(list((data / "volumes").glob("*/slice-*.dcm"))) == 4 * 9  # one MR series folder per volume
+    printed = capsys.readouterr().out
+    runs = [line.split()[1].rstrip(":") for line in printed.splitlines() if line.startswith("run ")]
+    assert [run.split("-")[0] for run in runs] == ["volume", "longitudinal"] and printed.count(
+        "(4 ok, 0 failed)"
+    ) == 2
+    for kind, run in zip(("volume", "longitudinal"), runs, strict=True):
+        manifest = pd.read_csv(data / f"{kind}.csv").set_index("item_id")
+        answers = read_table(out, "answers", run_id=run).to_pandas().set_index("item_id")
+        assert (answers["answer"] == manifest.loc[answers.index, "expected_answer"]).all()
+        assert set(answers["n_images"]) == {9 if kind == "volume" else 2}
+        tokens = read_table(out, "tokens", run_id=run).to_pandas()
+        peaks = tokens[tokens["target_kind"] == "answer"].sort_values("study_share").groupby("item_id").last()
+        if kind == "volume":  # the slice with the most relevance holds the nodule (1-based in `finding`)
+            for item_id, peak in peaks[manifest.loc[peaks.index, "finding"] != "none"].iterrows():
+                assert str(int(peak["slice_index"]) + 1) in manifest.loc[item_id, "finding"].split(",")
+        else:
+            assert set(peaks["image_label"]) <= {"prior", "current"}
+    assert len(read_table(out, "cohort_studies", run_id=runs[1])) > 0
+
+
 def test_aggregate_and_report_rebuild_from_the_parquet_outputs(tmp_path, capsys):
     from storage import open_store, read_table, write_part
     from tests.auditing.synthetic import synthetic_run

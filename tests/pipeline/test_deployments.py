@@ -54,7 +54,13 @@ def test_prefect_yaml_deployments_schedules_and_pools(deploy_configs, monkeypatc
     from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
     from prefect.flows import load_flow_from_entrypoint
 
-    assert set(deploy_configs) == {"retrospective-nightly", "on-manifest-upload", "sweep-hourly"}
+    assert set(deploy_configs) == {
+        "retrospective-nightly",
+        "on-manifest-upload",
+        "sweep-hourly",
+        "ct-volumes-weekly",
+        "longitudinal-cxr-nightly",
+    }
     monkeypatch.chdir(REPO)  # entrypoints are relative to the project root, as for `prefect deploy`
     for name, config in deploy_configs.items():
         flow = load_flow_from_entrypoint(config["entrypoint"])
@@ -65,22 +71,24 @@ def test_prefect_yaml_deployments_schedules_and_pools(deploy_configs, monkeypatc
         schedules = _construct_schedules(
             config, {}, console=Console(quiet=True), is_interactive=lambda: False
         )
-        expected = {"retrospective-nightly": CronSchedule, "sweep-hourly": IntervalSchedule}.get(name)
+        expected = {"on-manifest-upload": None, "sweep-hourly": IntervalSchedule}.get(name, CronSchedule)
         assert [type(s["schedule"]) for s in schedules or []] == ([expected] if expected else [])
     nightly = deploy_configs["retrospective-nightly"]
     assert nightly["schedules"][0]["cron"] == "0 2 * * *" and nightly["parameters"]["dask"]["resources"] == {
         "GPU": 1
     }
-    audits = [
-        deploy_configs[name]["parameters"]["config"]
-        for name in ("retrospective-nightly", "on-manifest-upload")
-    ]
+    audit_names = (
+        "retrospective-nightly",
+        "on-manifest-upload",
+        "ct-volumes-weekly",
+        "longitudinal-cxr-nightly",
+    )
+    audits = [deploy_configs[name]["parameters"]["config"] for name in audit_names]
     assert all(
         config["model"] == "google/medgemma-1.5-4b-it" and config["dtype"] == "bfloat16" for config in audits
     )
-    gpu_pools = [
-        deploy_configs[name]["work_pool"] for name in ("retrospective-nightly", "on-manifest-upload")
-    ]
+    assert deploy_configs["ct-volumes-weekly"]["parameters"]["config"]["slices_per_volume"] == 85
+    gpu_pools = [deploy_configs[name]["work_pool"] for name in audit_names]
     assert all(
         pool["name"] == "gpu" and pool["job_variables"]["env"]["HF_HUB_OFFLINE"] == "1" for pool in gpu_pools
     )

@@ -224,6 +224,26 @@ def test_a_non_ct_series_has_one_percentile_window_for_the_volume(tmp_path, make
     np.testing.assert_array_equal(np.asarray(inverted[0].image), 255 - np.asarray(study[0].image))
 
 
+def test_a_non_ct_series_shown_through_its_own_window_when_every_slice_states_the_same(tmp_path, make_series):
+    volume = np.stack([np.full((16, 16), 40 * k, dtype=np.uint16) for k in range(8)])
+
+    def window(center, width):
+        def edit(ds, k):
+            ds.WindowCenter, ds.WindowWidth = center(k), width
+
+        return edit
+
+    _write(tmp_path / "own", make_series(volume, modality="MR", edit=window(lambda k: 150, 200)))
+    study = _study(tmp_path, tmp_path / "own")
+    assert {s.image.info["window"] for s in study} == {"dicom_window"}
+    assert study[0].image.info["window_values"] == ((50.0, 250.0),)
+    greys = [int(np.asarray(s.image)[0, 0, 0]) for s in study]  # 0, 40, ... 280 through 50..250
+    np.testing.assert_array_equal(greys, _window(np.arange(8) * 40.0, 50.0, 250.0))
+    assert greys[:2] == [0, 0] and greys[-1] == 255
+    _write(tmp_path / "per-slice", make_series(volume, modality="MR", edit=window(lambda k: 100 + k, 200)))
+    assert _study(tmp_path, tmp_path / "per-slice")[0].image.info["window"] == "volume_percentile"
+
+
 def test_forty_slices_sampled_to_eight_keep_their_place_in_the_labels(tmp_path, make_series):
     _write(tmp_path / "ct", make_series(_ct_volume(40), rescale=(1, -1024)))
     (tmp_path / "a.png").write_bytes(_png())
