@@ -31,7 +31,7 @@ from tasks import cache, ledger, steps
 from tasks.config import AuditConfig, DaskSettings, derive_run_id
 from tasks.lock import run_lock
 from tasks.preflight import automatic_groupings, check_groupings, check_model_available
-from tasks.shards import ItemDeferred, ShardFailure, ShardJob, ShardSummary, sampled_item_ids
+from tasks.shards import ItemDeferred, ShardFailure, ShardJob, ShardSummary, sampled_item_ids, select_items
 
 
 class ShardsFailed(RuntimeError):
@@ -150,25 +150,31 @@ def audit(
         )
     fingerprint = manifest_fingerprint(parsed)
     run_id = run_id or derive_run_id(parsed, config)
+    audited = select_items(parsed, config.limit, config.sample, seed=fingerprint)  # a first look: fewer
     extra = {
         "dask": dask.describe() if dask else None,
         "flow_run_id": str(get_run_context().flow_run.id),
         "groupings_from": groupings_from,
     }
+    if audited is not parsed:
+        extra["selection"] = {"limit": config.limit, "sample": config.sample, "of_items": len(parsed.items)}
+        logger.warning("a first look: %d of the manifest's %d items", len(audited.items), len(parsed.items))
     # one process at a time per run id: a second run of the same manifest and settings is refused
     with run_lock(
         cache.output_store(config.out, config.endpoint_url, config.region),
         run_id,
         flow_run_id=extra["flow_run_id"],
     ):
-        plan = steps.plan_run(config, run_id, parsed, fingerprint, extra)
+        plan = steps.plan_run(config, run_id, audited, fingerprint, extra)
         cache.remember_manifest(parsed, fingerprint)  # in-process shards reuse it instead of reading it again
         logger.info(
             "run %s: %d items, %d manifest errors, %d shards (%d done before, %d to do)",
-            run_id, len(parsed.items), len(parsed.errors), plan.n_shards, len(plan.done), len(plan.pending),
+            run_id, len(audited.items), len(parsed.errors), plan.n_shards, len(plan.done), len(plan.pending),
         )  # fmt: skip
         checked = sorted(
-            sampled_item_ids((item.item_id for item in parsed.items), config.faithfulness_sample, seed=run_id)
+            sampled_item_ids(
+                (item.item_id for item in audited.items), config.faithfulness_sample, seed=run_id
+            )
         )
         summaries = []
         if plan.pending and dask is not None:  # a subflow, because only a flow can choose its task runner
@@ -181,13 +187,13 @@ def audit(
             )
         failed = [summary for summary in summaries if isinstance(summary, ShardFailure)]
         done = [summary for summary in summaries if isinstance(summary, ShardSummary)]
-        counts = ledger.run_counts(parsed, plan, steps.count_outputs(config, run_id), done, failed)
+        counts = ledger.run_counts(audited, plan, steps.count_outputs(config, run_id), done, failed)
         timings = _timings(done, time.perf_counter() - started)
         revision = next((summary.model_revision for summary in done if summary.model_revision), None)
         record = ledger.run_record(
             run_id,
             config,
-            parsed,
+            audited,
             fingerprint,
             status="failed" if failed else "completed",
             attempt=plan.attempt,
@@ -211,6 +217,7 @@ def audit(
             "out": config.out,
             "group_by": list(config.group_by),
             "groupings_from": groupings_from,
+            "selection": extra.get("selection"),
             "run_json": run_json,
             "counts": counts,
             "timings": timings,

@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"exit with code {EXIT_FLAGGED} when the audit raised any flag (for CI gates and schedulers)",
     )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the manifest, cohort columns, model and output root and print the plan (run id, items, "
+        "shards to run or skip, cohorts); writes and runs nothing",
+    )
     _add_run_options(run)
     demo = commands.add_parser("demo", help="write phantom cases and audit them with the phantom model")
     demo.add_argument("--out", default="demo-output", help="local folder for the data and the outputs")
@@ -113,6 +119,14 @@ def format_summary(result: dict[str, Any]) -> str:
         f"  run.json  {result['run_json']}",
         f"  report    {where('report')}/index.html (vlm-audit report {out} {run_id})",
     ]
+    if result.get("selection"):
+        selection = result["selection"]
+        how = (
+            f"the first {selection['limit']}"
+            if selection["limit"]
+            else f"a random sample of {selection['sample']}"
+        )
+        lines.append(f"a first look: {how} of the manifest's {selection['of_items']} items")
     if "group_by" in result:
         lines.append(
             f"cohorts by {', '.join(result['group_by']) or 'nothing: whole-run statistics only'} "
@@ -304,6 +318,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not hasattr(args, "model"):
             args.model = require_model_folder(default_model())
         config, dask = audit_config(args, args.manifest, args.out), dask_settings(args)  # checked first
+        if args.dry_run:
+            from tasks.preflight import preview_run
+
+            print(preview_run(config, args.run_id).describe())
+            return EXIT_OK
         with _prefect_api():
             code, result = _run_flow(config, args.run_id, dask)
         if code == EXIT_OK and args.fail_on_flags and result.get("flags"):

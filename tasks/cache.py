@@ -25,6 +25,7 @@ from storage import (
     open_store,
     read_manifest,
 )
+from tasks.shards import select_items
 
 if TYPE_CHECKING:  # torch and transformers load in the processes that explain, not in the orchestrator
     from explainer import Explainer
@@ -160,9 +161,19 @@ def remember_manifest(manifest: Manifest, fingerprint: str | None = None) -> Non
 
 
 def shard_items(
-    manifest_uri: str, fingerprint: str, shard_size: int, shard_index: int, *, endpoint_url=None, region=None
+    manifest_uri: str,
+    fingerprint: str,
+    shard_size: int,
+    shard_index: int,
+    *,
+    endpoint_url=None,
+    region=None,
+    limit: int | None = None,
+    sample: int | None = None,
 ) -> tuple[ManifestItem, ...]:
-    """The items of one shard, reading the manifest once per process and checking it has not changed."""
+    """The items of one shard of the run's items (all, or the `limit`/`sample` selection), reading the
+    manifest once per process and checking it has not changed."""
+
     key = (normalize_uri(manifest_uri), fingerprint)
     with _LOCK:
         manifest = _MANIFESTS.get(key)
@@ -175,6 +186,7 @@ def shard_items(
                 f"expected {fingerprint[:12]}); start a new run for the new content"
             )
         remember_manifest(manifest, fingerprint)
+    manifest = select_items(manifest, limit, sample, seed=fingerprint)
     n_shards = -(-len(manifest.items) // shard_size)  # storage.shard's consecutive cut, without building all
     if not 0 <= shard_index < n_shards:
         raise IndexError(f"shard {shard_index} does not exist: the manifest has {n_shards} shard(s)")

@@ -74,6 +74,8 @@ LATER_IDENTITY_FIELDS = (
     "max_image_bytes",
     "slices_per_volume",
     "max_series_files",
+    "limit",
+    "sample",
 )
 DEFAULT_MAX_QUESTION_TOKENS = 1024
 
@@ -156,6 +158,15 @@ class AuditConfig(BaseModel):
         "masks may also be read, comma-separated; unset: only the manifest's own bucket, or its folder "
         "and below",
     )
+    limit: int | None = Field(
+        None, ge=1, description="audit only the manifest's first N items: a first look (a run id of its own)"
+    )
+    sample: int | None = Field(
+        None,
+        ge=1,
+        description="audit N items drawn at random, the same N for the same manifest content: a first look "
+        "across the whole manifest (a run id of its own)",
+    )
     system_prompt: str | None = Field(None, description="optional system turn before every question")
     faithfulness_sample: int = Field(
         0, ge=0, description="items checked against occlusion, removal curves and randomisation (0: off)"
@@ -186,6 +197,8 @@ class AuditConfig(BaseModel):
     def _findings_needed(self) -> AuditConfig:
         if "findings" in (self.targets, self.overlays) and not self.findings:
             raise ValueError("targets or overlays 'findings' needs a non-empty findings vocabulary")
+        if self.limit is not None and self.sample is not None:
+            raise ValueError("limit and sample both choose the items to audit: give one of them")
         return self
 
     def identity(self) -> dict[str, Any]:

@@ -155,7 +155,8 @@ def run_counts(
     done: list[ShardSummary],
     failed: list[ShardFailure],
 ) -> dict[str, int]:
-    """run.json's counts: totals from the committed parts (`count_outputs`), this attempt's shard figures."""
+    """run.json's counts: totals from the committed parts (`count_outputs`), this attempt's shard figures.
+    `manifest` holds the audited items (all the manifest's, or a first look's selection)."""
     return {
         "manifest_rows": len(manifest.items) + len(manifest.errors),
         "items": len(manifest.items),

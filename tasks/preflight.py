@@ -1,17 +1,29 @@
 """Checks before any shard runs: the mistakes that would otherwise surface after the whole audit.
 
 Each raises a `PreflightError` (a `ValueError`: the CLI prints its one line and exits 2) saying what is
-wrong and what to do. Nothing here loads torch.
+wrong and what to do; `preview_run` runs them and says what the audit would do (`--dry-run`). Nothing
+here loads torch.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from storage import Manifest
+from storage import (
+    Manifest,
+    ObjectNotFound,
+    completed_shards,
+    manifest_fingerprint,
+    read_manifest,
+    read_run,
+    shard,
+)
 from storage.manifests import RESERVED_COLUMNS
+from tasks.config import AuditConfig, derive_run_id
+from tasks.shards import select_items
 
 AUTO_GROUP_MAX_VALUES = 12  # a metadata column with 2 to this many values is a natural cohort column
 AUTO_GROUP_MIN_ITEMS = 5  # ... when at least two of its values have this many items
@@ -78,3 +90,91 @@ def check_model_available(model: str, revision: str | None, allow_download: bool
             f"fetch it first (huggingface-cli download {model}), point HF_HOME at the cache that has it, or "
             "allow the download (allow_download, --allow-download)"
         )
+
+
+@dataclass(frozen=True)
+class RunPreview:
+    """What `audit(config)` would do, found without writing anything (`vlm-audit run --dry-run`)."""
+
+    run_id: str
+    manifest_uri: str
+    manifest_items: int
+    items: int  # the items the run audits: all, or a first look's limit/sample
+    manifest_errors: tuple[str, ...]  # one line per rejected row
+    shards: int
+    shards_done: frozenset[int]  # already committed: a rerun skips them
+    previous_status: str | None  # run.json's status when the run id exists
+    group_by: tuple[str, ...]
+    groupings_from: str
+    faithfulness_items: int
+    shard_size: int
+
+    def describe(self, limit: int = 5) -> str:
+        """The plan in a few lines for the terminal."""
+        pending = self.shards - len(self.shards_done)
+        selected = (
+            f"{self.items} of its {self.manifest_items} items" if self.items != self.manifest_items else None
+        )
+        lines = [
+            f"dry run: nothing was written or run. Run {self.run_id}"
+            + (
+                f" exists ({self.previous_status}, {len(self.shards_done)} shards committed)"
+                if self.previous_status
+                else " is new"
+            ),
+            f"  manifest   {self.manifest_uri}: {selected or f'{self.items} items'}, "
+            f"{len(self.manifest_errors)} rejected rows (error rows)",
+            *(f"    {line}" for line in self.manifest_errors[:limit]),
+            *(
+                [f"    ... {len(self.manifest_errors) - limit} more"]
+                if len(self.manifest_errors) > limit
+                else []
+            ),
+            f"  shards     {self.shards} (up to {self.shard_size} items each): {pending} to run, "
+            f"{len(self.shards_done)} already done (skipped)",
+            f"  cohorts    {', '.join(self.group_by) or 'none: whole-run statistics only'} ({self.groupings_from})",
+            f"  trust      {self.faithfulness_items} items checked against the perturbation references"
+            if self.faithfulness_items
+            else "  trust      no faithfulness sample (faithfulness_sample 0)",
+        ]
+        return "\n".join(lines)
+
+
+def preview_run(config: AuditConfig, run_id: str | None = None) -> RunPreview:
+    """Read the manifest and the output root, run the pre-flight checks, and say what the audit would do.
+
+    Raises what the audit would raise before its first shard (`PreflightError`, `ManifestError`, a
+    `StorageError`); reads, never writes.
+    """
+    from tasks import cache
+
+    manifest = read_manifest(config.manifest, cache=cache.reader(config.endpoint_url, config.region))
+    check_groupings(manifest, config.group_by)
+    check_model_available(config.model, config.model_revision, config.allow_download)
+    group_by, groupings_from = config.group_by, "settings"
+    if not group_by and config.aggregate:
+        group_by = automatic_groupings(manifest)
+        groupings_from = "manifest columns with few values" if group_by else "none found"
+    fingerprint = manifest_fingerprint(manifest)
+    run_id = run_id or derive_run_id(manifest, config)
+    audited = select_items(manifest, config.limit, config.sample, seed=fingerprint)
+    store = cache.output_store(config.out, config.endpoint_url, config.region)
+    try:
+        previous: str | None = read_run(store, run_id).get("status", "unknown")
+    except ObjectNotFound:
+        previous = None
+    n_shards = len(shard(audited.items, config.shard_size))
+    return RunPreview(
+        run_id=run_id,
+        manifest_uri=manifest.uri,
+        manifest_items=len(manifest.items),
+        items=len(audited.items),
+        manifest_errors=tuple(f"row {e.row_number}: {e.message}" for e in manifest.errors),
+        shards=n_shards,
+        shards_done=frozenset(i for i in completed_shards(store, run_id) if i < n_shards),
+        previous_status=previous,
+        group_by=tuple(group_by),
+        groupings_from=groupings_from,
+        faithfulness_items=min(config.faithfulness_sample, len(audited.items)),
+        shard_size=config.shard_size,
+    )

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from storage import Manifest
 from tasks.config import AuditConfig
 
 
@@ -19,6 +21,17 @@ def sampled_item_ids(item_ids: Iterable[str], size: int, *, seed: str = "") -> s
         return set()
     ranked = sorted(item_ids, key=lambda item_id: hashlib.sha256(f"{seed}\n{item_id}".encode()).hexdigest())
     return set(ranked[:size])
+
+
+def select_items(manifest: Manifest, limit: int | None, sample: int | None, *, seed: str) -> Manifest:
+    """The items a run audits: all, the first `limit`, or a `sample` (`sampled_item_ids` with `seed`,
+    the manifest's fingerprint), in manifest order; rejected rows are kept as they are."""
+    if limit is not None:
+        return dataclasses.replace(manifest, items=manifest.items[:limit])
+    if sample is not None:
+        chosen = sampled_item_ids((item.item_id for item in manifest.items), sample, seed=seed)
+        return dataclasses.replace(manifest, items=tuple(i for i in manifest.items if i.item_id in chosen))
+    return manifest
 
 
 @dataclass(frozen=True)

@@ -323,6 +323,8 @@ def explain_shard(job: ShardJob) -> ShardSummary:
         job.shard_index,
         endpoint_url=config.endpoint_url,
         region=config.region,
+        limit=config.limit,
+        sample=config.sample,
     )
     loads_before = cache.model_load_count()
     loaded = cache.get_loaded(config.model, config.device, revision=config.model_revision, dtype=config.dtype)

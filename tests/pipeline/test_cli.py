@@ -132,6 +132,44 @@ def test_run_prints_counts_and_where_the_outputs_are(tmp_path, model_dir, capsys
 
 
 @pytest.mark.usefixtures("cli_on_test_server")
+def test_dry_run_prints_the_plan_and_writes_nothing_and_limit_audits_a_first_look(
+    tmp_path, model_dir, capsys
+):
+    import json
+
+    manifest = local_dataset(tmp_path / "data", 5)
+    out = tmp_path / "out"
+    options = ["--model", model_dir, "--max-new-tokens", "2", "--shard-size", "2", "--no-report"]
+    assert cli.main(["run", manifest, "--out", str(out), "--dry-run", "--group-by", "site", *options]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "5 items, 0 rejected rows" in printed
+        and "3 (up to 2 items each): 3 to run, 0 already done" in printed
+    )
+    assert "cohorts    site (settings)" in printed and not out.exists()
+    assert cli.main(["run", manifest, "--out", str(out), "--dry-run", "--group-by", "scanner", *options]) == 2
+    assert "cannot group by scanner" in capsys.readouterr().err
+
+    assert cli.main(["run", manifest, "--out", str(out), "--limit", "3", *options]) == cli.EXIT_OK
+    printed = capsys.readouterr().out
+    assert (
+        ": 3 items (3 ok, 0 failed)" in printed
+        and "a first look: the first 3 of the manifest's 5 items" in printed
+    )
+    [run_json] = (out / "runs").glob("*/run.json")
+    record = json.loads(run_json.read_text())
+    assert (
+        record["selection"] == {"limit": 3, "sample": None, "of_items": 5} and record["counts"]["items"] == 3
+    )
+    assert cli.main(["run", manifest, "--out", str(out), "--limit", "3", "--dry-run", *options]) == 0
+    printed = capsys.readouterr().out
+    assert f"Run {record['run_id']} exists (completed, 2 shards committed)" in printed
+    assert "3 of its 5 items" in printed and "0 to run, 2 already done" in printed
+    assert cli.main(["run", manifest, "--out", str(out), "--dry-run", *options]) == 0
+    assert "is new" in capsys.readouterr().out  # the whole manifest is another run
+
+
+@pytest.mark.usefixtures("cli_on_test_server")
 def test_demo_writes_the_mixed_cohort_and_audits_it(tmp_path, model_dir, capsys):
     code = cli.main(
         [

@@ -138,3 +138,27 @@ def test_workers_cut_shards_exactly_as_storage_shard():
     )
     with pytest.raises(IndexError, match="has 3 shard"):
         cache.shard_items(manifest.uri, fingerprint, 2, 3)
+
+
+def test_a_first_look_audits_the_first_items_or_a_sample_that_depends_on_the_content_alone():
+    from storage import manifest_fingerprint
+    from tasks import cache
+    from tasks.shards import select_items
+
+    rows = b"".join(f"{index}.png,Where?\n".encode() for index in range(40))
+    manifest = parse_manifest(b"image,question\n" + rows, "/data/forty.csv")
+    fingerprint = manifest_fingerprint(manifest)
+    assert select_items(manifest, None, None, seed=fingerprint) is manifest
+    assert select_items(manifest, 3, None, seed=fingerprint).items == manifest.items[:3]
+    sample = select_items(manifest, None, 10, seed=fingerprint).items
+    positions = [manifest.items.index(item) for item in sample]
+    assert len(sample) == 10 and positions == sorted(positions) and positions[-1] >= 20  # spread, in order
+    assert select_items(manifest, None, 10, seed=fingerprint).items == sample  # the same every time
+    other_seed = select_items(manifest, None, 10, seed="another manifest's fingerprint").items
+    assert other_seed != sample
+    # workers cut the selection into the same shards as the flow
+    cache.remember_manifest(manifest, fingerprint)
+    assert cache.shard_items(manifest.uri, fingerprint, 4, 2, sample=10) == sample[8:]
+    assert cache.shard_items(manifest.uri, fingerprint, 4, 0, limit=3) == manifest.items[:3]
+    with pytest.raises(ValueError, match="give one of them"):
+        AuditConfig(manifest="m.csv", out="o", limit=3, sample=10)
