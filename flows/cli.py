@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -166,7 +167,10 @@ def _prefect_api() -> Iterator[None]:
         "starting a temporary local Prefect server (set PREFECT_API_URL to use a running one)",
         file=sys.stderr,
     )
+    started = time.perf_counter()
     with temporary_server() as api_url, temporary_settings({PREFECT_API_URL: api_url}):
+        # not part of a run's timings (run.json counts from the flow's start): said here instead
+        print(f"Prefect server ready in {time.perf_counter() - started:.1f} s at {api_url}", file=sys.stderr)
         yield
 
 
