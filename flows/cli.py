@@ -17,7 +17,9 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from flows.options import add_field_options, given_fields
+from pydantic import ValidationError
+
+from flows.options import add_field_options, given_fields, settings_error
 from tasks.config import AuditConfig, DaskSettings
 
 EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE, EXIT_FLAGGED = 0, 1, 2, 3
@@ -335,6 +337,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (
         PhantomModelMissing, StorageError, ModelLoadError, RunConflict, RunLocked, ServerStartError, ValueError
     ) as exc:  # fmt: skip
+        if isinstance(exc, ValidationError):  # a bad setting: its option named, in one line
+            prefix = "dask_" if exc.title == DaskSettings.__name__ else ""
+            print(f"vlm-audit: {settings_error(exc, prefix=prefix)}", file=sys.stderr)
+            return EXIT_USAGE
         print(f"vlm-audit: {exc}", file=sys.stderr)
         return EXIT_UNFINISHED if is_transient(exc) else EXIT_USAGE  # an outage: rerun later
 

@@ -16,7 +16,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 
@@ -116,3 +116,14 @@ def given_fields(args: argparse.Namespace, model: type[BaseModel], *, prefix: st
             value = getattr(args, prefix + name)
             given[name] = dict(value) if typing.get_origin(_base(field.annotation)) is dict else value
     return given
+
+
+def settings_error(exc: ValidationError, *, prefix: str = "") -> str:
+    """A pydantic error about run settings as one line that names the options: "--limit: Input should
+    be greater than or equal to 1; ..." (a model-level error names no option)."""
+    parts = []
+    for error in exc.errors():
+        option = "--" + (prefix + str(error["loc"][0])).replace("_", "-") + ": " if error["loc"] else ""
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{option}{message}")
+    return "; ".join(parts)

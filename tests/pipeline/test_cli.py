@@ -75,7 +75,11 @@ def test_every_run_setting_is_an_option_with_its_description_choices_and_default
     ("option", "message"),
     [
         (["--device", "gpu"], "device 'gpu' is not one of auto, cpu, cuda"),
-        (["--shard-size", "0"], "greater than or equal to 1"),
+        (["--shard-size", "0"], "--shard-size: Input should be greater than or equal to 1"),
+        (
+            ["--limit", "2", "--sample", "2"],
+            "limit and sample both choose the items to audit: give one of them",
+        ),
         (["--dask-address", "tcp://x:1", "--dask-workers", "2"], "not both"),
         (["--dask-resource", "GPU=1"], "not neither"),
     ],
@@ -84,7 +88,8 @@ def test_bad_settings_are_refused_before_anything_runs(option, message, tmp_path
     code = cli.main(
         ["run", str(tmp_path / "m.csv"), "--out", str(tmp_path / "out"), "--model", model_dir, *option]
     )
-    assert code == cli.EXIT_USAGE and message in capsys.readouterr().err
+    printed = capsys.readouterr().err
+    assert code == cli.EXIT_USAGE and message in printed and printed.count("\n") == 1  # one line
     assert not (tmp_path / "out").exists()
 
 
