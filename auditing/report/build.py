@@ -147,7 +147,18 @@ class Background:
 
 
 def cohort_background(members: pd.DataFrame, reader: ImageReader) -> Background:
-    """The mean of up to MAX_MEAN_IMAGES of the members' images, spread evenly over the manifest order."""
+    """The mean of up to MAX_MEAN_IMAGES of the members' images, spread evenly over the manifest order.
+    Studies (several images or a volume per item) have no one image to average and are left out."""
+    if "n_images" in members and len(members):
+        single = members[members["n_images"].fillna(1) <= 1]
+        if single.empty:
+            return Background(
+                None,
+                0,
+                len(members),
+                "its items are studies (several images or a volume each), with no one image to average",
+            )
+        members = single
     uris = list(members["image_uri"]) if len(members) else []
     picks = sorted(set(np.linspace(0, len(uris) - 1, min(len(uris), MAX_MEAN_IMAGES)).round().astype(int)))
     images, problems = [], []
@@ -158,7 +169,12 @@ def cohort_background(members: pd.DataFrame, reader: ImageReader) -> Background:
         else:
             problems.append(f"{loaded.uri or '(no URI)'}: {loaded.problem}")
     if not images:
-        return Background(None, 0, len(uris), problems[0] if problems else "the cohort has no answered items")
+        problem = (
+            f"the cohort's images could not be read ({problems[0]})"
+            if problems
+            else "the cohort has no answered items"
+        )
+        return Background(None, 0, len(uris), problem)
     return Background(mean_image(images), len(images), len(uris))
 
 

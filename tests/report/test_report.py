@@ -145,7 +145,7 @@ def test_unreadable_images_are_reported_in_words_and_the_heatmaps_drawn_alone(tm
     page = parse_page(index.read_text(encoding="utf-8"))
     assert (
         page.text.count(
-            "Background: neutral grey, no patient's anatomy; the cohort's images could not be read"
+            "Background: neutral grey, no patient's anatomy: the cohort's images could not be read"
         )
         == 4
     )
@@ -486,7 +486,17 @@ def test_a_cohort_background_is_the_mean_of_its_images(tmp_path):
     assert (background.n_images, background.n_members) == (2, 3)
     assert background.image.size == (384, 384) and background.image.getextrema() == (120, 120)
     nothing = cohort_background(members.iloc[2:], reader)
-    assert nothing.image is None and nothing.problem.startswith(f"{tmp_path}/missing.png: ObjectNotFound")
+    assert nothing.image is None
+    assert nothing.problem.startswith(
+        f"the cohort's images could not be read ({tmp_path}/missing.png: ObjectNotFound"
+    )
+    studies = members.assign(n_images=[1, 9, 2])  # a volume and a pair are left out of the mean
+    assert (cohort_background(studies, reader).n_images, cohort_background(studies, reader).n_members) == (
+        1,
+        1,
+    )
+    only_studies = cohort_background(studies.iloc[1:], reader)
+    assert only_studies.image is None and "its items are studies" in only_studies.problem
 
 
 def test_a_gallery_card_shades_the_question_words_by_their_relevance(built_report):
