@@ -1,10 +1,13 @@
 """Trust in the maps: does each method's map agree with the perturbation references on the
 faithfulness sample, and which cohorts' maps must not be trusted?
 
-Two references: token occlusion (image-token embeddings replaced at the language model's input) and
-pixel occlusion (image pixels replaced, the whole model rerun). Every other method is compared with
-each reference's evidence set (`auditing.evidence`); token occlusion itself is compared with pixel
-occlusion, which tells whether the vision tower moved the evidence before the language model.
+Two references cell by cell: token occlusion (image-token embeddings replaced at the language model's
+input) and pixel occlusion (image pixels replaced, the whole model rerun). Every other method is
+compared with each reference's evidence set (`auditing.evidence`); token occlusion itself is compared
+with pixel occlusion, which tells whether the vision tower moved the evidence before the language
+model. For prompts of several images a third reference works image by image: image occlusion (each
+whole image replaced) against each attention method's relevance per image (does the method's top
+slice or image lie among those the answer needs?).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from auditing.evidence import agreement, evidence_set, wilson_interval
 from auditing.flags import FlagThresholds, cohort_key, cohort_phrase, flag_row
 from auditing.load import SHARE_COLUMNS, join_targets
 from explainer.map_stats import normalised_entropy  # numpy only: no torch is loaded
-from explainer.methods import REFERENCE_METHODS
+from explainer.methods import IMAGE_REFERENCE, REFERENCE_METHODS
 from storage import FAITHFULNESS_SCHEMA, TOKENS_SCHEMA
 
 TOKEN_REFERENCE, PIXEL_REFERENCE = REFERENCE_METHODS
@@ -37,11 +40,18 @@ def _cells(rows: pd.DataFrame) -> np.ndarray:
     return np.concatenate([np.asarray(cells, dtype=np.float64) for cells in ordered])
 
 
+def _image_totals(rows: pd.DataFrame) -> np.ndarray:
+    """One item's relevance per image, in image order (a study's slice profile before normalising)."""
+    ordered = rows.sort_values("image_index")["image_relevance"]
+    return np.array([float(np.sum(np.asarray(cells, dtype=np.float64))) for cells in ordered])
+
+
 def faithfulness_items(
     faithfulness: pd.DataFrame, answers: pd.DataFrame, findings: Sequence[str] | None
 ) -> pd.DataFrame:
     """One row per (run, item, target class, method): region shares, normalised entropy and the table's
-    measures averaged over images, and `cells`, the maps of all the item's images as one vector."""
+    measures averaged over images, `cells`, the maps of all the item's images as one vector, and
+    `image_totals`, its relevance per image."""
     targets = join_targets(faithfulness, answers, findings=findings)
     targets["top_cell_agrees"] = targets["top_cell_agrees"].astype("float64")
     targets["entropy"] = [normalised_entropy(np.asarray(cells)) for cells in targets["image_relevance"]]
@@ -51,23 +61,31 @@ def faithfulness_items(
         c for c in targets.columns if c not in {*keys, *numeric, "image_relevance", "region_shares"}
     ]
     grouped = targets.groupby(keys, sort=False)
-    cells = grouped[["image_index", "image_relevance"]].apply(_cells).rename("cells")
-    items = pd.concat([grouped[numeric].mean(), grouped[descriptive].first(), cells], axis=1)
+    maps = grouped[["image_index", "image_relevance"]]
+    cells, totals = maps.apply(_cells).rename("cells"), maps.apply(_image_totals).rename("image_totals")
+    items = pd.concat([grouped[numeric].mean(), grouped[descriptive].first(), cells, totals], axis=1)
     return items.reset_index()
 
 
 def reference_agreement(items: pd.DataFrame, thresholds: FlagThresholds) -> pd.DataFrame:
     """One row per (run, item, target class, method, reference) for every reference the sample holds
     and every other method: `checkable` (the reference has an evidence set), `reference_peak` (its
-    largest drop, logits), `peak_in_evidence`, `evidence_mass` and a descriptive `spearman`."""
+    largest drop, logits), `peak_in_evidence`, `evidence_mass` and a descriptive `spearman`. Against
+    image occlusion the attention methods are compared image by image (`image_totals`), and only on
+    items of several images."""
     frames = []
-    for reference in REFERENCE_METHODS:
-        reference_cells = items.loc[items["method"] == reference, [*ITEM_KEYS, "cells"]]
+    for reference in (*REFERENCE_METHODS, IMAGE_REFERENCE):
+        vectors = "image_totals" if reference == IMAGE_REFERENCE else "cells"
+        reference_cells = items.loc[items["method"] == reference, [*ITEM_KEYS, vectors]]
         if reference_cells.empty:
             continue
-        paired = items[items["method"] != reference].merge(
-            reference_cells.rename(columns={"cells": "reference_cells"}), on=ITEM_KEYS
+        compared = (
+            ~items["method"].isin([*REFERENCE_METHODS, IMAGE_REFERENCE])
+            if reference == IMAGE_REFERENCE
+            else ~items["method"].isin([reference, IMAGE_REFERENCE])
         )
+        paired = items[compared].assign(cells=items.loc[compared, vectors]).drop(columns="image_totals")
+        paired = paired.merge(reference_cells.rename(columns={vectors: "reference_cells"}), on=ITEM_KEYS)
         measures = []
         for cells, reference_map in zip(paired["cells"], paired["reference_cells"], strict=True):
             evidence = evidence_set(

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import phantom
 from explainer.map_stats import pointing_hit
-from explainer.methods import METHODS, REFERENCE_METHODS
+from explainer.methods import IMAGE_REFERENCE, METHODS, REFERENCE_METHODS
 from explainer.regions import box_region
 from storage import read_table
 
@@ -88,7 +88,7 @@ def audit_control(control: str, n: int, seed: int, work: Path) -> dict:
     whole = trust[(trust["cohort"] == "all") & (trust["target_class"] == "answer")]
     raised = set(zip(flags["method"], flags["metric"], strict=True)) if len(flags) else set()
     methods = {}
-    for method in METHODS:
+    for method in (m for m in METHODS if m != IMAGE_REFERENCE):  # single images: cell by cell
         rows = sample[sample["method"] == method]
         hits = [
             pointing_hit(

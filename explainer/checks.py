@@ -1,6 +1,11 @@
 """Checks of an explanation against the model itself: every method against the occlusion reference,
 removal curves and model randomisation.
 
+Prompts of several images are also checked image by image against image occlusion (one forward per
+image: which images the answer needs); prompts with more image tokens than `max_cell_tokens` (a CT
+study of 85 slices has 21,760) are checked image by image only, since token and pixel occlusion take
+one forward per image token.
+
 For a sample of audited items the pipeline asks, per target and image: how well does each method's
 map rank the image cells like the occlusion reference (Spearman, peak cell)? How fast does the
 target's log-probability fall when cells are removed in the map's order? And does the map survive
@@ -31,7 +36,7 @@ from explainer.engine import Explainer
 from explainer.explanation import Explanation
 from explainer.generation import build_prompt, full_sequence
 from explainer.map_stats import spearman, top_cell_agreement
-from explainer.methods import METHODS, REFERENCE_METHODS
+from explainer.methods import IMAGE_REFERENCE, METHODS, REFERENCE_METHODS
 from explainer.targets import Target, logit_rows, logits_index
 
 
@@ -140,8 +145,8 @@ class MethodCheck:
     target: Target
     method: str
     image_maps: list[np.ndarray]  # per image [rows, cols]
-    spearman_vs_occlusion: list[float]  # per image
-    top_cell_agrees: list[bool]  # per image
+    spearman_vs_occlusion: list[float]  # per image; NaN where token occlusion was not computed
+    top_cell_agrees: list[bool | None]  # per image; None where token occlusion was not computed
     morf_auc: float
     lerf_auc: float
     randomization_spearman: list[float] | None  # per image; None where not computed
@@ -175,22 +180,34 @@ def check_explanation(
     methods: Sequence[str] = tuple(METHODS),
     randomize_layers: int = 2,
     removal_steps: int = 8,
+    max_cell_tokens: int | None = None,
 ) -> list[MethodCheck]:
     """Every method's maps for `targets`, compared with token occlusion (rank correlation, peak cell), with
-    removal AUCs, and for the methods that are not references, with model randomisation."""
+    removal AUCs, and for the methods that are not references, with model randomisation.
+
+    Image occlusion is checked only for prompts of several images; token and pixel occlusion only when
+    the prompt holds at most `max_cell_tokens` image tokens (None: always)."""
     inputs = explainer.prepare_inputs(explanation_inputs(explainer, explanation))
     layout = explainer.layout(inputs)
     rows, cols = layout.grid
+    n_images = len(layout.image_token_runs)
+    cell_references = max_cell_tokens is None or layout.image_positions.numel() <= max_cell_tokens
+    methods = [
+        method
+        for method in methods
+        if (method != IMAGE_REFERENCE or n_images > 1)
+        and (method not in REFERENCE_METHODS or cell_references)
+    ]
 
     def image_maps(relevance_row: torch.Tensor) -> list[np.ndarray]:
         return [relevance_row[run].reshape(rows, cols).numpy() for run in layout.image_token_runs]
 
     started = time.perf_counter()
-    occlusion = explainer.relevance(inputs, list(targets), "occlusion")
+    occlusion = explainer.relevance(inputs, list(targets), "occlusion") if cell_references else None
     occlusion_seconds = time.perf_counter() - started
     randomized: dict[str, torch.Tensor] = {}
     randomized_seconds: dict[str, float] = {}
-    attention_methods = [method for method in methods if method not in REFERENCE_METHODS]
+    attention_methods = [m for m in methods if m not in REFERENCE_METHODS and m != IMAGE_REFERENCE]
     if randomize_layers:
         with randomized_top_layers(explainer.model, randomize_layers):
             for method in attention_methods:
@@ -205,7 +222,7 @@ def check_explanation(
         seconds = occlusion_seconds if method == "occlusion" else time.perf_counter() - started
         for index, target in enumerate(targets):
             maps = image_maps(relevance[index])
-            references = image_maps(occlusion[index])
+            references = image_maps(occlusion[index]) if occlusion is not None else [None] * n_images
             removal_started = time.perf_counter()
             curves = removal_curves(explainer, inputs, target, relevance[index], steps=removal_steps)
             removal_seconds = time.perf_counter() - removal_started
@@ -214,8 +231,14 @@ def check_explanation(
                     target=target,
                     method=method,
                     image_maps=maps,
-                    spearman_vs_occlusion=[spearman(m, r) for m, r in zip(maps, references, strict=True)],
-                    top_cell_agrees=[top_cell_agreement(m, r) for m, r in zip(maps, references, strict=True)],
+                    spearman_vs_occlusion=[
+                        spearman(m, r) if r is not None else float("nan")
+                        for m, r in zip(maps, references, strict=True)
+                    ],
+                    top_cell_agrees=[
+                        top_cell_agreement(m, r) if r is not None else None
+                        for m, r in zip(maps, references, strict=True)
+                    ],
                     morf_auc=curves.morf_auc,
                     lerf_auc=curves.lerf_auc,
                     randomization_spearman=(

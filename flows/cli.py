@@ -247,8 +247,8 @@ def _demo_studies(args: argparse.Namespace) -> int:
     from phantom.demo import DEMO_GROUPINGS, write_study_datasets
 
     args.n = args.n or 8
-    # off unless asked: occlusion reruns the model once per cell of every slice (~4 min per volume here)
-    args.faithfulness_sample = getattr(args, "faithfulness_sample", 0)
+    # volumes are checked slice by slice (image occlusion, a forward per slice), pairs cell by cell too
+    args.faithfulness_sample = getattr(args, "faithfulness_sample", 4)
     args.model = require_model_folder(getattr(args, "model", STUDY_MODEL_PATH), "study")
     if not hasattr(args, "group_by"):
         args.group_by = DEMO_GROUPINGS

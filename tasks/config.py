@@ -76,8 +76,10 @@ LATER_IDENTITY_FIELDS = (
     "max_series_files",
     "limit",
     "sample",
+    "faithfulness_max_image_tokens",
 )
 DEFAULT_MAX_QUESTION_TOKENS = 1024
+DEFAULT_FAITHFULNESS_MAX_IMAGE_TOKENS = 512  # two MedGemma images (a radiograph and its prior)
 
 
 def default_model() -> str:
@@ -170,6 +172,14 @@ class AuditConfig(BaseModel):
     system_prompt: str | None = Field(None, description="optional system turn before every question")
     faithfulness_sample: int = Field(
         0, ge=0, description="items checked against occlusion, removal curves and randomisation (0: off)"
+    )
+    faithfulness_max_image_tokens: int = Field(
+        DEFAULT_FAITHFULNESS_MAX_IMAGE_TOKENS,
+        ge=1,
+        description="the faithfulness sample checks maps cell by cell against token and pixel occlusion "
+        "(one forward per image token) on prompts of at most this many image tokens; prompts of several "
+        "images are also checked image by image against image occlusion (one forward per image), longer "
+        "ones (CT and MRI studies) only so",
     )
     group_by: Groupings = Field(
         (), description="manifest metadata columns that form cohorts, comma-separated ('site+scanner': both)"

@@ -62,12 +62,16 @@ def faithfulness_rows(
 
 
 def check_item(
-    explainer, item_id: str, explanation: Explanation, findings: tuple[str, ...]
+    explainer,
+    item_id: str,
+    explanation: Explanation,
+    findings: tuple[str, ...],
+    max_cell_tokens: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every check on one explained item and return its faithfulness rows."""
+    """Run every check on one explained item and return its faithfulness rows (`max_cell_tokens`: see
+    `explainer.checks.check_explanation`)."""
     targets = checked_targets(explanation, findings)
-    return (
-        faithfulness_rows(item_id, explanation, check_explanation(explainer, explanation, targets))
-        if targets
-        else []
-    )
+    if not targets:
+        return []
+    checks = check_explanation(explainer, explanation, targets, max_cell_tokens=max_cell_tokens)
+    return faithfulness_rows(item_id, explanation, checks)

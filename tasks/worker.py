@@ -198,7 +198,13 @@ def explain_item(
     if check_faithfulness:
         try:
             with model_lock or nullcontext():
-                outcome.faithfulness = check_item(explainer, item.item_id, explanation, config.findings)
+                outcome.faithfulness = check_item(
+                    explainer,
+                    item.item_id,
+                    explanation,
+                    config.findings,
+                    config.faithfulness_max_image_tokens,
+                )
         except Exception as exc:  # the item keeps its explanation; the failed check is recorded
             outcome.errors.append(ErrorRecord.from_exception(exc, stage="explain", item=item))
     if overlay_sink is not None:

@@ -25,7 +25,11 @@ RULE_TITLES = {
     "change_ignores_prior": "Answers about change barely look at the prior",
 }
 TRUST_RULES = ("explanations_not_trustworthy", "evidence_relocated")
-REFERENCE_NAMES = {"occlusion": "token occlusion", "pixel_occlusion": "pixel occlusion"}
+REFERENCE_NAMES = {
+    "occlusion": "token occlusion",
+    "pixel_occlusion": "pixel occlusion",
+    "image_occlusion": "image occlusion",
+}
 LOW_RANK_CORRELATION = 0.3  # below it the trust row says why the ranks do not decide
 RANDOMIZATION_DOUBT = 0.5  # maps this similar after scrambling the model barely depend on it (Adebayo et al.)
 
@@ -219,6 +223,7 @@ def _ranks(row: pd.Series, reference: str) -> str:
 def trust_verdict(row: pd.Series, flag_rule: str | None, thresholds: FlagThresholds) -> TrustVerdict:
     """The plain-language verdict of one cohort × method × reference trust row, derived from its numbers."""
     reference = REFERENCE_NAMES.get(row.get("reference"), "token occlusion")
+    part = "image" if row.get("reference") == "image_occlusion" else "image region"
     min_items, rate = thresholds.min_items, pct(thresholds.trust_peak_rate)
     if row["method"] == "pixel_occlusion":
         return TrustVerdict(
@@ -252,10 +257,10 @@ def trust_verdict(row: pd.Series, flag_rule: str | None, thresholds: FlagThresho
     checkable = row.get("n_checkable", row["n_items"])  # tables aggregated before it existed: all
     if is_number(checkable) and checkable < min_items:
         return TrustVerdict(
-            f"Not checkable: in fewer than {min_items} items does one image region change the answer, "
+            f"Not checkable: in fewer than {min_items} items does one {part} change the answer, "
             f"so {reference} has no evidence to compare with",
             "neutral",
-            f"In {int(checkable)} of {int(row['n_items'])} sampled items does removing one region lower the "
+            f"In {int(checkable)} of {int(row['n_items'])} sampled items does removing one {part} lower the "
             f"answer's score by at least {thresholds.trust_min_reference_drop} logits; at least {min_items} "
             "are needed.",
         )

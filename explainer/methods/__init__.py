@@ -20,10 +20,13 @@ METHODS: dict[str, str] = {
     "raw_attention": "explainer.methods.raw_attention:RawAttention",
     "occlusion": "explainer.methods.occlusion:Occlusion",
     "pixel_occlusion": "explainer.methods.pixel_occlusion:PixelOcclusion",
+    "image_occlusion": "explainer.methods.image_occlusion:ImageOcclusion",
 }
-# the perturbation references other maps are checked against; the first is the language model's own
-# (token occlusion), the second also sees the vision tower (pixel occlusion)
+# the perturbation references other maps are checked against, cell by cell; the first is the language
+# model's own (token occlusion), the second also sees the vision tower (pixel occlusion)
 REFERENCE_METHODS: tuple[str, ...] = ("occlusion", "pixel_occlusion")
+# the reference for prompts of several images, image by image: which images the answer needs
+IMAGE_REFERENCE = "image_occlusion"
 # how the language model's attention is run while explaining: "eager" keeps every layer's maps (fast
 # for short prompts), "blockwise" keeps none (memory linear in length), "auto" picks by a memory estimate
 ATTENTION_PATHS: tuple[str, ...] = ("auto", "eager", "blockwise")
@@ -38,4 +41,4 @@ def get_method(name: str) -> RelevanceMethod:
     return getattr(import_module(module), class_name)()
 
 
-__all__ = ["ATTENTION_PATHS", "METHODS", "REFERENCE_METHODS", "get_method"]
+__all__ = ["ATTENTION_PATHS", "IMAGE_REFERENCE", "METHODS", "REFERENCE_METHODS", "get_method"]

@@ -74,3 +74,63 @@ def test_whole_run_flags_name_the_whole_run_not_all_equals_all():
     whole = flags[(flags["rule"] == "change_ignores_prior") & (flags["grouping"] == "all")]
     assert len(whole) == 1 and "the whole run" in whole["message"].iloc[0]
     assert not flags["message"].str.contains("all=all").any()
+
+
+def test_study_maps_are_checked_slice_by_slice_against_image_occlusion():
+    """At site north chefer's top slice is the one whose occlusion drops the answer; at site south
+    its mass sits on the first slice, which the answer does not need: only south is flagged."""
+    from explainer.regions import mass_shares, standard_regions
+    from storage import to_arrow
+    from tests.auditing.synthetic import GRID
+
+    drops = [0.01, -0.01, 0.02, 1.5, 0.0]  # only slice 3 (index 3) changes the answer
+    items, sample = [], []
+    for index in range(16):
+        site = "north" if index % 2 else "south"
+        shares = [0.0, 0.1, 0.0, 0.9, 0.0] if site == "north" else [0.8, 0.05, 0.05, 0.1, 0.0]
+        answer, tokens = study_item(f"v-{index}", site, shares, n_slices=9)
+        items.append((answer, tokens))
+        for token in tokens:
+            keep = {
+                key: token[key] for key in ("item_id", "image_index", "target_kind", "target_text", "word")
+            }
+            uniform = np.full(GRID, drops[token["image_index"]] / (GRID[0] * GRID[1]), dtype=np.float32)
+            for method, cell_map in (
+                ("chefer", np.asarray(token["image_relevance"])),
+                ("image_occlusion", uniform),
+            ):
+                sample.append(
+                    keep
+                    | {
+                        "method": method,
+                        "grid_h": GRID[0],
+                        "grid_w": GRID[1],
+                        "image_relevance": cell_map.ravel(),
+                        "region_shares": mass_shares(cell_map.reshape(GRID), standard_regions(GRID)),
+                    }
+                    | {
+                        "spearman_vs_occlusion": None,
+                        "top_cell_agrees": None,
+                        "morf_auc": -2.0,
+                        "lerf_auc": -1.0,
+                    }
+                    | {
+                        "auc_gap": 1.0,
+                        "randomization_spearman": 0.1 if method == "chefer" else None,
+                        "seconds": 0.1,
+                    }
+                )
+    answers, token_frame = _run(items)
+    faithfulness = to_arrow("faithfulness", sample).to_pandas().assign(run_id="r1")
+    result = aggregate(token_frame, answers, CONFIG, faithfulness)
+    trust = result.trust[result.trust["target_class"] == "answer"].set_index("cohort")
+    assert set(trust["reference"]) == {"image_occlusion"} and set(trust["method"]) == {"chefer"}
+    assert (
+        trust.loc["north", "peak_in_evidence_rate"] == 1.0
+        and trust.loc["south", "peak_in_evidence_rate"] == 0.0
+    )
+    assert trust.loc["north", "evidence_mass_mean"] == pytest.approx(0.9, abs=1e-6)
+    flagged = result.flags[result.flags["rule"] == "explanations_not_trustworthy"]
+    assert set(flagged["cohort"]) == {"south"} and set(flagged["metric"]) == {
+        "peak_in_image_occlusion_evidence"
+    }

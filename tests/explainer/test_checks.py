@@ -76,7 +76,7 @@ def test_spearman_and_agreement_on_known_maps():
 def test_check_explanation_compares_every_method_with_occlusion(tiny_grid4, monkeypatch):
     from explainer import generation
     from explainer.checks import check_explanation
-    from explainer.methods import METHODS
+    from explainer.methods import IMAGE_REFERENCE, METHODS
 
     explainer = Explainer(tiny_grid4.model, tiny_grid4.processor)
     ids = torch.tensor(tiny_grid4.tokenizer("right upper zone", add_special_tokens=False)["input_ids"])
@@ -86,7 +86,8 @@ def test_check_explanation_compares_every_method_with_occlusion(tiny_grid4, monk
     targets = [t for t in explanation.targets if t.kind in ("answer", "word")]
     checks = check_explanation(explainer, explanation, targets, randomize_layers=2, removal_steps=4)
 
-    assert [(c.method, c.target.kind) for c in checks] == [(m, t.kind) for m in METHODS for t in targets]
+    single_image = [m for m in METHODS if m != IMAGE_REFERENCE]  # image occlusion needs several images
+    assert [(c.method, c.target.kind) for c in checks] == [(m, t.kind) for m in single_image for t in targets]
     by_key = {(c.method, c.target.kind): c for c in checks}
     assert np.allclose(by_key[("chefer", "answer")].image_maps[0], explanation.answer_map(), atol=1e-6)
     occlusion = by_key[("occlusion", "answer")]
@@ -97,3 +98,29 @@ def test_check_explanation_compares_every_method_with_occlusion(tiny_grid4, monk
     assert chefer.randomization_spearman[0] < 0.999  # the top layers mattered to the map
     assert chefer.auc_gap == pytest.approx(chefer.lerf_auc - chefer.morf_auc)
     assert all(torch.equal(p, before[n]) for n, p in tiny_grid4.model.named_parameters())
+
+
+def test_a_long_study_is_checked_image_by_image_only(tiny_grid4, monkeypatch):
+    from explainer import generation
+    from explainer.checks import check_explanation
+    from explainer.methods import METHODS
+
+    explainer = Explainer(tiny_grid4.model, tiny_grid4.processor)
+    ids = torch.tensor(tiny_grid4.tokenizer("yes", add_special_tokens=False)["input_ids"])
+    monkeypatch.setattr(generation, "generate_answer", lambda *args, **kwargs: ids)
+    images = [random_image(seed) for seed in range(3)]
+    explanation = explainer.explain(images, "Is there a nodule?", targets="answer")
+    targets = [t for t in explanation.targets if t.kind == "answer"]
+    image_tokens = 3 * 16  # a 4 x 4 grid per image
+
+    every = check_explanation(explainer, explanation, targets, randomize_layers=0, removal_steps=2)
+    assert [c.method for c in every] == list(METHODS)  # several images: image occlusion too
+    long = check_explanation(
+        explainer, explanation, targets, randomize_layers=0, removal_steps=2, max_cell_tokens=image_tokens - 1
+    )
+    assert [c.method for c in long] == ["chefer", "rollout", "raw_attention", "image_occlusion"]
+    chefer = long[0]
+    assert np.isnan(chefer.spearman_vs_occlusion).all() and chefer.top_cell_agrees == [None] * 3
+    by_method = {c.method: c for c in every}
+    np.testing.assert_allclose(long[3].image_maps, by_method["image_occlusion"].image_maps, atol=1e-6)
+    np.testing.assert_allclose(chefer.image_maps, by_method["chefer"].image_maps, atol=1e-6)

@@ -130,6 +130,37 @@ def test_occlusion_equals_one_token_at_a_time_loop(tiny):
         assert row[layout.text_positions].abs().max() == 0
 
 
+def test_image_occlusion_spreads_each_whole_image_drop_over_its_tokens(tiny):
+    explainer = Explainer(tiny.model, tiny.processor)
+    images = [random_image(0), random_image(1), random_image(2)]
+    inputs = explainer.prepare_inputs(tiny.inputs(images, "Compare.", ANSWER))
+    positions = answer_positions(inputs, 3)
+    batched = explainer.relevance(inputs, positions, method="image_occlusion")
+    layout = sequence_layout(inputs["input_ids"], tiny.config)
+    embeddings = embed_inputs(tiny.model, inputs)
+    for row, position in zip(batched, positions, strict=True):
+        token = inputs["input_ids"][0, position]
+        with torch.no_grad():
+
+            def score(embeds, position=position, token=token):
+                output = tiny.model(
+                    inputs_embeds=embeds,
+                    attention_mask=inputs["attention_mask"],
+                    token_type_ids=inputs["token_type_ids"],
+                    use_cache=False,
+                )
+                return output.logits[0, position - 1, token]
+
+            drops = []
+            for run in layout.image_token_runs:  # the whole image at its mean embedding, one forward
+                occluded = embeddings.clone()
+                occluded[0, run] = embeddings[0, run].mean(dim=0)
+                drops.append(score(embeddings) - score(occluded))
+        for run, drop in zip(layout.image_token_runs, drops, strict=True):
+            assert torch.allclose(row[run], torch.full((run.numel(),), float(drop) / run.numel()), atol=1e-6)
+        assert max(abs(float(drop)) for drop in drops) > 1e-4 and row[layout.text_positions].abs().max() == 0
+
+
 def test_pixel_occlusion_equals_a_whole_model_rerun_per_cell(tiny):
     explainer = Explainer(tiny.model, tiny.processor)
     inputs = explainer.prepare_inputs(tiny.inputs([random_image(0), random_image(1)], "Compare.", ANSWER))

@@ -207,7 +207,22 @@ def test_demo_studies_audits_dicom_volumes_and_prior_current_pairs_with_the_stud
 
     from storage import read_table
 
-    assert cli.main(["demo", "--studies", "--out", str(tmp_path), "--n", "4", "--no-report"]) == cli.EXIT_OK
+    assert (
+        cli.main(
+            [
+                "demo",
+                "--studies",
+                "--out",
+                str(tmp_path),
+                "--n",
+                "4",
+                "--faithfulness-sample",
+                "2",
+                "--no-report",
+            ]
+        )
+        == cli.EXIT_OK
+    )
     data, out = tmp_path / "data-studies", str(tmp_path / "audit-studies")
     assert len(list((data / "volumes").glob("*/slice-*.dcm"))) == 4 * 9  # one MR series folder per volume
     printed = capsys.readouterr().out
@@ -228,6 +243,12 @@ def test_demo_studies_audits_dicom_volumes_and_prior_current_pairs_with_the_stud
         else:
             assert set(peaks["image_label"]) <= {"prior", "current"}
     assert len(read_table(out, "cohort_studies", run_id=runs[1])) > 0
+    # the faithfulness sample (2 items each): volumes slice by slice only, pairs also cell by cell
+    for run, references in zip(
+        runs, ({"image_occlusion"}, {"image_occlusion", "occlusion", "pixel_occlusion"}), strict=True
+    ):
+        trust = read_table(out, "cohort_trust", run_id=run).to_pandas()
+        assert set(trust["reference"]) == references and (trust["n_items"] >= 1).all()
 
 
 def test_aggregate_and_report_rebuild_from_the_parquet_outputs(tmp_path, capsys):
