@@ -223,7 +223,10 @@ def _ranks(row: pd.Series, reference: str) -> str:
 def trust_verdict(row: pd.Series, flag_rule: str | None, thresholds: FlagThresholds) -> TrustVerdict:
     """The plain-language verdict of one cohort × method × reference trust row, derived from its numbers."""
     reference = REFERENCE_NAMES.get(row.get("reference"), "token occlusion")
-    part = "image" if row.get("reference") == "image_occlusion" else "image region"
+    # what the reference removes at a time: a whole image (studies) or a region of one
+    part, removed = (
+        ("image", "image") if row.get("reference") == "image_occlusion" else ("image region", "region")
+    )
     min_items, rate = thresholds.min_items, pct(thresholds.trust_peak_rate)
     if row["method"] == "pixel_occlusion":
         return TrustVerdict(
@@ -260,7 +263,7 @@ def trust_verdict(row: pd.Series, flag_rule: str | None, thresholds: FlagThresho
             f"Not checkable: in fewer than {min_items} items does one {part} change the answer, "
             f"so {reference} has no evidence to compare with",
             "neutral",
-            f"In {int(checkable)} of {int(row['n_items'])} sampled items does removing one {part} lower the "
+            f"In {int(checkable)} of {int(row['n_items'])} sampled items does removing one {removed} lower the "
             f"answer's score by at least {thresholds.trust_min_reference_drop} logits; at least {min_items} "
             "are needed.",
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from explainer import Explainer, generation
-from explainer.methods import METHODS, REFERENCE_METHODS
+from explainer.methods import IMAGE_REFERENCE, METHODS, REFERENCE_METHODS
 from storage import to_arrow
 from tasks.faithfulness_sample import check_item
 from tasks.shards import sampled_item_ids
@@ -34,7 +34,8 @@ def test_checked_items_give_rows_for_every_method_and_checked_target(tiny, monke
         ("answer", "-"),
         ("word", "upper"),
     }
-    assert sorted(table["method"].unique()) == sorted(METHODS)  # both references included
+    # both cell-level references included; image occlusion only for prompts of several images
+    assert sorted(table["method"].unique()) == sorted(m for m in METHODS if m != IMAGE_REFERENCE)
     occlusion = table[table["method"] == "occlusion"]
     assert occlusion["spearman_vs_occlusion"].min() > 0.999
     references = table[table["method"].isin(REFERENCE_METHODS)]
