@@ -14,7 +14,7 @@ from explainer._capture import AttentionRecorder
 from explainer._forward import embed_inputs, forward_embeddings
 from explainer._sequence import SequenceLayout
 from explainer.blockwise import DEFAULT_BLOCK_ROWS
-from explainer.targets import Target
+from explainer.targets import Target, logit_rows, target_scores
 
 
 @dataclass
@@ -117,6 +117,20 @@ class ExplainContext:
             return batch
 
         return self.variant_scores(len(occluded), build, score, rows)
+
+    def occlusion_drops(self, targets: Sequence[Target], occluded: Sequence[torch.Tensor]) -> torch.Tensor:
+        """[V, T] float32 on the CPU: how much each target's score drops when the positions `occluded[v]`
+        take the occlusion baseline (token occlusion: one token a variant; image occlusion: one image)."""
+        rows = logit_rows(targets)
+
+        def scores(logits: torch.Tensor) -> torch.Tensor:
+            return target_scores(logits, self.input_ids, targets, rows)  # [B, T]
+
+        with torch.no_grad():
+            embeddings = self.embeddings()  # [1, L, D]
+            reference = scores(self.logits(embeddings, rows))  # [1, T]
+            occluded_scores = self.occluded_token_scores(embeddings, occluded, scores, rows)  # [V, T]
+            return (reference - occluded_scores).float().cpu()
 
     @contextmanager
     def recording(self) -> Iterator[list[torch.Tensor]]:

@@ -13,23 +13,14 @@ from collections.abc import Sequence
 import torch
 
 from explainer.methods.base import ExplainContext, RelevanceMethod
-from explainer.targets import Target, logit_rows, target_scores
+from explainer.targets import Target
 
 
 class ImageOcclusion(RelevanceMethod):
     def relevance(self, context: ExplainContext, targets: Sequence[Target]) -> torch.Tensor:
         relevance = torch.zeros(len(targets), context.layout.seq_len)
-        rows = logit_rows(targets)
-
-        def scores(logits: torch.Tensor) -> torch.Tensor:
-            return target_scores(logits, context.input_ids, targets, rows)  # [B, T]
-
-        with torch.no_grad():
-            embeddings = context.embeddings()  # [1, L, D]
-            reference = scores(context.logits(embeddings, rows))  # [1, T]
-            runs = context.layout.image_token_runs
-            occluded = context.occluded_token_scores(embeddings, runs, scores, rows)  # [images, T]
-            drops = (reference - occluded).T.float().cpu()  # [T, images]
-            for image, run in enumerate(runs):
-                relevance[:, run] = (drops[:, image] / run.numel()).unsqueeze(1)
+        runs = context.layout.image_token_runs
+        drops = context.occlusion_drops(targets, runs)  # [images, T]
+        for image, run in enumerate(runs):
+            relevance[:, run] = (drops[image] / run.numel()).unsqueeze(1)
         return relevance

@@ -13,21 +13,12 @@ from collections.abc import Sequence
 import torch
 
 from explainer.methods.base import ExplainContext, RelevanceMethod
-from explainer.targets import Target, logit_rows, target_scores
+from explainer.targets import Target
 
 
 class Occlusion(RelevanceMethod):
     def relevance(self, context: ExplainContext, targets: Sequence[Target]) -> torch.Tensor:
         relevance = torch.zeros(len(targets), context.layout.seq_len)
-        rows = logit_rows(targets)
-
-        def scores(logits: torch.Tensor) -> torch.Tensor:
-            return target_scores(logits, context.input_ids, targets, rows)  # [B, T]
-
-        with torch.no_grad():
-            embeddings = context.embeddings()  # [1, L, D]
-            reference = scores(context.logits(embeddings, rows))  # [1, T]
-            positions = context.layout.image_positions
-            occluded = context.occluded_token_scores(embeddings, positions.split(1), scores, rows)  # [N, T]
-            relevance[:, positions] = (reference - occluded).T.float().cpu()
+        positions = context.layout.image_positions
+        relevance[:, positions] = context.occlusion_drops(targets, positions.split(1)).T  # [T, N]
         return relevance
