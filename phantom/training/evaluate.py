@@ -21,23 +21,19 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
 
 
 @torch.no_grad()
-def generate_answers(
-    model: nn.Module, processor: Gemma3Processor, cases: list[PhantomCase], batch_size: int = 64
+def greedy_answers(
+    model: nn.Module, processor: Gemma3Processor, prompts: list[tuple[str, list]], batch_size: int
 ) -> list[str]:
-    """Greedy answers (left-padded batches, image and boi tokens suppressed), stripped strings."""
+    """Greedy answers to (prompt text, its images) pairs (left-padded batches, image and boi tokens
+    suppressed), stripped strings."""
     tokenizer = processor.tokenizer
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     suppress = [model.config.image_token_id, model.config.boi_token_id]
     answers: list[str] = []
     try:
-        for start in range(0, len(cases), batch_size):
-            part = cases[start : start + batch_size]
-            inputs = processor(
-                text=[prompt_text(processor, case.question) for case in part],
-                images=[[case.image] for case in part],
-                return_tensors="pt",
-                padding=True,
-            )
+        for start in range(0, len(prompts), batch_size):
+            texts, images = zip(*prompts[start : start + batch_size], strict=True)
+            inputs = processor(text=list(texts), images=list(images), return_tensors="pt", padding=True)
             out = model.generate(
                 **inputs, max_new_tokens=8, do_sample=False, suppress_tokens=suppress, pad_token_id=0
             )
@@ -46,6 +42,14 @@ def generate_answers(
     finally:
         tokenizer.padding_side = side
     return answers
+
+
+def generate_answers(
+    model: nn.Module, processor: Gemma3Processor, cases: list[PhantomCase], batch_size: int = 64
+) -> list[str]:
+    """Greedy answers to single-image phantom cases (`greedy_answers`)."""
+    prompts = [(prompt_text(processor, case.question), [case.image]) for case in cases]
+    return greedy_answers(model, processor, prompts, batch_size)
 
 
 def exact_accuracy(model: nn.Module, processor: Gemma3Processor, cases: list[PhantomCase]) -> float:

@@ -40,7 +40,7 @@ from phantom import MODELS_DIR
 from phantom.build import build_processor, build_tokenizer, gemma3_config
 from phantom.studies import KINDS, N_SLICES, QUESTIONS, THIRDS, StudyCase, sample_studies
 from phantom.training.data import GRID, IMAGE_SIZE, PHANTOM_SPEC, footprint
-from phantom.training.evaluate import MODEL_INPUTS, exact_from_tokens
+from phantom.training.evaluate import MODEL_INPUTS, exact_from_tokens, greedy_answers
 from phantom.training.recipes import HELDOUT_SEED, STRICT_ROUTING, VALIDATION_SEED
 from phantom.training.routing import (
     RoutingWeights,
@@ -384,30 +384,15 @@ def train(
     return record
 
 
-@torch.no_grad()
 def generate_answers(
     model: nn.Module, processor: Gemma3Processor, cases: list[StudyCase], batch_size: int = 16
 ) -> list[str]:
-    """Greedy answers to studies of one kind (left-padded batches, image and boi tokens suppressed)."""
-    tokenizer = processor.tokenizer
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    suppress = [model.config.image_token_id, model.config.boi_token_id]
-    answers: list[str] = []
-    try:
-        for start in range(0, len(cases), batch_size):
-            part = cases[start : start + batch_size]
-            texts = [
-                build_prompt(processor, c.images, c.question, image_labels=c.image_labels).text for c in part
-            ]
-            inputs = processor(text=texts, images=[c.images for c in part], return_tensors="pt", padding=True)
-            out = model.generate(
-                **inputs, max_new_tokens=8, do_sample=False, suppress_tokens=suppress, pad_token_id=0
-            )
-            new_tokens = out[:, inputs["input_ids"].shape[1] :]
-            answers += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-    finally:
-        tokenizer.padding_side = side
-    return answers
+    """Greedy answers to studies of one kind, each prompt with its labelled images (`greedy_answers`)."""
+    prompts = [
+        (build_prompt(processor, c.images, c.question, image_labels=c.image_labels).text, c.images)
+        for c in cases
+    ]
+    return greedy_answers(model, processor, prompts, batch_size)
 
 
 def heldout_report(model: Gemma3ForConditionalGeneration, processor: Gemma3Processor, n: int = 200) -> dict:
