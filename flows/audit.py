@@ -26,12 +26,11 @@ from prefect.states import Completed
 
 from auditing.report.summary import verdict
 from flows.runners import task_resources, task_runner_for
-from storage import manifest_fingerprint
 from tasks import cache, ledger, steps
-from tasks.config import AuditConfig, DaskSettings, derive_run_id
+from tasks.config import AuditConfig, DaskSettings
 from tasks.lock import run_lock
-from tasks.preflight import automatic_groupings, check_groupings, check_model_available
-from tasks.shards import ItemDeferred, ShardFailure, ShardJob, ShardSummary, sampled_item_ids, select_items
+from tasks.preflight import check_run
+from tasks.shards import ItemDeferred, ShardFailure, ShardJob, ShardSummary, sampled_item_ids
 
 
 class ShardsFailed(RuntimeError):
@@ -136,25 +135,24 @@ def audit(
     started, started_at = time.perf_counter(), ledger.now_iso()
     parsed = steps.load_manifest(config)
     # before anything runs: the cohort columns exist, the model is there (nothing downloads unasked)
-    check_groupings(parsed, config.group_by)
-    check_model_available(config.model, config.model_revision, config.allow_download)
-    groupings_from = "settings"
-    if not config.group_by and config.aggregate:  # cohorts by default: the manifest's natural columns
-        config = config.model_copy(update={"group_by": automatic_groupings(parsed)})
-        groupings_from = "manifest columns with few values" if config.group_by else "none found"
+    inputs = check_run(config, parsed, run_id)
+    config, run_id, fingerprint, audited = (
+        inputs.config,
+        inputs.run_id,
+        inputs.fingerprint,
+        inputs.audited,
+    )
+    if inputs.groupings_from != "settings":
         logger.warning(
             "no group_by given: cohorts by %s",
             ", ".join(config.group_by)
             if config.group_by
             else "nothing (no metadata column with 2-12 values); only whole-run statistics",
         )
-    fingerprint = manifest_fingerprint(parsed)
-    run_id = run_id or derive_run_id(parsed, config)
-    audited = select_items(parsed, config.limit, config.sample, seed=fingerprint)  # a first look: fewer
     extra = {
         "dask": dask.describe() if dask else None,
         "flow_run_id": str(get_run_context().flow_run.id),
-        "groupings_from": groupings_from,
+        "groupings_from": inputs.groupings_from,
     }
     if audited is not parsed:
         extra["selection"] = {"limit": config.limit, "sample": config.sample, "of_items": len(parsed.items)}
@@ -216,7 +214,7 @@ def audit(
             "run_id": run_id,
             "out": config.out,
             "group_by": list(config.group_by),
-            "groupings_from": groupings_from,
+            "groupings_from": inputs.groupings_from,
             "selection": extra.get("selection"),
             "run_json": run_json,
             "counts": counts,

@@ -93,6 +93,36 @@ def check_model_available(model: str, revision: str | None, allow_download: bool
 
 
 @dataclass(frozen=True)
+class CheckedRun:
+    """A run's inputs once the pre-flight checks passed."""
+
+    config: AuditConfig  # with the automatic grouping when none was given
+    groupings_from: str  # "settings", "manifest columns with few values" or "none found"
+    fingerprint: str  # the whole manifest's (`storage.manifest_fingerprint`)
+    run_id: str
+    audited: Manifest  # the items the run audits: the manifest, or its limit/sample selection
+
+
+def check_run(config: AuditConfig, manifest: Manifest, run_id: str | None = None) -> CheckedRun:
+    """The pre-flight checks on a read manifest (cohort columns, model), then the run's grouping (the
+    manifest's natural columns when none is given), fingerprint, run id and audited items."""
+    check_groupings(manifest, config.group_by)
+    check_model_available(config.model, config.model_revision, config.allow_download)
+    groupings_from = "settings"
+    if not config.group_by and config.aggregate:  # cohorts by default: the manifest's natural columns
+        config = config.model_copy(update={"group_by": automatic_groupings(manifest)})
+        groupings_from = "manifest columns with few values" if config.group_by else "none found"
+    fingerprint = manifest_fingerprint(manifest)
+    return CheckedRun(
+        config=config,
+        groupings_from=groupings_from,
+        fingerprint=fingerprint,
+        run_id=run_id or derive_run_id(manifest, config),
+        audited=select_items(manifest, config.limit, config.sample, seed=fingerprint),
+    )
+
+
+@dataclass(frozen=True)
 class RunPreview:
     """What `audit(config)` would do, found without writing anything (`vlm-audit run --dry-run`)."""
 
@@ -149,32 +179,24 @@ def preview_run(config: AuditConfig, run_id: str | None = None) -> RunPreview:
     from tasks import cache
 
     manifest = read_manifest(config.manifest, cache=cache.reader(config.endpoint_url, config.region))
-    check_groupings(manifest, config.group_by)
-    check_model_available(config.model, config.model_revision, config.allow_download)
-    group_by, groupings_from = config.group_by, "settings"
-    if not group_by and config.aggregate:
-        group_by = automatic_groupings(manifest)
-        groupings_from = "manifest columns with few values" if group_by else "none found"
-    fingerprint = manifest_fingerprint(manifest)
-    run_id = run_id or derive_run_id(manifest, config)
-    audited = select_items(manifest, config.limit, config.sample, seed=fingerprint)
+    checked = check_run(config, manifest, run_id)
     store = cache.output_store(config.out, config.endpoint_url, config.region)
     try:
-        previous: str | None = read_run(store, run_id).get("status", "unknown")
+        previous: str | None = read_run(store, checked.run_id).get("status", "unknown")
     except ObjectNotFound:
         previous = None
-    n_shards = len(shard(audited.items, config.shard_size))
+    n_shards = len(shard(checked.audited.items, config.shard_size))
     return RunPreview(
-        run_id=run_id,
+        run_id=checked.run_id,
         manifest_uri=manifest.uri,
         manifest_items=len(manifest.items),
-        items=len(audited.items),
+        items=len(checked.audited.items),
         manifest_errors=tuple(f"row {e.row_number}: {e.message}" for e in manifest.errors),
         shards=n_shards,
-        shards_done=frozenset(i for i in completed_shards(store, run_id) if i < n_shards),
+        shards_done=frozenset(i for i in completed_shards(store, checked.run_id) if i < n_shards),
         previous_status=previous,
-        group_by=tuple(group_by),
-        groupings_from=groupings_from,
-        faithfulness_items=min(config.faithfulness_sample, len(audited.items)),
+        group_by=tuple(checked.config.group_by),
+        groupings_from=checked.groupings_from,
+        faithfulness_items=min(config.faithfulness_sample, len(checked.audited.items)),
         shard_size=config.shard_size,
     )
