@@ -154,8 +154,12 @@ def reader(endpoint_url: str | None, region: str | None) -> StoreCache:
 
 def remember_manifest(manifest: Manifest, fingerprint: str | None = None) -> None:
     """Seed the cache with a manifest the flow already read (in-process runs skip a second read)."""
+    _remember((manifest.uri, fingerprint or manifest_fingerprint(manifest)), manifest)
+
+
+def _remember(key: tuple, manifest: Manifest) -> None:
     with _LOCK:
-        _MANIFESTS[(manifest.uri, fingerprint or manifest_fingerprint(manifest))] = manifest
+        _MANIFESTS[key] = manifest
         while len(_MANIFESTS) > _MAX_MANIFESTS:
             _MANIFESTS.popitem(last=False)
 
@@ -172,22 +176,27 @@ def shard_items(
     sample: int | None = None,
 ) -> tuple[ManifestItem, ...]:
     """The items of one shard of the run's items (all, or the `limit`/`sample` selection), reading the
-    manifest once per process and checking it has not changed."""
-
+    manifest once per process and checking it has not changed; a selection is cut once per process too."""
     key = (normalize_uri(manifest_uri), fingerprint)
+    selection_key = (*key, limit, sample)
     with _LOCK:
-        manifest = _MANIFESTS.get(key)
-    if manifest is None:
-        manifest = read_manifest(manifest_uri, cache=reader(endpoint_url, region))
-        found = manifest_fingerprint(manifest)
-        if found != fingerprint:
-            raise ManifestChanged(
-                f"manifest {manifest_uri} changed since the run was planned (fingerprint {found[:12]}, "
-                f"expected {fingerprint[:12]}); start a new run for the new content"
-            )
-        remember_manifest(manifest, fingerprint)
-    manifest = select_items(manifest, limit, sample, seed=fingerprint)
-    n_shards = -(-len(manifest.items) // shard_size)  # storage.shard's consecutive cut, without building all
+        selected = _MANIFESTS.get(selection_key)
+    if selected is None:
+        with _LOCK:
+            whole = _MANIFESTS.get(key)
+        if whole is None:
+            whole = read_manifest(manifest_uri, cache=reader(endpoint_url, region))
+            found = manifest_fingerprint(whole)
+            if found != fingerprint:
+                raise ManifestChanged(
+                    f"manifest {manifest_uri} changed since the run was planned (fingerprint {found[:12]}, "
+                    f"expected {fingerprint[:12]}); start a new run for the new content"
+                )
+            remember_manifest(whole, fingerprint)
+        selected = select_items(whole, limit, sample, seed=fingerprint)
+        if selected is not whole:  # a first look: not re-drawn for every shard
+            _remember(selection_key, selected)
+    n_shards = -(-len(selected.items) // shard_size)  # storage.shard's consecutive cut, without building all
     if not 0 <= shard_index < n_shards:
         raise IndexError(f"shard {shard_index} does not exist: the manifest has {n_shards} shard(s)")
-    return tuple(manifest.items[shard_index * shard_size : (shard_index + 1) * shard_size])
+    return tuple(selected.items[shard_index * shard_size : (shard_index + 1) * shard_size])

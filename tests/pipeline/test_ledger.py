@@ -140,7 +140,7 @@ def test_workers_cut_shards_exactly_as_storage_shard():
         cache.shard_items(manifest.uri, fingerprint, 2, 3)
 
 
-def test_a_first_look_audits_the_first_items_or_a_sample_that_depends_on_the_content_alone():
+def test_a_first_look_audits_the_first_items_or_a_sample_that_depends_on_the_content_alone(monkeypatch):
     from storage import manifest_fingerprint
     from tasks import cache
     from tasks.shards import select_items
@@ -160,5 +160,15 @@ def test_a_first_look_audits_the_first_items_or_a_sample_that_depends_on_the_con
     cache.remember_manifest(manifest, fingerprint)
     assert cache.shard_items(manifest.uri, fingerprint, 4, 2, sample=10) == sample[8:]
     assert cache.shard_items(manifest.uri, fingerprint, 4, 0, limit=3) == manifest.items[:3]
+    draws = []
+    monkeypatch.setattr(
+        cache, "select_items", lambda *args, **kwargs: draws.append(1) or select_items(*args, **kwargs)
+    )
+    assert [len(cache.shard_items(manifest.uri, fingerprint, 4, index, sample=11)) for index in range(3)] == [
+        4,
+        4,
+        3,
+    ]
+    assert len(draws) == 1  # the sample is drawn once per process, not once per shard
     with pytest.raises(ValueError, match="give one of them"):
         AuditConfig(manifest="m.csv", out="o", limit=3, sample=10)
