@@ -29,6 +29,7 @@ from auditing.trust import (
 )
 from explainer.regions import standard_regions  # numpy only: no torch is loaded
 from storage import open_store, read_table, write_part
+from storage.names import LUNG_ZONES
 
 # Answer words worth a map of their own in chest radiology: findings, devices, laterality, zones, yes/no.
 DEFAULT_FINDINGS = (
@@ -88,7 +89,7 @@ def aggregate(
     )
     method = str(tokens["method"].iloc[0]) if len(tokens) else "unknown"
     flags = roi_flags(stats, thresholds, method) if len(stats) else []
-    flags += off_anatomy_flags(items, thresholds, method)
+    flags += off_anatomy_flags(items, thresholds, method, uniform_lung_shares(items))
     studies = cohort_studies(study_items(targets), stats_config, thresholds)
     flags += prior_flags(studies, thresholds, method)
     trust, sample, no_evidence = pd.DataFrame(), pd.DataFrame(), set()
@@ -136,6 +137,12 @@ def uniform_shares(items: pd.DataFrame) -> dict[str, float]:
         for name, weights in standard_regions((int(rows), int(cols))).items():
             shares[name] = shares.get(name, 0.0) + float(weights.mean()) * count / total
     return shares
+
+
+def uniform_lung_shares(items: pd.DataFrame) -> dict[tuple[int, int], float]:
+    """The lung zones' share of a uniform map, per grid of the items."""
+    grids = {(int(rows), int(cols)) for rows, cols in zip(items["grid_h"], items["grid_w"], strict=True)}
+    return {grid: float(sum(standard_regions(grid)[zone].mean() for zone in LUNG_ZONES)) for grid in grids}
 
 
 def aggregate_run(

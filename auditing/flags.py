@@ -7,6 +7,7 @@ so that a large cohort cannot hide its own excess by raising the baseline.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
@@ -16,6 +17,7 @@ import pyarrow as pa
 from scipy.stats import false_discovery_control
 
 from storage import FLAGS_SCHEMA
+from storage.names import ANSWER, ITEM_SCOPE, OFF_ANATOMY_RULE
 
 # the flags table's columns in its order; run_id is the part's path (hive partition), a column in memory
 FLAG_COLUMNS = ("run_id", *FLAGS_SCHEMA.names)
@@ -37,7 +39,10 @@ class FlagThresholds:
     flat_entropy: float = 0.9
     min_items: int = 5
     roi_hit_rate: float = 0.5  # pointing-game hit rate below this (the upper end of its Wilson interval)
-    off_anatomy_lung_share: float = 0.35  # an item whose lung zones hold less than this share
+    off_anatomy_lung_share: float = 0.35  # an item whose lung zones hold less than this share ...
+    # ... but an answer asserting absence ("no", "normal") rests on everywhere the finding is not, so a
+    # diffuse map is expected: it is flagged when its lung share is below this × a uniform map's
+    off_anatomy_absence_ratio: float = 0.5
     # a method's peak lies in a reference's evidence set in fewer items than this, with 95% confidence
     # (the upper end of the Wilson interval below it)
     trust_peak_rate: float = 0.5
@@ -194,30 +199,59 @@ def roi_flags(stats: pd.DataFrame, thresholds: FlagThresholds, method: str) -> l
     ]
 
 
-def off_anatomy_flags(items: pd.DataFrame, thresholds: FlagThresholds, method: str) -> list[dict]:
-    """Items whose whole-answer map leaves the lung fields (chest radiograph audits)."""
-    answers = items[
-        (items["target_class"] == "answer") & (items["lung_share"] < thresholds.off_anatomy_lung_share)
-    ]
-    return [
-        flag_row(
-            run_id=row.run_id,
-            scope="item",
-            rule="off_anatomy",
-            method=method,
-            target_class="answer",
-            item_id=row.item_id,
-            metric="lung_share",
-            value=row.lung_share,
-            threshold=thresholds.off_anatomy_lung_share,
-            n_items=1,
-            message=(
-                f"item {row.item_id}: only {row.lung_share:.0%} of the answer's {method} relevance lies in the lung "
-                f"zones (threshold {thresholds.off_anatomy_lung_share:.0%})"
-            ),
+# an answer whose first word is one of these asserts absence: its evidence is everywhere the finding is not
+ABSENCE_WORDS = frozenset({"no", "none", "normal", "negative", "absent", "unremarkable", "clear"})
+
+
+def asserts_absence(answer: object) -> bool:
+    """Does the answer's first word deny a finding ("No.", "normal study", "None seen")?"""
+    words = re.findall(r"[a-z]+", str(answer or "").lower())
+    return bool(words) and words[0] in ABSENCE_WORDS
+
+
+def off_anatomy_flags(
+    items: pd.DataFrame,
+    thresholds: FlagThresholds,
+    method: str,
+    uniform_lung: Mapping[tuple[int, int], float],
+) -> list[dict]:
+    """Items whose whole-answer map leaves the lung fields (chest radiograph audits).
+
+    An answer that asserts presence is flagged below `off_anatomy_lung_share`; one that asserts absence
+    below `off_anatomy_absence_ratio` × the lung share of a uniform map on its grid (`uniform_lung`),
+    because a diffuse map is what evidence of absence looks like.
+    """
+    answers = items[items["target_class"] == ANSWER]
+    flags = []
+    for row in answers.itertuples(index=False):
+        absence = asserts_absence(getattr(row, "answer", None))
+        threshold = (
+            thresholds.off_anatomy_absence_ratio * uniform_lung[(int(row.grid_h), int(row.grid_w))]
+            if absence
+            else thresholds.off_anatomy_lung_share
         )
-        for row in answers.itertuples(index=False)
-    ]
+        if not row.lung_share < threshold:
+            continue
+        kind = ", relative to a uniform map for an answer of absence" if absence else ""
+        flags.append(
+            flag_row(
+                run_id=row.run_id,
+                scope=ITEM_SCOPE,
+                rule=OFF_ANATOMY_RULE,
+                method=method,
+                target_class=ANSWER,
+                item_id=row.item_id,
+                metric="lung_share",
+                value=row.lung_share,
+                threshold=threshold,
+                n_items=1,
+                message=(
+                    f"item {row.item_id}: only {row.lung_share:.0%} of the answer's {method} relevance lies in "
+                    f"the lung zones (threshold {threshold:.0%}{kind})"
+                ),
+            )
+        )
+    return flags
 
 
 def as_frame(flags: list[dict]) -> pd.DataFrame:

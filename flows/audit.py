@@ -22,8 +22,9 @@ from prefect import flow, get_run_logger
 from prefect.context import get_run_context
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
-from prefect.states import Completed
+from prefect.states import Completed, Failed
 
+from auditing.gate import gate
 from auditing.report.summary import verdict
 from flows.runners import task_resources, task_runner_for
 from tasks import cache, ledger, steps
@@ -35,6 +36,15 @@ from tasks.shards import ItemDeferred, ShardFailure, ShardJob, ShardSummary, sam
 
 class ShardsFailed(RuntimeError):
     """Some shards did not commit; rerunning the same run id redoes exactly those."""
+
+
+class AuditFlagged(RuntimeError):
+    """The run completed and its gate (`fail_on_flags`, `max_item_flag_rate`) failed; `outputs` is
+    the run's summary, as a passing run returns it."""
+
+    def __init__(self, message: str, outputs: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.outputs = outputs
 
 
 def run_shards(
@@ -120,7 +130,8 @@ def audit(
 
     Raises `ManifestError` (e.g. a missing required column), a storage error (e.g. wrong
     credentials, an unwritable output root) or `RunLocked` (another process computes this run id)
-    before anything is written; `ShardsFailed` after run.json when shards did not commit.
+    before anything is written; `ShardsFailed` after run.json when shards did not commit;
+    `AuditFlagged` (the summary in its `outputs`) when the run's gate failed, its state "Flagged".
 
     Args:
         config: the run's settings (`tasks.config.AuditConfig`: manifest, output root, model, method,
@@ -223,14 +234,19 @@ def audit(
         if not config.aggregate:
             return Completed(message="completed; cohort statistics and flags not computed", data=outputs)
         flags = steps.aggregate_run(config, run_id)
+        outcome = gate(flags, counts["ok"], config.fail_on_flags, config.max_item_flag_rate)
         outputs |= {
             "flags": len(flags),
             "verdict": verdict(flags),
             "cohort_flags": [flag for flag in flags if flag["scope"] != "item"],
+            "gate": outcome,
         }
         if config.report:
             outputs["report"] = steps.build_report(config, run_id)
         steps.publish_results(config, run_id, flags, counts, outputs.get("report"))
+        if outcome.failed:  # a Failed run that automations see; the CLI reads the summary from it
+            message = f"{outputs['verdict']} Gate failed: {outcome.reason}."
+            return Failed(name="Flagged", message=message, data=AuditFlagged(message, outputs))
         return Completed(message=outputs["verdict"], data=outputs)  # the flow run's state says the verdict
 
 

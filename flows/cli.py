@@ -19,20 +19,30 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from auditing.gate import FAIL_ON_CHOICES
 from flows.options import add_field_options, given_fields, settings_error
 from tasks.config import AuditConfig, DaskSettings
 
 EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE, EXIT_FLAGGED = 0, 1, 2, 3
 # every AuditConfig field is an option of `run` and `demo`, but for the manifest (positional, or the
-# demo's own) and the output root (`--out`)
-RUN_FIELDS = [name for name in AuditConfig.model_fields if name not in ("manifest", "out")]
+# demo's own),
+# the output root (`--out`), and the gate (`--fail-on-flags`, whose value may be left out)
+RUN_FIELDS = [name for name in AuditConfig.model_fields if name not in ("manifest", "out", "fail_on_flags")]
 AGGREGATE_FIELDS = ["group_by", "findings", "endpoint_url"]
-ALIASES = {"model_revision": "--revision"}
 DASK_ALIASES = {"n_workers": "--dask-workers", "resources": "--dask-resource"}
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    add_field_options(parser, AuditConfig, RUN_FIELDS, aliases=ALIASES)
+    parser.add_argument(
+        "--fail-on-flags",
+        nargs="?",
+        const="model",
+        choices=[choice for choice in FAIL_ON_CHOICES if choice != "never"],
+        default=argparse.SUPPRESS,
+        help=AuditConfig.model_fields["fail_on_flags"].description
+        + "; with no value: 'model' (default: never)",
+    )
+    add_field_options(parser, AuditConfig, RUN_FIELDS)
     parser.add_argument("--run-id", help="default: derived from the manifest's content and these settings")
     dask = parser.add_argument_group("Dask", "run the shards on a Dask cluster instead of in this process")
     add_field_options(dask, DaskSettings, DaskSettings.model_fields, prefix="dask_", aliases=DASK_ALIASES)
@@ -48,11 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="audit the items of a manifest")
     run.add_argument("manifest", help=AuditConfig.model_fields["manifest"].description)
     run.add_argument("--out", required=True, help=AuditConfig.model_fields["out"].description)
-    run.add_argument(
-        "--fail-on-flags",
-        action="store_true",
-        help=f"exit with code {EXIT_FLAGGED} when the audit raised any flag (for CI gates and schedulers)",
-    )
     run.add_argument(
         "--dry-run",
         action="store_true",
@@ -141,6 +146,15 @@ def format_summary(result: dict[str, Any]) -> str:
             f"  FLAG {flag['rule']} [{flag['method']}] {flag['grouping']}={flag['cohort']}, '{flag['target_class']}'"
             for flag in result["cohort_flags"]
         ]
+        gate = result["gate"]
+        if gate.item_flags:
+            lines.append(
+                f"{gate.item_flags} item flags on {gate.flagged_items} of {gate.audited_items} answered items "
+                f"({gate.item_flag_rate:.1%}): a worklist for review, in {where('flags')} (scope 'item') and "
+                "the report's flags table"
+            )
+        if gate.reason != "not gated":
+            lines.append(f"gate: {'FAILED, ' if gate.failed else ''}{gate.reason}")
     return "\n".join(lines)
 
 
@@ -180,13 +194,18 @@ def _run_flow(
     config: AuditConfig, run_id: str | None, dask: DaskSettings | None
 ) -> tuple[int, dict[str, Any] | None]:
     """Run the audit flow; the exit code and, when it completed, its summary."""
-    from flows.audit import ShardsFailed, audit
+    from flows.audit import AuditFlagged, ShardsFailed, audit
 
-    try:
-        result = audit(config, run_id=run_id, dask=dask, progress=True)
-    except ShardsFailed as exc:
-        print(f"vlm-audit: {exc}", file=sys.stderr)
+    state = audit(config, run_id=run_id, dask=dask, progress=True, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, ShardsFailed):
+        print(f"vlm-audit: {result}", file=sys.stderr)
         return EXIT_UNFINISHED, None
+    if isinstance(result, AuditFlagged):
+        print(format_summary(result.outputs))
+        return EXIT_FLAGGED, result.outputs
+    if isinstance(result, BaseException):
+        raise result
     print(format_summary(result))
     return EXIT_OK, result
 
@@ -256,15 +275,16 @@ def _demo_studies(args: argparse.Namespace) -> int:
     print(
         f"wrote {args.n} phantom volumes and {args.n} prior/current pairs: {', '.join(map(str, manifests.values()))}"
     )
-    dask = dask_settings(args)
+    dask, codes = dask_settings(args), []
     with _prefect_api():
         for kind, manifest in manifests.items():
             print(f"\n== auditing the {kind} studies with the study phantom model ({args.model})")
             config = audit_config(args, str(manifest), os.path.join(args.out, "audit-studies"))
             code, _result = _run_flow(config, args.run_id, dask)
-            if code != EXIT_OK:
+            if code not in (EXIT_OK, EXIT_FLAGGED):
                 return code
-    return EXIT_OK
+            codes.append(code)
+    return max(codes)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -282,7 +302,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"wrote {args.n} phantom cases and {manifest}")
     if not hasattr(args, "group_by"):
         args.group_by = DEMO_GROUPINGS
-    results = {}
+    results, codes = {}, []
     dask = dask_settings(args)
     with _prefect_api():
         for name, model in models.items():
@@ -290,12 +310,12 @@ def _demo(args: argparse.Namespace) -> int:
             args.model = model
             config = audit_config(args, str(manifest), os.path.join(args.out, "audit"))
             code, result = _run_flow(config, args.run_id, dask)
-            if code != EXIT_OK:
+            if code not in (EXIT_OK, EXIT_FLAGGED):  # a failed gate still shows the comparison
                 return code
-            results[name] = result
+            results[name], codes = result, [*codes, code]
     if config.aggregate:
         print(format_comparison(results))
-    return EXIT_OK
+    return max(codes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -330,9 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(preview_run(config, args.run_id).describe())
             return EXIT_OK
         with _prefect_api():
-            code, result = _run_flow(config, args.run_id, dask)
-        if code == EXIT_OK and args.fail_on_flags and result.get("flags"):
-            return EXIT_FLAGGED
+            code, _result = _run_flow(config, args.run_id, dask)
         return code
     except (
         PhantomModelMissing, StorageError, ModelLoadError, RunConflict, RunLocked, ServerStartError, ValueError

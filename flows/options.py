@@ -66,7 +66,7 @@ def add_field_options(
 ) -> None:
     """Add one option per named field of `model`, its destination `<prefix><field>`.
 
-    `aliases` maps a field to an extra option string kept for compatibility (e.g. `--revision`).
+    `aliases` maps a field to an extra option string (e.g. `--dask-workers` for `n_workers`).
     """
     aliases = aliases or {}
     for name in fields:

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from auditing import DEFAULT_FINDINGS
+from auditing.gate import FailOn
 from explainer.methods import ATTENTION_PATHS, METHODS  # the registry's names only: no torch is loaded
 from storage import (
     DEFAULT_MAX_IMAGE_BYTES,
@@ -51,7 +52,8 @@ InputPrefixes = Annotated[
     tuple[str, ...], BeforeValidator(lambda value: list(dict.fromkeys(map(input_prefix, _words(value)))))
 ]
 
-# fields that change what a run computes; a rerun of a run id must agree on all of them
+# fields that change what a run computes (what a run may read decides which items fail); a rerun of a
+# run id must agree on all of them
 IDENTITY_FIELDS = (
     "model",
     "model_revision",
@@ -62,20 +64,16 @@ IDENTITY_FIELDS = (
     "overlays",
     "shard_size",
     "max_new_tokens",
-    "max_pixels",
-    "system_prompt",
-    "faithfulness_sample",
-)
-# identity fields added after run ids were first derived: part of a run's identity only when not at
-# their defaults, so run ids derived before they existed stay the same (and still resume)
-LATER_IDENTITY_FIELDS = (
     "max_question_tokens",
-    "allowed_inputs",
+    "max_pixels",
     "max_image_bytes",
+    "allowed_inputs",
     "slices_per_volume",
     "max_series_files",
     "limit",
     "sample",
+    "system_prompt",
+    "faithfulness_sample",
     "faithfulness_max_image_tokens",
 )
 DEFAULT_MAX_QUESTION_TOKENS = 1024
@@ -186,6 +184,18 @@ class AuditConfig(BaseModel):
     )
     aggregate: bool = Field(True, description="compute cohort statistics and flags after the audit")
     report: bool = Field(True, description="build the HTML report after aggregating")
+    fail_on_flags: FailOn = Field(
+        "never",
+        description="fail the run (CLI exit code 3, a Failed 'Flagged' flow run) on model-level flags "
+        "(cohort, cluster, trust): 'model'; on any item flag too: 'items'; 'never': a report only",
+    )
+    max_item_flag_rate: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="fail the run when more than this share of the audited items has an item flag (and on "
+        "model-level flags); item flags are a worklist, so an archive's gate wants a rate, not 'items'",
+    )
 
     @field_validator("device")
     @classmethod
@@ -215,10 +225,7 @@ class AuditConfig(BaseModel):
         """The settings that decide a run's results (not where it runs, nor where the manifest lives)."""
         identity = self.model_dump(include=set(IDENTITY_FIELDS), mode="json")
         identity["findings"] = sorted(self.findings)
-        for name in LATER_IDENTITY_FIELDS:  # what a run may read decides which items fail
-            value = getattr(self, name)
-            if value != type(self).model_fields[name].default:
-                identity[name] = sorted(value) if isinstance(value, tuple) else value
+        identity["allowed_inputs"] = sorted(self.allowed_inputs)
         return identity
 
     def input_scope(self) -> InputScope:

@@ -33,7 +33,7 @@ def test_run_arguments_become_the_run_settings():
                 "GPU=1",
             ),
             *("--findings", "nodule,effusion", "--targets", "all", "--endpoint-url", "http://minio:9000"),
-            *("--revision", "abc123", "--no-report", "--dtype", "bfloat16", "--model", "tiny"),
+            *("--model-revision", "abc123", "--no-report", "--dtype", "bfloat16", "--model", "tiny"),
         ]
     )
     settings = cli.audit_config(args, args.manifest, args.out)

@@ -59,10 +59,11 @@ def test_allowed_inputs_are_checked_canonical_prefixes():
     assert (scope.home, scope.allowed_inputs, scope.max_image_bytes) == ("/data", ("s3://other",), 1024)
 
 
-def test_what_a_run_may_read_is_part_of_its_identity_but_defaults_keep_earlier_run_ids():
+def test_what_a_run_may_read_is_part_of_its_identity_and_where_it_runs_is_not():
     manifest = parse_manifest(MANIFEST, "/data/batch-07.csv")
     run_id = derive_run_id(manifest, _config())
-    assert set(_config().identity()) == set(IDENTITY_FIELDS)  # as before these settings existed
+    assert set(_config().identity()) == set(IDENTITY_FIELDS)
+    assert derive_run_id(manifest, _config(device="cpu", fail_on_flags="model")) == run_id
     assert derive_run_id(manifest, _config(allowed_inputs="s3://other")) != run_id
     assert derive_run_id(manifest, _config(max_image_bytes=1024)) != run_id
     assert derive_run_id(manifest, _config(max_question_tokens=64)) != run_id

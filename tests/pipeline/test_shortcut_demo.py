@@ -48,19 +48,15 @@ def test_the_audit_flags_the_shortcut_model_and_not_the_honest_one(
     assert shortcut_flags(honest).empty
     assert "FLAG corners_share_above_baseline [chefer] site=north" in printed
 
-    # `vlm-audit run` on the same manifest and settings resumes the shortcut run: it prints the flags,
-    # and --fail-on-flags turns them into exit code 3 for CI gates and schedulers
-    from phantom import SHORTCUT_MODEL_PATH
+    # `vlm-audit run` on the same manifest and settings resumes each run: it prints the flags, and
+    # --fail-on-flags turns the shortcut's model-level flags into exit code 3 for CI gates and
+    # schedulers, while the honest model's item flags (a worklist) do not fail it
+    from phantom import MODEL_PATH, SHORTCUT_MODEL_PATH
 
-    again = [
-        "run",
-        str(tmp_path / "data" / "manifest.csv"),
-        "--out",
-        out,
-        "--model",
-        str(SHORTCUT_MODEL_PATH),
-    ]
-    again += [
+    def again(model) -> list[str]:
+        return ["run", str(tmp_path / "data" / "manifest.csv"), "--out", out, "--model", str(model), *options]
+
+    options = [
         "--group-by",
         "site",
         "--shard-size",
@@ -70,11 +66,15 @@ def test_the_audit_flags_the_shortcut_model_and_not_the_honest_one(
         "--no-report",
         "--fail-on-flags",
     ]
-    assert cli.main(again) == cli.EXIT_FLAGGED
+    assert cli.main(again(SHORTCUT_MODEL_PATH)) == cli.EXIT_FLAGGED
     printed = capsys.readouterr().out
     assert (
         f"run {shortcut}:" in printed and "FLAG corners_share_above_baseline [chefer] site=north" in printed
     )
+    assert "gate: FAILED, " in printed and "item flags on" in printed and "(scope 'item')" in printed
+    assert cli.main(again(MODEL_PATH)) == cli.EXIT_OK
+    printed = capsys.readouterr().out
+    assert f"run {honest}:" in printed and "gate: passed" in printed
 
     # what Prefect users and automations see: the verdict as the run's state, artifacts, events
     all_flags = read_table(out, "flags", run_id=shortcut).to_pandas()
@@ -95,6 +95,7 @@ def test_the_audit_flags_the_shortcut_model_and_not_the_honest_one(
     assert any(
         message.endswith("raised.") and "cohort flag" in message for _, message in states
     )  # the verdict
+    assert any("Gate failed: " in message for _, message in states)  # the gated rerun ended Flagged
 
 
 async def _prefect_view(run_id: str, n_events: int):

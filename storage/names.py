@@ -1,0 +1,76 @@
+"""The names every layer shares: regions, target kinds, methods, flag scopes and rules.
+
+One source: storage's schemas, auditing's rules, the report and the SQL views take these names from
+here, so a new region, rule or method is named once. A leaf module: it imports nothing.
+"""
+
+from __future__ import annotations
+
+# lung zones are PATIENT sides: on a frontal radiograph the patient's right is the image's left
+LUNG_ZONES = (
+    "lung_right_upper",
+    "lung_right_middle",
+    "lung_right_lower",
+    "lung_left_upper",
+    "lung_left_middle",
+    "lung_left_lower",
+)
+BORDER, CORNERS = "border", "corners"
+REGION_NAMES = (
+    "q_top_left",
+    "q_top_right",
+    "q_bottom_left",
+    "q_bottom_right",
+    *(f"g_r{row}c{col}" for row in range(3) for col in range(3)),
+    *LUNG_ZONES,
+    BORDER,
+    CORNERS,
+)
+# regions where a chest radiograph carries no evidence: mass there suggests a shortcut
+SHORTCUT_REGIONS = {
+    BORDER: "the image border band",
+    CORNERS: "the corner blocks (markers, burned-in tags)",
+}
+
+# what an explained target is: one answer token, one answer word, or the whole answer
+TOKEN, WORD, ANSWER = "token", "word", "answer"
+TARGET_KINDS = (TOKEN, WORD, ANSWER)
+
+# relevance methods (explainer.methods registers one class per name) and the perturbation references
+CHEFER, ROLLOUT, RAW_ATTENTION = "chefer", "rollout", "raw_attention"
+OCCLUSION, PIXEL_OCCLUSION, IMAGE_OCCLUSION = "occlusion", "pixel_occlusion", "image_occlusion"
+METHOD_NAMES = (CHEFER, ROLLOUT, RAW_ATTENTION, OCCLUSION, PIXEL_OCCLUSION, IMAGE_OCCLUSION)
+REFERENCE_NAMES = {
+    OCCLUSION: "token occlusion",
+    PIXEL_OCCLUSION: "pixel occlusion",
+    IMAGE_OCCLUSION: "image occlusion",
+}
+
+# a flag is about one item (a worklist entry for a reviewer), or about the model: a cohort of a
+# manifest column, a cluster of maps, or the trustworthiness of the maps themselves
+ITEM_SCOPE, COHORT_SCOPE, CLUSTER_SCOPE = "item", "cohort", "cluster"
+FLAG_SCOPES = (ITEM_SCOPE, COHORT_SCOPE, CLUSTER_SCOPE)
+MODEL_SCOPES = (COHORT_SCOPE, CLUSTER_SCOPE)
+
+BORDER_SHARE_RULE = f"{BORDER}_share_above_baseline"
+CORNERS_SHARE_RULE = f"{CORNERS}_share_above_baseline"
+ROI_RULE = "roi_hit_rate_low"
+OFF_ANATOMY_RULE = "off_anatomy"
+UNTRUSTWORTHY_RULE = "explanations_not_trustworthy"
+RELOCATED_RULE = "evidence_relocated"
+PRIOR_RULE = "change_ignores_prior"
+STRATEGY_RULE = "strategy_cluster"
+TRUST_RULES = (UNTRUSTWORTHY_RULE, RELOCATED_RULE)
+SHARE_RULES = {BORDER: BORDER_SHARE_RULE, CORNERS: CORNERS_SHARE_RULE}
+# every rule with its plain-language title (the report shows both: a clinician reads the title, an
+# engineer greps for the rule)
+RULE_TITLES = {
+    BORDER_SHARE_RULE: "Looks at the image border",
+    CORNERS_SHARE_RULE: "Looks at the image corners (markers, burned-in tags)",
+    ROI_RULE: "Misses the marked region of interest",
+    OFF_ANATOMY_RULE: "Looks outside the lungs",
+    UNTRUSTWORTHY_RULE: "Heatmaps not trustworthy",
+    RELOCATED_RULE: "Evidence moved by the vision tower",
+    PRIOR_RULE: "Answers about change barely look at the prior",
+    STRATEGY_RULE: "A cluster of answers rests on the same wrong place",
+}
