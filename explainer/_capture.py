@@ -20,24 +20,22 @@ class AttentionUnavailable(RuntimeError):
 
 
 def language_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers of the language model of a Gemma3-style VLM (transformers 5.x and 4.5x)."""
-    for path in ("model.language_model.layers", "language_model.layers", "model.language_model.model.layers"):
-        module = model
-        for name in path.split("."):
-            module = getattr(module, name, None)
-            if module is None:
-                break
-        if isinstance(module, nn.ModuleList):
-            return module
-    raise AttentionUnavailable(
-        f"cannot find the language model's decoder layers in {type(model).__name__}; "
-        "expected a Gemma3ForConditionalGeneration-like model with model.language_model.layers"
-    )
+    """The language model's decoder layers of a Gemma3ForConditionalGeneration:
+    `model.model.language_model.layers`."""
+    try:
+        layers = model.model.language_model.layers
+    except AttributeError:
+        layers = None
+    if not isinstance(layers, nn.ModuleList):
+        raise AttentionUnavailable(
+            f"{type(model).__name__} has no language-model decoder layers at .model.language_model.layers; "
+            "the explainer supports Gemma3ForConditionalGeneration models such as google/medgemma-1.5-4b-it"
+        )
+    return layers
 
 
 def _text_attn_implementation(model: nn.Module) -> str | None:
-    text_config = model.config.get_text_config()
-    return getattr(text_config, "_attn_implementation", None)
+    return model.config.get_text_config()._attn_implementation
 
 
 def use_attention(model: nn.Module, implementation: str) -> None:

@@ -51,7 +51,7 @@ def image_features(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor
     """[n_images, tokens per image, hidden]: the vision tower and projector's output, without gradients."""
     with torch.no_grad():
         features = model.get_image_features(pixel_values=pixel_values)
-    return getattr(features, "pooler_output", features)  # 5.x returns an output object
+    return features.pooler_output
 
 
 def forward_embeddings(

@@ -182,13 +182,20 @@ def _ungrouped(tensor: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 @dataclass
-class _Block:
-    """One block of query rows with the key columns its mask allows."""
+class Span:
+    """Query rows start..stop-1 of a layer's attention and the key columns first_key..stop_key-1 they
+    may attend."""
 
     start: int
     stop: int
     first_key: int
     stop_key: int
+
+
+@dataclass
+class _Block(Span):
+    """One block of query rows with the key columns its mask allows."""
+
     allowed: torch.Tensor  # [B|1, 1, n, stop_key - first_key] bool
 
 
@@ -239,12 +246,30 @@ def _attend(probabilities: torch.Tensor, value: torch.Tensor, block: _Block) -> 
     return _ungrouped(_grouped(probabilities, kv_heads) @ values, heads)
 
 
-def layer_probabilities(layer: LayerInputs, block_rows: int) -> Iterator[tuple[_Block, torch.Tensor]]:
-    """A recorded layer's attention probabilities [B, H, n, K], block by block."""
-    q_length, kv_length = layer.query.shape[2], layer.key.shape[2]
-    for block in _blocks(layer.mask, q_length, kv_length, block_rows, layer.query.device):
-        scores, _ = _scores(layer.query, layer.key, block, layer.scaling, layer.softcap)
-        yield block, _probabilities(scores, layer.query.dtype)
+@dataclass
+class LayerAttention:
+    """One language layer's attention probabilities for the methods that read them (rollout, raw
+    attention), block by block: a map the eager path captured, [B, H, L, L], is one block; a layer the
+    blockwise path recorded is recomputed from its queries and keys, `block_rows` query rows at a time."""
+
+    source: torch.Tensor | LayerInputs
+    block_rows: int = DEFAULT_BLOCK_ROWS  # recorded layers only
+
+    @property
+    def device(self) -> torch.device:
+        return self.source.device if isinstance(self.source, torch.Tensor) else self.source.query.device
+
+    def blocks(self) -> Iterator[tuple[Span, torch.Tensor]]:
+        """(span, probabilities [B, H, stop - start, stop_key - first_key]) covering every allowed key."""
+        if isinstance(self.source, torch.Tensor):
+            length = self.source.shape[-1]
+            yield Span(0, length, 0, length), self.source
+            return
+        layer = self.source
+        q_length, kv_length = layer.query.shape[2], layer.key.shape[2]
+        for block in _blocks(layer.mask, q_length, kv_length, self.block_rows, layer.query.device):
+            scores, _ = _scores(layer.query, layer.key, block, layer.scaling, layer.softcap)
+            yield block, _probabilities(scores, layer.query.dtype)
 
 
 class _BlockwiseAttention(torch.autograd.Function):
@@ -382,30 +407,3 @@ def chefer_rows(
         rows.append(tap.rows.float().cpu())
     tap.rows = None
     return torch.cat(rows)
-
-
-def rollout_rows(tap: RelevanceTap, start: torch.Tensor) -> torch.Tensor:
-    """Attention rollout's rows (`explainer.methods.rollout`) from the layers a recording forward kept."""
-    rows = start
-    for layer in reversed(tap.layers):
-        rows = rows.to(layer.query.device)
-        product = torch.zeros_like(rows)
-        for block, probabilities in layer_probabilities(layer, tap.block_rows):
-            mixed = 0.5 * probabilities[0].float().mean(dim=0)  # [n, K]
-            diagonal = torch.arange(block.start, block.stop, device=mixed.device)
-            mixed[diagonal - block.start, diagonal - block.first_key] += 0.5
-            mixed = mixed / mixed.sum(dim=-1, keepdim=True)
-            product[:, block.first_key : block.stop_key] += rows[:, block.start : block.stop] @ mixed
-        rows = product
-    return rows.float().cpu()
-
-
-def raw_attention_rows(tap: RelevanceTap, start: torch.Tensor) -> torch.Tensor:
-    """The last layer's head-mean attention, rows picked by `start` [T, L]."""
-    last = tap.layers[-1]
-    rows = start.to(last.query.device)
-    product = torch.zeros_like(rows)
-    for block, probabilities in layer_probabilities(last, tap.block_rows):
-        mean = probabilities[0].float().mean(dim=0)  # [n, K]
-        product[:, block.first_key : block.stop_key] += rows[:, block.start : block.stop] @ mean
-    return product.cpu()

@@ -13,7 +13,7 @@ from torch import nn
 from explainer._capture import AttentionRecorder
 from explainer._forward import embed_inputs, forward_embeddings
 from explainer._sequence import SequenceLayout
-from explainer.blockwise import DEFAULT_BLOCK_ROWS
+from explainer.blockwise import DEFAULT_BLOCK_ROWS, LayerAttention, RelevanceTap, tapping
 from explainer.targets import Target, logit_rows, target_scores
 
 
@@ -139,7 +139,7 @@ class ExplainContext:
         if self.blockwise:
             raise RuntimeError(
                 "attention maps are recorded on the eager path only; on the blockwise path use "
-                "explainer.blockwise.RelevanceTap(record=True), which keeps each layer's queries and keys"
+                "attention_layers(), which recomputes them block by block from each layer's queries and keys"
             )
         self.recorder.maps = []
         self.recorder.active = True
@@ -147,6 +147,19 @@ class ExplainContext:
             yield self.recorder.maps
         finally:
             self.recorder.active = False
+
+    @contextmanager
+    def attention_layers(self) -> Iterator[list[LayerAttention]]:
+        """Run `attention_forward` and yield every language layer's attention probabilities, first layer
+        first: the captured maps on the eager path, their blocks recomputed on the blockwise path."""
+        if self.blockwise:
+            with tapping(RelevanceTap(self.block_rows(), record=True)) as tap:
+                self.attention_forward()
+                yield [LayerAttention(layer, tap.block_rows) for layer in tap.layers]
+            return
+        with self.recording() as maps:
+            self.attention_forward()
+            yield [LayerAttention(attention) for attention in maps]
 
 
 class RelevanceMethod(ABC):

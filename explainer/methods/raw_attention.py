@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
-from explainer.blockwise import RelevanceTap, raw_attention_rows, tapping
+from explainer.blockwise import Span
 from explainer.methods.base import ExplainContext, RelevanceMethod
 from explainer.targets import Target, start_rows
+
+
+def raw_attention_from(rows: torch.Tensor, blocks: Iterable[tuple[Span, torch.Tensor]]) -> torch.Tensor:
+    """rows · mean over heads of A for the last layer's attention probabilities A, given as `blocks`
+    (each [B, H, n, K] over its span's query rows and key columns; `LayerAttention.blocks`): [T, L],
+    on `rows`' device, which must be the blocks' device."""
+    product = torch.zeros_like(rows)
+    for span, probabilities in blocks:
+        mean = probabilities[0].float().mean(dim=0)  # [n, K]
+        product[:, span.first_key : span.stop_key] += rows[:, span.start : span.stop] @ mean
+    return product
 
 
 class RawAttention(RelevanceMethod):
     def relevance(self, context: ExplainContext, targets: Sequence[Target]) -> torch.Tensor:
         rows = start_rows(targets, context.layout.seq_len)
-        if context.blockwise:
-            with torch.no_grad(), tapping(RelevanceTap(context.block_rows(), record=True)) as tap:
-                context.attention_forward()
-                return raw_attention_rows(tap, rows)
-        with torch.no_grad(), context.recording() as maps:
-            context.attention_forward()
-            last = maps[-1][0].float().mean(dim=0)  # [L, L]
-            return (rows.to(last.device) @ last).cpu()
+        with torch.no_grad(), context.attention_layers() as layers:
+            last = layers[-1]
+            return raw_attention_from(rows.to(last.device), last.blocks()).cpu()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from explainer import Explainer
-from explainer._capture import AttentionUnavailable
+from explainer._capture import AttentionUnavailable, language_layers
 from explainer.methods import METHODS
 from phantom.build import TinyGemma3Spec
 from tests.model_state import assert_no_gradients, model_state
@@ -68,3 +68,11 @@ def test_a_model_that_cannot_switch_to_eager_is_refused_with_the_fix(monkeypatch
     monkeypatch.setattr(vlm.model, "set_attn_implementation", refuse)
     with pytest.raises(AttentionUnavailable, match=r"attn_implementation=\{'text_config': 'eager'\}"):
         Explainer(vlm.model, vlm.processor)
+
+
+def test_the_decoder_layers_are_found_at_transformers_5_path_only(tiny):
+    assert language_layers(tiny.model) is tiny.model.model.language_model.layers
+    with pytest.raises(
+        AttentionUnavailable, match=r"Gemma3Model has no .* at \.model\.language_model\.layers"
+    ):
+        language_layers(tiny.model.model)  # the inner Gemma3Model, whose layers sit at .language_model.layers
