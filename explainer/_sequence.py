@@ -1,9 +1,9 @@
-"""Where the images sit in a Gemma3-style sequence: image token runs, token types, grids."""
+"""Where the images sit in a Gemma3-style sequence: image token runs, token types, grids; batches of sequences."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -103,3 +103,32 @@ def check_target_positions(target_positions: list[int], seq_len: int) -> list[in
             f"target positions must lie in [1, {seq_len - 1}] (row p-1 explains token p); got {bad}"
         )
     return positions
+
+
+PADDED_KEYS = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0}  # None: the pad token id
+
+
+def pad_sequences(
+    inputs: Sequence[Mapping[str, torch.Tensor]], pad_token_id: int, side: str
+) -> dict[str, torch.Tensor]:
+    """Batch-1 sequences as one batch [B, max L], padded on `side` ("left" for generation, "right" for
+    the relevance forward: every real position keeps its index and attends no pad), images
+    concatenated in order (`pixel_values` [Σ images, ...]). Every sequence must carry the same keys."""
+    for sequence in inputs:
+        check_batch_one(sequence)
+    if len({frozenset(sequence) for sequence in inputs}) != 1:
+        raise SequenceError("sequences of a batch must carry the same inputs (all with images or none)")
+    length = max(sequence["input_ids"].shape[1] for sequence in inputs)
+    batch = {}
+    for key, fill in PADDED_KEYS.items():
+        if key not in inputs[0]:
+            continue
+        rows = []
+        for sequence in inputs:
+            row = sequence[key]
+            pad = row.new_full((1, length - row.shape[1]), pad_token_id if fill is None else fill)
+            rows.append(torch.cat([pad, row] if side == "left" else [row, pad], dim=1))
+        batch[key] = torch.cat(rows)
+    if "pixel_values" in inputs[0]:
+        batch["pixel_values"] = torch.cat([sequence["pixel_values"] for sequence in inputs])
+    return batch

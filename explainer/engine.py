@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
@@ -13,20 +14,23 @@ from torch import nn
 
 from explainer import generation
 from explainer._capture import relevance_mode
+from explainer._forward import embed_inputs, forward_embeddings
 from explainer._sequence import (
     SequenceLayout,
     check_batch_one,
     check_target_positions,
+    pad_sequences,
     sequence_layout,
     token_type_ids_for,
 )
 from explainer.blockwise import DEFAULT_BLOCK_ROWS
-from explainer.explanation import Explanation
-from explainer.generation import GenerationError, build_prompt, check_question, full_sequence
+from explainer.explanation import AnswerToken, Explanation
+from explainer.generation import GenerationError, Prompt, build_prompt, check_question, full_sequence
 from explainer.loading import ModelInfo, check_vision_language_model, load_pretrained, model_info
 from explainer.methods import ATTENTION_PATHS, get_method
 from explainer.methods.base import ExplainContext
-from explainer.targets import Target, answer_targets
+from explainer.methods.chefer import gradient_weighted_attention, propagate_rows
+from explainer.targets import Target, answer_targets, logit_rows, start_rows, target_scores
 from explainer.words import answer_tokens, prompt_roles
 
 DEFAULT_MAX_CHUNK_BYTES = 2 * 1024**3
@@ -125,6 +129,10 @@ class Explainer:
     def prepare_inputs(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Batch-1 inputs on the model's device, `token_type_ids` filled in from the image token id."""
         check_batch_one(inputs)
+        return self._on_device(inputs)
+
+    def _on_device(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`prepare_inputs` for a batch of any size."""
         prepared = {
             key: value.to(self.device)
             for key, value in inputs.items()
@@ -210,12 +218,10 @@ class Explainer:
             check_target_positions(list(target.positions), seq_len)
         if not targets:
             return torch.zeros(0, seq_len)
-        distinct: dict[tuple[int, ...], int] = {}
-        for target in targets:
-            distinct.setdefault(target.positions, len(distinct))
+        distinct, index = _distinct(targets)
         with self.context(inputs, attention) as context:
-            rows = relevance_method.relevance(context, [Target(positions) for positions in distinct])
-        return rows[[distinct[target.positions] for target in targets]].float()
+            rows = relevance_method.relevance(context, distinct)
+        return rows[index].float()
 
     def explain(
         self,
@@ -254,70 +260,341 @@ class Explainer:
         Raises:
             GenerationError: prompting or generation failed (the original error is its cause).
         """
+        [outcome] = self.explain_batch(
+            [ExplainRequest(images, question, image_labels, answer)],
+            max_new_tokens=max_new_tokens,
+            targets=targets,
+            method=method,
+            system_prompt=system_prompt,
+            generation_kwargs=generation_kwargs,
+            max_question_tokens=max_question_tokens,
+            attention=attention,
+        )
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def explain_batch(
+        self,
+        requests: Sequence[ExplainRequest],
+        *,
+        batch_size: int = 8,
+        max_new_tokens: int = 64,
+        targets: str | list[str] = "all",
+        method: str = "chefer",
+        system_prompt: str | None = None,
+        generation_kwargs: dict | None = None,
+        max_question_tokens: int | None = None,
+        attention: str | None = None,
+    ) -> list[Explanation | Exception]:
+        """`explain` for several items, up to `batch_size` of them generated and explained together.
+
+        Returns each request's `Explanation`, or the exception that `explain` would have raised for it
+        (a `GenerationError` for prompting and generation). The outputs are those of `explain` one
+        item at a time: generation runs on left-padded batches (greedy answers are the same), and
+        Chefer relevance on the eager path on right-padded batches, where no real position attends a
+        pad (rows equal to float rounding, `tests/explainer/test_batch.py`). Items are batched by
+        length (less padding), on the eager path only, and only as many as the memory budget holds
+        (`max_chunk_bytes` for every item's attention maps); items on the blockwise path, and the
+        relevance of other methods, run one item at a time. A batch that fails is redone one item at
+        a time, so that only the failing item gets the error. Timings of a batch are divided evenly
+        over its items.
+        """
         if self.processor is None:
             raise ValueError(
                 "explain() needs a processor: Explainer(model, processor) or Explainer.from_pretrained"
             )
-        images = [images] if isinstance(images, Image.Image) else list(images)
-        started = time.perf_counter()
-        try:
-            prompt = build_prompt(
-                self.processor,
-                images,
-                question,
-                system_prompt,
-                max_question_tokens=max_question_tokens,
-                image_labels=image_labels,
-            )
-            context_length = self.model.config.get_text_config().max_position_embeddings
-            if prompt.length + max_new_tokens > context_length:
-                raise ValueError(
-                    f"the prompt is {prompt.length:,} tokens ({len(images)} images) and the answer may add "
-                    f"{max_new_tokens}, beyond the model's context of {context_length:,} tokens; sample "
-                    "fewer slices per volume (slices_per_volume) or give fewer images per item"
-                )
-            path = self.attention_path(prompt.length + max_new_tokens, attention)
-            if answer is not None:  # explained as given: the tokens the model is scored on
-                check_question(self.processor.tokenizer, answer)
-                answer_ids = torch.tensor(
-                    self.processor.tokenizer(answer, add_special_tokens=False)["input_ids"], dtype=torch.long
-                )
-            else:
-                with relevance_mode(self.model, path):  # the answer comes from the computation explained
-                    answer_ids = generation.generate_answer(
-                        self.model, prompt, max_new_tokens=max_new_tokens, generation_kwargs=generation_kwargs
-                    )
-        except Exception as exc:
-            raise GenerationError(f"{type(exc).__name__}: {exc}") from exc
-        generated = time.perf_counter()
+        items = [_Item(request) for request in requests]
+        for item in items:
+            with item.timed("generate_seconds"):
+                try:
+                    self._prompt(item, max_new_tokens, system_prompt, max_question_tokens, attention)
+                except Exception as exc:
+                    item.fail_generation(exc)
+        pending = [item for item in items if item.outcome is None and item.answer_ids is None]
+        for group in _groups(pending, batch_size, lambda item: item.prompt.length, _eager):
+            with _timed(group, "generate_seconds"):
+                self._generate(group, max_new_tokens, generation_kwargs)
+        for item in _live(items):
+            with item.timed("explain_seconds"):
+                try:
+                    self._sequence(item, targets)
+                except Exception as exc:
+                    item.fail(exc)
+        batchable = [
+            item for item in _live(items) if method == "chefer" and item.path == "eager" and item.targets
+        ]
+        for group in _groups(batchable, batch_size, lambda item: item.layout.seq_len, self._fits_eager):
+            if len(group) > 1:
+                with _timed(group, "explain_seconds"):
+                    try:
+                        rows = self._chefer_batch(
+                            [item.inputs for item in group], [item.targets for item in group]
+                        )
+                    except Exception:  # redone one item at a time below: the failing item gets the error
+                        rows = [None] * len(group)
+                for item, item_rows in zip(group, rows, strict=True):
+                    item.relevance = item_rows
+        for item in _live(items):
+            with item.timed("explain_seconds"):
+                try:
+                    if item.relevance is None:
+                        item.relevance = self.relevance(item.inputs, item.targets, method, item.path)
+                    item.outcome = self._explanation(item, method, system_prompt)
+                except Exception as exc:
+                    item.fail(exc)
+        for item in items:
+            if isinstance(item.outcome, Explanation):
+                item.outcome.timings = {**item.seconds, "answer_tokens": float(len(item.tokens))}
+        return [item.outcome for item in items]
 
-        tokenizer = self.processor.tokenizer
-        answer_text, tokens = answer_tokens(tokenizer, answer_ids, prompt.length)
-        explained_targets = answer_targets(tokens, targets)
-        inputs = full_sequence(prompt, answer_ids)
-        layout = self.layout(inputs)
-        relevance = self.relevance(inputs, explained_targets, method, path)
+    def _prompt(
+        self,
+        item: _Item,
+        max_new_tokens: int,
+        system_prompt: str | None,
+        max_question_tokens: int | None,
+        attention: str | None,
+    ) -> None:
+        """The item's prompt, attention path and, for a given answer, its token ids."""
+        request = item.request
+        item.prompt = build_prompt(
+            self.processor,
+            item.images,
+            request.question,
+            system_prompt,
+            max_question_tokens=max_question_tokens,
+            image_labels=request.image_labels,
+        )
+        context_length = self.model.config.get_text_config().max_position_embeddings
+        if item.prompt.length + max_new_tokens > context_length:
+            raise ValueError(
+                f"the prompt is {item.prompt.length:,} tokens ({len(item.images)} images) and the answer may "
+                f"add {max_new_tokens}, beyond the model's context of {context_length:,} tokens; sample "
+                "fewer slices per volume (slices_per_volume) or give fewer images per item"
+            )
+        item.path = self.attention_path(item.prompt.length + max_new_tokens, attention)
+        if request.answer is not None:  # explained as given: the tokens the model is scored on
+            check_question(self.processor.tokenizer, request.answer)
+            item.answer_ids = torch.tensor(
+                self.processor.tokenizer(request.answer, add_special_tokens=False)["input_ids"],
+                dtype=torch.long,
+            )
+
+    def _generate(self, group: list[_Item], max_new_tokens: int, generation_kwargs: dict | None) -> None:
+        """Answers of a group of items, each generated on its attention path (the answer comes from the
+        computation explained): one `generate` call for several (all eager), or, for one item or after
+        a failed batch, one call per item."""
+        if len(group) > 1:
+            try:
+                with relevance_mode(self.model, group[0].path):
+                    answers = generation.generate_answers(
+                        self.model,
+                        [item.prompt for item in group],
+                        max_new_tokens=max_new_tokens,
+                        generation_kwargs=generation_kwargs,
+                    )
+                for item, answer_ids in zip(group, answers, strict=True):
+                    item.answer_ids = answer_ids
+                return
+            except Exception:  # redone one item at a time: the failing item gets the error
+                pass
+        for item in group:
+            try:
+                with relevance_mode(self.model, item.path):
+                    item.answer_ids = generation.generate_answer(
+                        self.model,
+                        item.prompt,
+                        max_new_tokens=max_new_tokens,
+                        generation_kwargs=generation_kwargs,
+                    )
+            except Exception as exc:
+                item.fail_generation(exc)
+
+    def _sequence(self, item: _Item, targets: str | list[str]) -> None:
+        """The item's answer tokens, its targets, the full sequence and its layout."""
+        item.answer_text, item.tokens = answer_tokens(
+            self.processor.tokenizer, item.answer_ids, item.prompt.length
+        )
+        item.targets = answer_targets(item.tokens, targets)
+        item.inputs = full_sequence(item.prompt, item.answer_ids)
+        item.layout = self.layout(item.inputs)
+
+    def _fits_eager(self, group: list[_Item]) -> bool:
+        """Whether a group's attention maps fit in the memory budget at once (padded to its longest)."""
+        seq_len = max(item.layout.seq_len for item in group)
+        return len(group) * eager_attention_bytes(self.model, seq_len) <= self.max_chunk_bytes
+
+    def _chefer_batch(
+        self, sequences: Sequence[Mapping[str, torch.Tensor]], targets: Sequence[Sequence[Target]]
+    ) -> list[torch.Tensor]:
+        """Chefer rows of several sequences' targets from one eager forward over them, right-padded:
+        [T_b, L_b] float32 on CPU per sequence, as `relevance(sequences[b], targets[b])` gives them.
+
+        Sequences do not interact in a batch, so the gradient of Σ_b y_b (one target of each) holds
+        each y_b's gradient in row b: target k of every sequence shares one vector-Jacobian product.
+        """
+        lengths = [sequence["input_ids"].shape[1] for sequence in sequences]
+        for length, sequence_targets in zip(lengths, targets, strict=True):
+            for target in sequence_targets:
+                check_target_positions(list(target.positions), length)
+        pad = self.model.config.get_text_config().pad_token_id
+        batch = self._on_device(pad_sequences(sequences, pad, "right"))
+        distinct = [_distinct(sequence_targets) for sequence_targets in targets]
+        with relevance_mode(self.model, "eager") as recorder, torch.enable_grad():
+            embeddings = embed_inputs(self.model, batch).detach().requires_grad_(True)
+            rows_read = logit_rows([target for unique, _ in distinct for target in unique])
+            recorder.active = True
+            try:
+                logits = forward_embeddings(self.model, embeddings, batch, rows_read)  # [B, R, vocab]
+            finally:
+                recorder.active = False
+            maps = recorder.maps
+            scores = [
+                target_scores(logits[b : b + 1], batch["input_ids"][b], unique, rows_read)[0]
+                for b, (unique, _) in enumerate(distinct)
+            ]
+            n_slots = max(len(unique) for unique, _ in distinct)
+            slots = torch.stack([sum(score[k] for score in scores if k < len(score)) for k in range(n_slots)])
+            seq_len, heads = maps[0].shape[-1], maps[0].shape[1]
+            per_slot = 3 * len(maps) * heads * len(sequences) * seq_len * seq_len * 4  # gradients, product, Ā
+            chunk = max(1, self.max_chunk_bytes // per_slot)
+            starts = [start_rows(unique, seq_len) for unique, _ in distinct]
+            rows: list[list[torch.Tensor]] = [[] for _ in sequences]
+            for first in range(0, n_slots, chunk):
+                chunk_slots = slots[first : first + chunk]
+                basis = torch.eye(chunk_slots.numel(), device=chunk_slots.device)
+                gradients = torch.autograd.grad(  # each [K, B, heads, L, L]
+                    chunk_slots, maps, grad_outputs=basis, is_grads_batched=True, retain_graph=True
+                )
+                for b, (unique, _) in enumerate(distinct):
+                    n = min(len(unique), first + chunk) - first
+                    if n > 0:
+                        cams = [
+                            gradient_weighted_attention(g[:n, b : b + 1], a[b : b + 1].detach())
+                            for g, a in zip(gradients, maps, strict=True)
+                        ]
+                        rows[b].append(propagate_rows(starts[b][first : first + n], cams)[:, : lengths[b]])
+                del gradients
+        return [torch.cat(item_rows)[index] for item_rows, (_, index) in zip(rows, distinct, strict=True)]
+
+    def _explanation(self, item: _Item, method: str, system_prompt: str | None) -> Explanation:
+        layout, prompt = item.layout, item.prompt
         prompt_text_positions = layout.text_positions[layout.text_positions < prompt.length]
-        strings, roles = prompt_roles(tokenizer, prompt, prompt_text_positions)
+        strings, roles = prompt_roles(self.processor.tokenizer, prompt, prompt_text_positions)
         rows, cols = layout.grid
+        relevance = item.relevance
+        labels = item.request.image_labels
         return Explanation(
-            question=question,
-            answer=answer_text.strip(),
-            tokens=tokens,
-            targets=explained_targets,
+            question=item.request.question,
+            answer=item.answer_text.strip(),
+            tokens=item.tokens,
+            targets=item.targets,
             image_maps=[relevance[:, run].reshape(-1, rows, cols).numpy() for run in layout.image_token_runs],
             text_relevance=relevance[:, prompt_text_positions].numpy(),
             prompt_tokens=strings,
             prompt_token_roles=roles,
-            images=images,
+            images=item.images,
             method=method,
             model_id=self.info.model_id,
             model_revision=self.info.revision,
             system_prompt=system_prompt,
-            image_labels=list(image_labels) if image_labels is not None else [None] * len(images),
-            timings={
-                "generate_seconds": generated - started,
-                "explain_seconds": time.perf_counter() - generated,
-                "answer_tokens": float(len(tokens)),
-            },
+            image_labels=list(labels) if labels is not None else [None] * len(item.images),
         )
+
+
+@dataclass(frozen=True)
+class ExplainRequest:
+    """One item of `Explainer.explain_batch`: the arguments of `explain` that differ between items."""
+
+    images: Image.Image | Sequence[Image.Image]
+    question: str
+    image_labels: Sequence[str | None] | None = None
+    answer: str | None = None
+
+
+@dataclass
+class _Item:
+    """A request on its way through `explain_batch`: what each step made of it, its outcome once
+    known (an `Explanation` or the exception), and the seconds it took per stage."""
+
+    request: ExplainRequest
+    images: list[Image.Image] = field(init=False)
+    prompt: Prompt | None = None
+    path: str = "eager"
+    answer_ids: torch.Tensor | None = None
+    answer_text: str = ""
+    tokens: list[AnswerToken] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)
+    inputs: dict[str, torch.Tensor] | None = None
+    layout: SequenceLayout | None = None
+    relevance: torch.Tensor | None = None
+    outcome: Explanation | Exception | None = None
+    seconds: dict[str, float] = field(
+        default_factory=lambda: {"generate_seconds": 0.0, "explain_seconds": 0.0}
+    )
+
+    def __post_init__(self) -> None:
+        images = self.request.images
+        self.images = [images] if isinstance(images, Image.Image) else list(images)
+
+    def fail(self, error: Exception) -> None:
+        self.outcome = error
+
+    def fail_generation(self, error: Exception) -> None:
+        """Prompting or generating failed: a `GenerationError` whose cause is `error`."""
+        self.outcome = GenerationError(f"{type(error).__name__}: {error}")
+        self.outcome.__cause__ = error
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        with _timed([self], stage):
+            yield
+
+
+@contextmanager
+def _timed(items: Sequence[_Item], stage: str) -> Iterator[None]:
+    """Add the block's seconds to `stage`, divided evenly over `items`."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        share = (time.perf_counter() - started) / max(1, len(items))
+        for item in items:
+            item.seconds[stage] += share
+
+
+def _groups(
+    items: Sequence[_Item],
+    batch_size: int,
+    length: Callable[[_Item], int],
+    fits: Callable[[list[_Item]], bool],
+) -> list[list[_Item]]:
+    """Items in groups of at most `batch_size`, by `length` (shortest first: the least padding), each
+    group one that `fits` accepts (a group of one always does)."""
+    groups: list[list[_Item]] = []
+    for item in sorted(items, key=length):
+        if groups and len(groups[-1]) < batch_size and fits([*groups[-1], item]):
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
+
+
+def _live(items: Sequence[_Item]) -> list[_Item]:
+    """The items without an outcome yet."""
+    return [item for item in items if item.outcome is None]
+
+
+def _eager(group: Sequence[_Item]) -> bool:
+    """Whether every item runs on the eager path, the one that batches: the blockwise path masks with
+    -inf, and a left pad's fully masked row would turn its values into NaN."""
+    return all(item.path == "eager" for item in group)
+
+
+def _distinct(targets: Sequence[Target]) -> tuple[list[Target], list[int]]:
+    """Targets with distinct positions (computed once), and where each of `targets` finds its row."""
+    distinct: dict[tuple[int, ...], int] = {}
+    for target in targets:
+        distinct.setdefault(target.positions, len(distinct))
+    return [Target(positions) for positions in distinct], [distinct[target.positions] for target in targets]

@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from explainer._sequence import pad_sequences
+
 
 class GenerationError(RuntimeError):
     """Prompting or generating the answer failed; the original error is the `__cause__`."""
@@ -100,16 +102,33 @@ def stop_token_ids(model: nn.Module) -> set[int]:
 def generate_answer(
     model: nn.Module, prompt: Prompt, *, max_new_tokens: int, generation_kwargs: dict | None = None
 ) -> torch.Tensor:
-    """Answer token ids [n] (greedy unless `generation_kwargs` say otherwise), without the stop token.
+    """Answer token ids [n] (greedy unless `generation_kwargs` say otherwise), without the stop token
+    (`generate_answers` for one prompt)."""
+    [answer] = generate_answers(
+        model, [prompt], max_new_tokens=max_new_tokens, generation_kwargs=generation_kwargs
+    )
+    return answer
+
+
+def generate_answers(
+    model: nn.Module, prompts: Sequence[Prompt], *, max_new_tokens: int, generation_kwargs: dict | None = None
+) -> list[torch.Tensor]:
+    """Each prompt's answer token ids [n] without the stop token, from one `generate` call over the
+    prompts left-padded into a batch (generation then derives positions from the attention mask, so
+    greedy answers are those of one prompt at a time; `tests/explainer/test_batch.py` checks it).
 
     Image and begin-of-image tokens are suppressed: a model that emitted them would ask for image
     features that do not exist ("Image features and image tokens do not match").
     """
     config = model.config
+    pad = config.get_text_config().pad_token_id
     suppress = [config.image_token_id, getattr(config, "boi_token_id", None)]
-    kwargs = {"do_sample": False, **(generation_kwargs or {})}
+    kwargs = {"do_sample": False, "pad_token_id": pad, **(generation_kwargs or {})}
     device = model.get_input_embeddings().weight.device
-    inputs = {key: value.to(device) for key, value in prompt.inputs.items()}
+    batch = (
+        prompts[0].inputs if len(prompts) == 1 else pad_sequences([p.inputs for p in prompts], pad, "left")
+    )
+    inputs = {key: value.to(device) for key, value in batch.items()}
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     with torch.no_grad():
@@ -119,10 +138,12 @@ def generate_answer(
             suppress_tokens=[token for token in suppress if token is not None],
             **kwargs,
         )
-    answer = output[0, prompt.length :].cpu()
-    stops = stop_token_ids(model) | {config.get_text_config().pad_token_id}
-    ends = [index for index, token in enumerate(answer.tolist()) if token in stops]
-    return answer[: ends[0]] if ends else answer
+    stops = stop_token_ids(model) | {pad}
+    answers = []
+    for answer in output[:, inputs["input_ids"].shape[1] :].cpu():
+        ends = [index for index, token in enumerate(answer.tolist()) if token in stops]
+        answers.append(answer[: ends[0]] if ends else answer)
+    return answers
 
 
 def full_sequence(prompt: Prompt, answer_ids: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -114,6 +114,13 @@ class AuditConfig(BaseModel):
     )
     overlays: OverlaysPolicy = Field("answer", description="which explained targets get a PNG overlay")
     shard_size: int = Field(16, ge=1, le=100_000, description="items per shard (one task, one part file)")
+    batch_size: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="items of a shard generated and explained together (outputs do not depend on it: "
+        "answers equal, maps to float rounding); batches are cut by length and the memory budget",
+    )
     max_new_tokens: int = Field(32, ge=1, le=4096, description="answer length limit")
     max_question_tokens: int = Field(
         DEFAULT_MAX_QUESTION_TOKENS,

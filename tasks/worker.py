@@ -3,9 +3,10 @@
 `explain_shard` never raises for a bad item: a broken image, a failed generation or explanation
 becomes an errors row (stage, error type, message) and the shard goes on. It raises only when the
 shard as a whole cannot proceed (model not loadable, output store unwritable), which a rerun retries.
-Write order: overlays, tokens part, errors part, answers part last (the commit marker). Overlays are
-PNG-encoded and stored on a background thread (`OverlayWriter`), so the model does not wait for
-compression or storage; the shard waits for them before writing its parts.
+Items go through the model `config.batch_size` at a time (`explain_items`), each with the outcome it
+gets alone. Write order: overlays, tokens part, errors part, answers part last (the commit marker).
+Overlays are PNG-encoded and stored on a background thread (`OverlayWriter`), so the model does not
+wait for compression or storage; the shard waits for them before writing its parts.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from PIL import Image
 
 from explainer import Explainer
+from explainer.engine import ExplainRequest
 from explainer.explanation import Explanation
 from explainer.generation import GenerationError
 from explainer.overlay import heatmap_overlay
@@ -59,7 +61,7 @@ from tasks.retry import is_environmental, with_backoff
 from tasks.shards import ItemDeferred, ShardJob, ShardSummary, WorkerInfo
 
 OverlaySink = Callable[[str, Image.Image], None]  # (overlay name, image) → stored
-__all__ = ["ItemOutcome", "ShardJob", "explain_item", "explain_shard", "get_explainer"]
+__all__ = ["ItemOutcome", "ShardJob", "explain_item", "explain_items", "explain_shard", "get_explainer"]
 
 
 @dataclass
@@ -151,65 +153,120 @@ def explain_item(
     thread's item can decode, build rows and write overlays meanwhile. With `check_faithfulness` the
     item's answer and finding-word maps are also checked against occlusion (the faithfulness sample).
     """
+    [outcome] = explain_items(
+        explainer,
+        [item],
+        config,
+        reader,
+        {item.item_id: overlay_sink} if overlay_sink is not None else None,
+        model_revision=model_revision,
+        model_lock=model_lock,
+        checked_items=frozenset({item.item_id}) if check_faithfulness else frozenset(),
+    )
+    return outcome
+
+
+def explain_items(
+    explainer: Explainer,
+    items: list[ManifestItem],
+    config: AuditConfig,
+    reader: StoreCache,
+    overlay_sinks: dict[str, OverlaySink] | None = None,
+    *,
+    model_revision: str | None = None,
+    model_lock: AbstractContextManager | None = None,
+    checked_items: frozenset[str] = frozenset(),
+) -> list[ItemOutcome]:
+    """`explain_item` for a batch of items, generated and explained together
+    (`Explainer.explain_batch`, `config.batch_size` at a time): each item's outcome is the one it gets
+    alone, and an item that fails is that item's error row only.
+
+    `overlay_sinks` maps item ids to where their overlays go (None: no overlays); the items in
+    `checked_items` are also checked against occlusion (the faithfulness sample).
+    """
     identity = {"model_id": config.model, "model_revision": model_revision, "method": config.method}
 
-    def failed(stage: str, exc: Exception, size: tuple[int, int] | None = None) -> ItemOutcome:
+    def failed(
+        item: ManifestItem, stage: str, exc: Exception, size: tuple[int, int] | None = None
+    ) -> ItemOutcome:
         error_type = exc.error_type if isinstance(exc, RoiError) else type(exc).__name__
         record = ErrorRecord(item.item_id, item.row_number, item.image_uri, stage, error_type, str(exc))
         return ItemOutcome(answer_row(item, image_size=size, **identity), errors=[record])
 
-    try:
-        study, mask = load_study(item, reader, config)
-    except Exception as exc:  # a missing, unreadable, undecodable or too large image: this item's row
-        if is_environmental(exc):
-            raise ItemDeferred(
-                f"item {item.item_id}: {type(exc).__name__}: {exc}; the shard is not committed, so a "
-                "rerun of the run id redoes it once storage is reachable or the credentials are fixed"
-            ) from exc
-        return failed("image", exc)
-    size = study[0].image.info["original_size"]
-    try:
-        with model_lock or nullcontext():
-            explanation = explainer.explain(
-                [image.image for image in study],
-                item.question,
-                image_labels=[image.label for image in study],
+    outcomes: dict[int, ItemOutcome] = {}
+    loaded: dict[int, tuple[list[StudyImage], Image.Image | None]] = {}
+    for index, item in enumerate(items):
+        try:
+            loaded[index] = load_study(item, reader, config)
+        except Exception as exc:  # a missing, unreadable, undecodable or too large image: this item's row
+            if is_environmental(exc):
+                raise ItemDeferred(
+                    f"item {item.item_id}: {type(exc).__name__}: {exc}; the shard is not committed, so a "
+                    "rerun of the run id redoes it once storage is reachable or the credentials are fixed"
+                ) from exc
+            outcomes[index] = failed(item, "image", exc)
+    requests = [
+        ExplainRequest(
+            [image.image for image in study],
+            items[index].question,
+            [image.label for image in study],
+            items[index].answer,
+        )
+        for index, (study, _mask) in loaded.items()
+    ]
+    with model_lock or nullcontext():
+        explanations = (
+            explainer.explain_batch(
+                requests,
+                batch_size=config.batch_size,
                 max_new_tokens=config.max_new_tokens,
                 targets=config.explainer_targets(),
                 method=config.method,
                 system_prompt=config.system_prompt,
                 max_question_tokens=config.max_question_tokens,
                 attention=config.attention,
-                answer=item.answer,
             )
-    except GenerationError as exc:  # the error row names the original error, not the wrapper
-        return failed("generate", exc.__cause__ or exc, size)
-    except Exception as exc:  # any model failure (OOM, shape mismatch, ...) is this item's error row
-        return failed("explain", exc, size)
-    try:
-        roi = roi_weights(item, size, explanation.grid, mask) if explanation.targets else None
-        roles = image_roles(study, explanation.grid)
-        outcome = ItemOutcome(
-            answer_row(item, image_size=size, explanation=explanation, **identity),
-            token_rows(item.item_id, explanation, roi=roi, roles=roles),
+            if requests
+            else []
         )
-    except Exception as exc:
-        return failed("image" if isinstance(exc, RoiError) else "explain", exc, size)
-    if check_faithfulness:
+    for (index, (study, mask)), explanation in zip(loaded.items(), explanations, strict=True):
+        item = items[index]
+        size = study[0].image.info["original_size"]
+        if isinstance(
+            explanation, GenerationError
+        ):  # the error row names the original error, not the wrapper
+            outcomes[index] = failed(item, "generate", explanation.__cause__ or explanation, size)
+            continue
+        if isinstance(explanation, Exception):  # any model failure (OOM, shape mismatch, ...)
+            outcomes[index] = failed(item, "explain", explanation, size)
+            continue
         try:
-            with model_lock or nullcontext():
-                outcome.faithfulness = check_item(
-                    explainer,
-                    item.item_id,
-                    explanation,
-                    config.findings,
-                    config.faithfulness_max_image_tokens,
-                )
-        except Exception as exc:  # the item keeps its explanation; the failed check is recorded
-            outcome.errors.append(ErrorRecord.from_exception(exc, stage="explain", item=item))
-    if overlay_sink is not None:
-        _write_overlays(outcome, explanation, roles, item, config, overlay_sink)
-    return outcome
+            roi = roi_weights(item, size, explanation.grid, mask) if explanation.targets else None
+            roles = image_roles(study, explanation.grid)
+            outcome = ItemOutcome(
+                answer_row(item, image_size=size, explanation=explanation, **identity),
+                token_rows(item.item_id, explanation, roi=roi, roles=roles),
+            )
+        except Exception as exc:
+            outcomes[index] = failed(item, "image" if isinstance(exc, RoiError) else "explain", exc, size)
+            continue
+        if item.item_id in checked_items:
+            try:
+                with model_lock or nullcontext():
+                    outcome.faithfulness = check_item(
+                        explainer,
+                        item.item_id,
+                        explanation,
+                        config.findings,
+                        config.faithfulness_max_image_tokens,
+                    )
+            except Exception as exc:  # the item keeps its explanation; the failed check is recorded
+                outcome.errors.append(ErrorRecord.from_exception(exc, stage="explain", item=item))
+        sink = overlay_sinks.get(item.item_id) if overlay_sinks is not None else None
+        if sink is not None:
+            _write_overlays(outcome, explanation, roles, item, config, sink)
+        outcomes[index] = outcome
+    return [outcomes[index] for index in range(len(items))]
 
 
 def _write_overlays(
@@ -339,23 +396,29 @@ def explain_shard(job: ShardJob) -> ShardSummary:
     answers, tokens, errors, faithfulness = [], [], [], []
     generate_seconds = explain_seconds = 0.0
     with OverlayWriter(store, job.run_id) as overlay_writer:
-        for item in items:
-            outcome = explain_item(
+        for first in range(0, len(items), config.batch_size):
+            batch = items[first : first + config.batch_size]
+            sinks = (
+                None
+                if config.overlays == "none"
+                else {item.item_id: overlay_writer.sink_for(item) for item in batch}
+            )
+            for outcome in explain_items(
                 loaded.explainer,
-                item,
+                batch,
                 config,
                 reader,
-                overlay_writer.sink_for(item) if config.overlays != "none" else None,
+                sinks,
                 model_revision=loaded.revision,
                 model_lock=loaded.lock,
-                check_faithfulness=item.item_id in job.checked_items,
-            )
-            answers.append(outcome.answer)
-            tokens.extend(outcome.tokens)
-            faithfulness.extend(outcome.faithfulness)
-            errors.extend(record.to_row() for record in outcome.errors)
-            generate_seconds += outcome.answer.get("generate_seconds") or 0.0
-            explain_seconds += outcome.answer.get("explain_seconds") or 0.0
+                checked_items=job.checked_items,
+            ):
+                answers.append(outcome.answer)
+                tokens.extend(outcome.tokens)
+                faithfulness.extend(outcome.faithfulness)
+                errors.extend(record.to_row() for record in outcome.errors)
+                generate_seconds += outcome.answer.get("generate_seconds") or 0.0
+                explain_seconds += outcome.answer.get("explain_seconds") or 0.0
         writing = time.perf_counter()
         overlays, overlay_errors = overlay_writer.results()
         overlay_writer.remove_stale(items)  # before the commit: a committed shard keeps no older overlays

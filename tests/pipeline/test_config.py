@@ -39,6 +39,7 @@ def test_run_id_depends_on_content_and_identity_not_on_placement():
     run_id = derive_run_id(manifest, _config())
     assert run_id.startswith("batch-07-") and len(run_id) == len("batch-07-") + 12
     assert derive_run_id(manifest, _config(device="cuda", endpoint_url="http://minio:9000")) == run_id
+    assert derive_run_id(manifest, _config(batch_size=8)) == run_id  # outputs do not depend on it
     assert derive_run_id(manifest, _config(shard_size=4)) != run_id
     assert derive_run_id(manifest, _config(findings=["effusion"])) != run_id
     changed = parse_manifest(MANIFEST.replace(b"b.png", b"c.png"), "/data/batch-07.csv")

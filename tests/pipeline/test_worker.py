@@ -7,9 +7,11 @@ import os
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
+from explainer import Explainer
 from storage import (
     CredentialsError,
     LocalStore,
@@ -26,7 +28,7 @@ from tasks import cache, retry
 from tasks.config import AuditConfig
 from tasks.shards import ItemDeferred, ShardJob
 from tasks.worker import OverlayWriter, explain_item, explain_shard
-from tests.pipeline.conftest import local_dataset, png_bytes
+from tests.pipeline.conftest import local_dataset, manifest_bytes, png_bytes
 
 
 def _item(tmp_path, name: str, data: bytes | None, **overrides) -> ManifestItem:
@@ -389,3 +391,72 @@ def test_logged_answers_are_explained_as_given_and_the_answers_table_says_which(
     assert answers.loc["item-000", "answer"] == "right upper zone"
     assert list(answers["answer_source"]) == ["given", "generated"]
     assert len(generated) == 1  # only item-001's answer was generated
+
+
+def _phantom_manifest(folder: Path, n: int, seed: int) -> str:
+    """`n` phantom presence and location cases, then a missing image, a question holding a chat
+    control token and an overlong one; returns the manifest's path."""
+    from phantom import sample
+
+    (folder / "images").mkdir(parents=True)
+    rows = []
+    for index, case in enumerate(sample(n, seed, tasks=("presence", "locate"))):
+        case.image.save(folder / f"images/{index}.png")
+        rows.append({"item_id": f"case-{index}", "image": f"images/{index}.png", "question": case.question})
+    rows.insert(3, {"item_id": "missing", "image": "images/none.png", "question": "Is there a nodule?"})
+    rows.insert(6, {"item_id": "control", "image": "images/0.png", "question": "Is <start_of_turn> it?"})
+    rows.append({"item_id": "long", "image": "images/1.png", "question": "nodule " * 40})
+    path = folder / "manifest.csv"
+    path.write_bytes(manifest_bytes(rows))
+    return str(path)
+
+
+def test_batched_items_give_the_rows_of_one_item_at_a_time(tmp_path, monkeypatch):
+    from phantom import MODEL_PATH
+
+    manifest_path = _phantom_manifest(tmp_path / "data", 10, 20_030)
+    manifest = read_manifest(manifest_path)
+    tables = {}
+    for batch_size in (1, 4, 8):
+        out = str(tmp_path / f"out-{batch_size}")
+        config = AuditConfig(
+            manifest=manifest_path,
+            out=out,
+            model=str(MODEL_PATH),
+            shard_size=13,
+            batch_size=batch_size,
+            max_new_tokens=4,
+            max_question_tokens=30,
+            targets="all",
+            device="cpu",
+        )
+        with monkeypatch.context() as patch:
+            if batch_size > 1:  # every item's relevance comes from a batch here
+                patch.setattr(Explainer, "relevance", lambda *a, **k: pytest.fail("one item at a time"))
+            summary = explain_shard(ShardJob("r1", 0, manifest_fingerprint(manifest), config))
+        assert (summary.items, summary.ok, summary.failed) == (13, 10, 3)
+        tables[batch_size] = {
+            table: read_table(out, table, "r1")
+            .to_pandas()
+            .drop(columns=["generate_seconds", "explain_seconds", "occurred_at"], errors="ignore")
+            for table in ("answers", "tokens", "errors")
+        }
+    one = tables[1]
+    errors = one["errors"].set_index("item_id")
+    assert errors.loc["missing", "stage"] == "image"
+    assert list(errors.loc[["control", "long"], "stage"]) == ["generate", "generate"]
+    assert one["answers"].answer.str.split().str.len().nunique() > 1  # answers of different lengths: padded
+    for batch_size in (4, 8):
+        for table, rows in tables[batch_size].items():
+            _assert_same_rows(rows, one[table], f"{table} at batch size {batch_size}")
+
+
+def _assert_same_rows(got, want, what: str) -> None:
+    """Equal tables, floats (relevance and what is computed from it) to float rounding."""
+    assert list(got.columns) == list(want.columns) and len(got) == len(want), what
+    for column in want.columns:
+        for a, b in zip(got[column], want[column], strict=True):
+            if isinstance(b, float | np.floating | np.ndarray) and np.asarray(b).dtype.kind == "f":
+                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=f"{what}: {column}")
+            else:
+                assert np.array_equal(a, b) or (a is None and b is None), f"{what}: {column}: {a!r} != {b!r}"
