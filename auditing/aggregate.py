@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -11,7 +11,6 @@ import pandas as pd
 from auditing.cohorts import StatsConfig, cohort_stats, item_level
 from auditing.compare import cohort_vs_rest
 from auditing.flags import (
-    SHORTCUT_REGIONS,
     FlagThresholds,
     as_frame,
     off_anatomy_flags,
@@ -28,8 +27,17 @@ from auditing.trust import (
     unchecked_targets,
 )
 from explainer.regions import standard_regions  # numpy only: no torch is loaded
-from storage import open_store, read_table, write_part
-from storage.names import LUNG_ZONES
+from storage import (
+    ObjectNotFound,
+    ObjectStore,
+    open_store,
+    read_json,
+    read_table,
+    run_json_key,
+    write_json,
+    write_part,
+)
+from storage.names import LUNG_ZONES, SHORTCUT_REGIONS
 
 # Answer words worth a map of their own in chest radiology: findings, devices, laterality, zones, yes/no.
 DEFAULT_FINDINGS = (
@@ -38,6 +46,7 @@ DEFAULT_FINDINGS = (
     "upper", "middle", "lower", "yes", "no",
 )  # fmt: skip
 AGGREGATE_PART = "part-aggregate"
+AGGREGATE_JSON = "aggregate.json"  # runs/run_id=<id>/: the settings the run's flags were raised with
 
 
 @dataclass(frozen=True)
@@ -157,6 +166,7 @@ def aggregate_run(
     faithfulness = read_table(out_uri, "faithfulness", run_id=run_id, endpoint_url=endpoint_url).to_pandas()
     result = aggregate(tokens, answers, config, faithfulness)
     store = open_store(out_uri, endpoint_url=endpoint_url)
+    write_json(store, run_json_key(run_id, AGGREGATE_JSON), aggregate_record(config))
     for table, frame in (
         ("cohort_stats", result.cohort_stats),
         ("cohort_regions", result.cohort_regions),
@@ -167,6 +177,23 @@ def aggregate_run(
     ):
         write_part(store, table, run_id, AGGREGATE_PART, _without_run_id(frame))
     return result
+
+
+def aggregate_record(config: AggregateConfig) -> dict:
+    """What aggregate.json records: the grouping, the findings vocabulary and every flag threshold."""
+    return {
+        "group_by": list(config.group_by),
+        "findings": list(config.findings) if config.findings is not None else None,
+        "thresholds": asdict(config.thresholds),
+    }
+
+
+def recorded_thresholds(store: ObjectStore, run_id: str) -> FlagThresholds | None:
+    """The thresholds the run's last aggregation used (aggregate.json), None where it never ran."""
+    try:
+        return FlagThresholds(**read_json(store, run_json_key(run_id, AGGREGATE_JSON))["thresholds"])
+    except ObjectNotFound:
+        return None
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:

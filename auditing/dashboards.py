@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.resources import files
+from string import Template
 from typing import Any
 
 import pyarrow as pa
 
-from storage import duckdb_connect, is_s3_uri, normalize_uri, table_schema
+from storage import duckdb_connect, is_s3_uri, names, normalize_uri, table_schema
 
 __all__ = [
     "ROOT_PLACEHOLDER", "Block", "create_views", "dashboard_sql", "describe_views", "view_blocks", "write_views",
@@ -67,9 +69,32 @@ class Block:
         return match.group(1) if match else None
 
 
+def _quoted(names: Iterable[str]) -> str:
+    return ", ".join(f"'{name}'" for name in names)
+
+
+# the names dashboards.sql writes as ${NAME}: one source, storage.names
+SQL_NAMES = {
+    "ANSWER": names.ANSWER,
+    "WORD": names.WORD,
+    "BORDER": names.BORDER,
+    "CORNERS": names.CORNERS,
+    "LUNG_SHARE": " + ".join(f"t.region_shares.{zone}" for zone in names.LUNG_ZONES),
+    "OCCLUSION": names.OCCLUSION,
+    "PIXEL_OCCLUSION": names.PIXEL_OCCLUSION,
+    "ITEM_SCOPE": names.ITEM_SCOPE,
+    "COHORT_SCOPE": names.COHORT_SCOPE,
+    "TRUST_RULES": _quoted(names.TRUST_RULES),
+    "PRIOR_RULE": names.PRIOR_RULE,
+    "SHARE_RULE_SUFFIX": names.SHARE_RULES[names.BORDER].removeprefix(names.BORDER),
+    "KNOWN_RULES": ", ".join(f"('{rule}')" for rule in names.RULE_TITLES),
+}
+
+
 def dashboard_sql() -> str:
-    """The text of auditing/dashboards.sql (the root still as ``${OUT}``)."""
-    return (files("auditing") / "dashboards.sql").read_text(encoding="utf-8")
+    """The text of auditing/dashboards.sql with the shared names filled in (the root still as ``${OUT}``)."""
+    text = (files("auditing") / "dashboards.sql").read_text(encoding="utf-8")
+    return Template(text).safe_substitute(SQL_NAMES)
 
 
 def view_blocks(sql: str | None = None) -> list[Block]:

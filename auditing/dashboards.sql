@@ -147,13 +147,13 @@ SELECT t.run_id,
        t.randomization_spearman,
        EXISTS (
            SELECT 1 FROM flags AS f
-           WHERE f.rule IN ('explanations_not_trustworthy', 'evidence_relocated') AND f.run_id = t.run_id
+           WHERE f.rule IN (${TRUST_RULES}) AND f.run_id = t.run_id
              AND f.grouping = t.grouping AND f.cohort = t.cohort AND f.target_class = t.target_class
-             AND f.method = t.method AND f.metric = 'peak_in_' || coalesce(t.reference, 'occlusion') || '_evidence'
+             AND f.method = t.method AND f.metric = 'peak_in_' || coalesce(t.reference, '${OCCLUSION}') || '_evidence'
        ) AS not_trustworthy
 FROM cohort_trust AS t
 LEFT JOIN runs ON runs.run_id = t.run_id
-WHERE t.method <> 'pixel_occlusion';
+WHERE t.method <> '${PIXEL_OCCLUSION}';
 
 -- view: answer_distribution
 -- Answers per cohort: every metadata key/value of the manifest, and the whole run as ('all', 'all').
@@ -205,7 +205,7 @@ SELECT runs.manifest,
        c.n_rest,
        EXISTS (
            SELECT 1 FROM flags AS f
-           WHERE f.rule = c.metric || '_share_above_baseline' AND f.run_id = c.run_id
+           WHERE f.rule = c.metric || '${SHARE_RULE_SUFFIX}' AND f.run_id = c.run_id
              AND f.grouping = c.grouping AND f.cohort = c.cohort AND f.target_class = c.target_class
              AND f.method NOT LIKE '%(faithfulness sample)'
        )                                                                   AS flagged
@@ -218,7 +218,7 @@ LEFT JOIN runs ON runs.run_id = c.run_id;
 CREATE OR REPLACE VIEW item_drilldown AS
 WITH targets AS (
     SELECT *,
-           CASE WHEN target_kind = 'answer' THEN 'answer' ELSE 'word-' || word END AS target_name,
+           CASE WHEN target_kind = '${ANSWER}' THEN '${ANSWER}' ELSE '${WORD}-' || word END AS target_name,
            -- overlay_images in tasks/records.py: the item's first image has no suffix, image k
            -- `-image<k>`; a volume's three slices with the most relevance `-slice<n>` (1-based),
            -- `-volume<g>-slice<n>` where the item has several images or volumes
@@ -230,7 +230,7 @@ WITH targets AS (
                          THEN '-volume' || image_group ELSE '' END || '-slice' || format('{:03d}', slice_index + 1)
            END AS image_suffix
     FROM tokens
-    WHERE target_kind IN ('answer', 'word')
+    WHERE target_kind IN ('${ANSWER}', '${WORD}')
     WINDOW item_target AS (PARTITION BY run_id, item_id, target_kind, word)
 ), named AS (
     SELECT *,
@@ -251,7 +251,7 @@ SELECT a.run_id,
        a.answer,
        a.status,
        a.metadata,
-       CASE WHEN t.target_kind = 'word' THEN lower(t.word) ELSE t.target_kind END AS target_class,
+       CASE WHEN t.target_kind = '${WORD}' THEN lower(t.word) ELSE t.target_kind END AS target_class,
        t.target_kind,
        t.word,
        t.image_index,
@@ -260,23 +260,21 @@ SELECT a.run_id,
        t.n_slices,
        t.study_share,
        t.image_share,
-       t.region_shares.border                                                   AS border_share,
-       t.region_shares.corners                                                  AS corners_share,
-       t.region_shares.lung_right_upper + t.region_shares.lung_right_middle + t.region_shares.lung_right_lower
-           + t.region_shares.lung_left_upper + t.region_shares.lung_left_middle
-           + t.region_shares.lung_left_lower                                    AS lung_share,
+       t.region_shares.${BORDER}                                                AS ${BORDER}_share,
+       t.region_shares.${CORNERS}                                               AS ${CORNERS}_share,
+       ${LUNG_SHARE}                                                            AS lung_share,
        t.region_shares,
        t.entropy,
        t.top10_mass,
        t.roi_share,
        t.roi_hit,
        (SELECT string_agg(DISTINCT f.rule, ',' ORDER BY f.rule) FROM flags AS f
-        WHERE f.scope = 'item' AND f.run_id = a.run_id AND f.item_id = a.item_id) AS item_flags,
+        WHERE f.scope = '${ITEM_SCOPE}' AND f.run_id = a.run_id AND f.item_id = a.item_id) AS item_flags,
        -- where the run's overlay policy wrote a picture (every target when run.json does not say)
        CASE WHEN t.image_suffix IS NOT NULL AND CASE runs.config ->> 'overlays'
                      WHEN 'none' THEN false
-                     WHEN 'answer' THEN t.target_kind = 'answer'
-                     WHEN 'findings' THEN t.target_kind = 'answer'
+                     WHEN '${ANSWER}' THEN t.target_kind = '${ANSWER}'
+                     WHEN 'findings' THEN t.target_kind = '${ANSWER}'
                          OR list_contains(CAST(runs.config -> 'findings' AS VARCHAR[]), lower(t.word))
                      ELSE true END
             THEN '${OUT}/overlays/run_id=' || a.run_id || '/' || a.item_id || '/'
@@ -306,12 +304,10 @@ GROUP BY e.run_id, runs.created_at, runs.manifest, runs.status, runs.n_items, e.
 
 -- view: flag_counts
 -- Flags per run and rule, zero-filled: every run (run.json or flags) with every rule of
--- auditing.report.sections.RULE_TITLES and any other rule a run raised.
+-- storage.names.RULE_TITLES and any other rule a run raised.
 CREATE OR REPLACE VIEW flag_counts AS
 WITH rules AS (
-    SELECT rule FROM (VALUES ('border_share_above_baseline'), ('corners_share_above_baseline'),
-                             ('roi_hit_rate_low'), ('off_anatomy'), ('explanations_not_trustworthy'),
-                             ('evidence_relocated'), ('change_ignores_prior')) AS known(rule)
+    SELECT rule FROM (VALUES ${KNOWN_RULES}) AS known(rule)
     UNION
     SELECT DISTINCT rule FROM flags
 ), run_ids AS (
@@ -339,7 +335,7 @@ LEFT JOIN runs ON runs.run_id = r.run_id;
 CREATE OR REPLACE VIEW latest_runs AS
 SELECT runs.*,
        (SELECT count(*) FROM flags AS f WHERE f.run_id = runs.run_id)                          AS n_flags,
-       (SELECT count(*) FROM flags AS f WHERE f.run_id = runs.run_id AND f.scope = 'cohort') AS n_cohort_flags
+       (SELECT count(*) FROM flags AS f WHERE f.run_id = runs.run_id AND f.scope = '${COHORT_SCOPE}') AS n_cohort_flags
 FROM runs
 WHERE status = 'completed'
 QUALIFY row_number() OVER (PARTITION BY manifest ORDER BY created_at DESC, run_id DESC) = 1;
@@ -370,7 +366,7 @@ SELECT s.run_id,
        s.barely_prior_ci_high,
        EXISTS (
            SELECT 1 FROM flags AS f
-           WHERE f.rule = 'change_ignores_prior' AND f.run_id = s.run_id AND f.grouping = s.grouping
+           WHERE f.rule = '${PRIOR_RULE}' AND f.run_id = s.run_id AND f.grouping = s.grouping
              AND f.cohort = s.cohort AND f.target_class = s.target_class
        ) AS change_ignores_prior
 FROM cohort_studies AS s

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -17,7 +17,15 @@ import pyarrow as pa
 from scipy.stats import false_discovery_control
 
 from storage import FLAGS_SCHEMA
-from storage.names import ANSWER, ITEM_SCOPE, OFF_ANATOMY_RULE
+from storage.names import (
+    ANSWER,
+    COHORT_SCOPE,
+    ITEM_SCOPE,
+    OFF_ANATOMY_RULE,
+    ROI_RULE,
+    SHARE_RULES,
+    SHORTCUT_REGIONS,
+)
 
 # the flags table's columns in its order; run_id is the part's path (hive partition), a column in memory
 FLAG_COLUMNS = ("run_id", *FLAGS_SCHEMA.names)
@@ -38,6 +46,8 @@ class FlagThresholds:
     # are left out of the share rules (so are sampled items whose references have no evidence)
     flat_entropy: float = 0.9
     min_items: int = 5
+    # a strategy cluster smaller than this is neither tested nor flagged
+    min_cluster_items: int = 10
     roi_hit_rate: float = 0.5  # pointing-game hit rate below this (the upper end of its Wilson interval)
     off_anatomy_lung_share: float = 0.35  # an item whose lung zones hold less than this share ...
     # ... but an answer asserting absence ("no", "normal") rests on everywhere the finding is not, so a
@@ -54,12 +64,6 @@ class FlagThresholds:
     # a longitudinal item barely looks at the prior when less than this share of its image relevance
     # lies on it; a cohort is flagged when more than half of its items do (Wilson interval above 1/2)
     prior_floor: float = 0.1
-
-
-SHORTCUT_REGIONS = {
-    "border": "the image border band",
-    "corners": "the corner blocks (markers, burned-in tags)",
-}
 
 
 def cohort_key(row: tuple) -> dict[str, str]:
@@ -87,7 +91,7 @@ def flag_row(
     message: str,
     n_items: int,
     run_id: str,
-    scope: str = "cohort",
+    scope: str = COHORT_SCOPE,
     grouping: str | None = None,
     cohort: str | None = None,
     target_class: str | None = None,
@@ -151,7 +155,7 @@ def shortcut_flags(
             flags.append(
                 flag_row(
                     **cohort_key(row),
-                    rule=f"{row.metric}_share_above_baseline",
+                    rule=SHARE_RULES[row.metric],
                     method=row.method,
                     metric=f"{row.metric}_share",
                     value=row.cohort_mean,
@@ -181,7 +185,7 @@ def roi_flags(stats: pd.DataFrame, thresholds: FlagThresholds, method: str) -> l
     return [
         flag_row(
             **cohort_key(row),
-            rule="roi_hit_rate_low",
+            rule=ROI_RULE,
             method=method,
             metric="roi_hit",
             value=row.roi_hit_mean,
@@ -258,7 +262,3 @@ def as_frame(flags: list[dict]) -> pd.DataFrame:
     """Flags in the flags table's column order, run_id first (missing fields as nulls)."""
     frame = pd.DataFrame(flags, columns=list(FLAG_COLUMNS))
     return frame.astype(dict.fromkeys(_FLOAT_COLUMNS, float))
-
-
-def thresholds_record(thresholds: FlagThresholds) -> dict:
-    return asdict(thresholds)

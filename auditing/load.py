@@ -8,17 +8,18 @@ import numpy as np
 import pandas as pd
 
 from storage import REGION_NAMES, read_table
+from storage.names import ANSWER, LUNG_ZONES, WORD
 
 SHARE_COLUMNS = tuple(f"share_{name}" for name in REGION_NAMES)
-LUNG_COLUMNS = tuple(column for column in SHARE_COLUMNS if column.startswith("share_lung_"))
+LUNG_COLUMNS = tuple(f"share_{zone}" for zone in LUNG_ZONES)
 
 
 def target_class(kind: str, word: str | None, findings: set[str] | None) -> str | None:
     """ "answer" for whole-answer rows; the lower-cased word for word rows in the vocabulary (all
     words when `findings` is None); None for everything else (token rows, other words)."""
-    if kind == "answer":
-        return "answer"
-    if kind == "word" and word:
+    if kind == ANSWER:
+        return ANSWER
+    if kind == WORD and word:
         word = word.lower()
         return word if findings is None or word in findings else None
     return None

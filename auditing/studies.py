@@ -25,6 +25,7 @@ from auditing.cohorts import ITEM_KEYS, StatsConfig, cohorts
 from auditing.evidence import wilson_interval
 from auditing.flags import FlagThresholds, cohort_phrase, flag_row
 from storage import PROFILE_BINS
+from storage.names import COHORT_SCOPE, PRIOR_RULE
 
 PRIOR_LABEL = "prior"  # images whose label starts with this (case-insensitive) are the prior
 
@@ -122,8 +123,8 @@ def prior_flags(studies: pd.DataFrame, thresholds: FlagThresholds, method: str) 
     return [
         flag_row(
             run_id=row.run_id,
-            scope="cohort",
-            rule="change_ignores_prior",
+            scope=COHORT_SCOPE,
+            rule=PRIOR_RULE,
             method=method,
             grouping=row.grouping,
             cohort=row.cohort,

@@ -25,6 +25,7 @@ from auditing.load import SHARE_COLUMNS, join_targets
 from explainer.map_stats import normalised_entropy  # numpy only: no torch is loaded
 from explainer.methods import IMAGE_REFERENCE, REFERENCE_METHODS
 from storage import FAITHFULNESS_SCHEMA, TOKENS_SCHEMA
+from storage.names import RELOCATED_RULE, UNTRUSTWORTHY_RULE
 
 TOKEN_REFERENCE, PIXEL_REFERENCE = REFERENCE_METHODS
 # the faithfulness table's own measures: its columns beyond those it shares with tokens, less the timing
@@ -179,7 +180,7 @@ def trust_flags(trust: pd.DataFrame, thresholds: FlagThresholds) -> list[dict]:
     for row in confident.itertuples(index=False):
         evidence = _evidence_text(row)
         if row.method == TOKEN_REFERENCE:
-            rule = "evidence_relocated"
+            rule = RELOCATED_RULE
             message = (
                 f"evidence relocated before the language model for {cohort_phrase(row.grouping, row.cohort)} "
                 f"('{row.target_class}'): the token-occlusion peak lies in the pixel-occlusion evidence {evidence}. "
@@ -187,7 +188,7 @@ def trust_flags(trust: pd.DataFrame, thresholds: FlagThresholds) -> list[dict]:
                 "and token occlusion all point where the evidence arrived, not where it is in the image"
             )
         else:
-            rule = "explanations_not_trustworthy"
+            rule = UNTRUSTWORTHY_RULE
             message = (
                 f"explanations not trustworthy for {cohort_phrase(row.grouping, row.cohort)} ('{row.target_class}'): the peak "
                 f"of {row.method} maps lies in the {row.reference} reference's evidence {evidence}; "

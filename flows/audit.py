@@ -27,6 +27,7 @@ from prefect.states import Completed, Failed
 from auditing.gate import gate
 from auditing.report.summary import verdict
 from flows.runners import task_resources, task_runner_for
+from storage.names import ITEM_SCOPE
 from tasks import cache, ledger, steps
 from tasks.config import AuditConfig, DaskSettings
 from tasks.lock import run_lock
@@ -238,7 +239,7 @@ def audit(
         outputs |= {
             "flags": len(flags),
             "verdict": verdict(flags),
-            "cohort_flags": [flag for flag in flags if flag["scope"] != "item"],
+            "cohort_flags": [flag for flag in flags if flag["scope"] != ITEM_SCOPE],
             "gate": outcome,
         }
         if config.report:

@@ -6,6 +6,7 @@ The demo data set itself is `phantom.demo` (`write_demo_dataset`, `DEMO_GROUPING
 from __future__ import annotations
 
 from phantom import SHORTCUT_MODEL_PATH, require_model_folder
+from storage.names import COHORT_SCOPE
 
 
 def demo_models() -> dict[str, str]:
@@ -44,7 +45,7 @@ def format_comparison(results: dict[str, dict]) -> str:
     for name, result in results.items():
         stats = behaviour(result["out"], result["run_id"])
         flags = read_table(result["out"], "flags", run_id=result["run_id"]).to_pandas()
-        cohort_flags = flags[flags["scope"] == "cohort"]
+        cohort_flags = flags[flags["scope"] == COHORT_SCOPE]
         lines.append(
             f"- {name} model: {stats['correct']:.0%} correct; says yes for {stats['yes_with_tag_only']:.0%} of "
             f"tagged images without a nodule and {stats['yes_with_nodule_only']:.0%} of untagged images with one"

@@ -2,7 +2,7 @@
 (several images, DICOM series, NIfTI volumes), Parquet output tables, run.json and committed shards.
 Imports no torch and no prefect."""
 
-from storage.audit_schemas import COHORT_METRICS, FAITHFULNESS_SCHEMA, FLAGS_SCHEMA, PROFILE_BINS
+from storage.audit_schemas import COHORT_METRICS, PROFILE_BINS
 from storage.engines import arrow_filesystem, duckdb_connect, load_httpfs, parquet_source, table_glob
 from storage.errors import (
     CorruptImage,
@@ -26,6 +26,7 @@ from storage.errors import (
     ObjectTooLarge,
     OutputNotWritable,
     SchemaError,
+    SchemaVersionError,
     SeriesTooLong,
     StorageConnectionError,
     StorageError,
@@ -46,6 +47,7 @@ from storage.manifests import (
     shard,
     stable_item_id,
 )
+from storage.names import REGION_NAMES
 from storage.objects import FolderListing, LocalStore, ObjectStore, S3Store, StoreCache, open_store, read_uri
 from storage.outputs import (
     MANIFEST_PART,
@@ -64,12 +66,23 @@ from storage.outputs import (
     write_part,
     write_run,
 )
-from storage.records import STAGES, ErrorRecord
-from storage.region_names import REGION_NAMES
+from storage.records import (
+    STAGES,
+    AnswerRecord,
+    ErrorRecord,
+    FaithfulnessRecord,
+    FlagRecord,
+    Record,
+    RunRecord,
+    TokenRecord,
+)
 from storage.studies import DEFAULT_MAX_SERIES_FILES, DEFAULT_SLICES_PER_VOLUME, StudyImage, read_study
 from storage.tables import (
     ANSWERS_SCHEMA,
     ERRORS_SCHEMA,
+    FAITHFULNESS_SCHEMA,
+    FLAGS_SCHEMA,
+    RECORDS,
     SCHEMA_VERSION,
     TOKENS_SCHEMA,
     code_version,
@@ -91,16 +104,20 @@ __all__ = [
     "MANIFEST_PART",
     "MAX_IMAGES_PER_ITEM",
     "PROFILE_BINS",
+    "RECORDS",
     "REGION_NAMES",
     "SCHEMA_VERSION",
     "STAGES",
     "TOKENS_SCHEMA",
+    "AnswerRecord",
     "CorruptImage",
     "CredentialsError",
     "DuckDBExtensionError",
     "DuplicateSlices",
     "EmptySeries",
     "ErrorRecord",
+    "FaithfulnessRecord",
+    "FlagRecord",
     "FolderListing",
     "ImageDecodeError",
     "ImageTooLarge",
@@ -122,13 +139,17 @@ __all__ = [
     "ObjectStore",
     "ObjectTooLarge",
     "OutputNotWritable",
+    "Record",
+    "RunRecord",
     "S3Store",
     "SchemaError",
+    "SchemaVersionError",
     "SeriesTooLong",
     "StorageConnectionError",
     "StorageError",
     "StoreCache",
     "StudyImage",
+    "TokenRecord",
     "UnorderableSeries",
     "UnsupportedImageFormat",
     "VolumeError",

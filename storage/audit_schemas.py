@@ -1,11 +1,9 @@
-"""Schemas of the tables the audit writes from the explained targets: cohorts, comparisons, flags,
-and the faithfulness sample."""
+"""Schemas of the cohort tables the audit writes from the explained targets (statistics, regions,
+comparisons, trust, studies); the other tables' schemas come from their records (storage/records.py)."""
 
 from __future__ import annotations
 
 import pyarrow as pa
-
-from storage.region_names import REGION_SHARES_TYPE
 
 COHORT_METRICS = ("image_share", "entropy", "top10_mass", "lung_share", "roi_hit", "roi_share")
 
@@ -59,24 +57,6 @@ COMPARISONS_SCHEMA = pa.schema(
     ]
 )
 
-FLAGS_SCHEMA = pa.schema(
-    [
-        ("scope", pa.string()),
-        ("rule", pa.string()),
-        ("method", pa.string()),
-        *_COHORT_KEY,
-        ("item_id", pa.string()),
-        ("metric", pa.string()),
-        ("value", pa.float64()),
-        ("baseline", pa.float64()),
-        ("threshold", pa.float64()),
-        ("ci_low", pa.float64()),
-        ("ci_high", pa.float64()),
-        ("n_items", pa.int32()),
-        ("message", pa.string()),
-    ]
-)
-
 COHORT_TRUST_SCHEMA = pa.schema(
     [
         *_COHORT_KEY,
@@ -124,34 +104,10 @@ COHORT_STUDIES_SCHEMA = pa.schema(
     ]
 )
 
-FAITHFULNESS_SCHEMA = pa.schema(
-    [
-        pa.field("item_id", pa.string(), nullable=False),
-        ("image_index", pa.int16()),
-        ("target_kind", pa.string()),
-        ("target_text", pa.string()),
-        ("word", pa.string()),
-        ("method", pa.string()),
-        ("grid_h", pa.int16()),
-        ("grid_w", pa.int16()),
-        ("image_relevance", pa.list_(pa.float32())),
-        ("region_shares", REGION_SHARES_TYPE),
-        ("spearman_vs_occlusion", pa.float32()),
-        ("top_cell_agrees", pa.bool_()),
-        ("morf_auc", pa.float32()),
-        ("lerf_auc", pa.float32()),
-        ("auc_gap", pa.float32()),
-        ("randomization_spearman", pa.float32()),
-        ("seconds", pa.float32()),
-    ]
-)
-
 AUDIT_SCHEMAS: dict[str, pa.Schema] = {
     "cohort_stats": COHORT_STATS_SCHEMA,
     "cohort_regions": COHORT_REGIONS_SCHEMA,
     "cohort_comparisons": COMPARISONS_SCHEMA,
     "cohort_trust": COHORT_TRUST_SCHEMA,
     "cohort_studies": COHORT_STUDIES_SCHEMA,
-    "flags": FLAGS_SCHEMA,
-    "faithfulness": FAITHFULNESS_SCHEMA,
 }

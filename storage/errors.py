@@ -40,6 +40,10 @@ class SchemaError(StorageError, ValueError):
     """Rows or a table do not match an output table's schema."""
 
 
+class SchemaVersionError(StorageError, ValueError):
+    """Outputs written by a vlm-audit of another schema version: not read, not resumed."""
+
+
 class DuckDBExtensionError(StorageError):
     """A DuckDB extension needed for the URI (httpfs for s3://) cannot be loaded."""
 

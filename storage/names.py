@@ -26,11 +26,27 @@ REGION_NAMES = (
     BORDER,
     CORNERS,
 )
+# how the report names the regions it tabulates
+REGION_LABELS = {
+    "lung_right_upper": "Right lung, upper zone",
+    "lung_right_middle": "Right lung, middle zone",
+    "lung_right_lower": "Right lung, lower zone",
+    "lung_left_upper": "Left lung, upper zone",
+    "lung_left_middle": "Left lung, middle zone",
+    "lung_left_lower": "Left lung, lower zone",
+    "q_top_left": "Image top-left quarter",
+    "q_top_right": "Image top-right quarter",
+    "q_bottom_left": "Image bottom-left quarter",
+    "q_bottom_right": "Image bottom-right quarter",
+    BORDER: "Image border band",
+    CORNERS: "Image corners (markers, tags)",
+}
 # regions where a chest radiograph carries no evidence: mass there suggests a shortcut
 SHORTCUT_REGIONS = {
     BORDER: "the image border band",
     CORNERS: "the corner blocks (markers, burned-in tags)",
 }
+OUTSIDE_LUNGS = "outside_lungs"  # 1 − the lung zones' share: what the cluster rule also tests
 
 # what an explained target is: one answer token, one answer word, or the whole answer
 TOKEN, WORD, ANSWER = "token", "word", "answer"

@@ -27,9 +27,9 @@ import pyarrow.parquet as pq
 
 from storage import _s3
 from storage.engines import arrow_filesystem
-from storage.errors import CredentialsError, InvalidURIError, StorageError
+from storage.errors import CredentialsError, InvalidURIError, SchemaVersionError, StorageError
 from storage.objects import ObjectStore, S3Store
-from storage.tables import table_schema, to_arrow
+from storage.tables import SCHEMA_VERSION, table_schema, to_arrow
 from storage.uri import join_key, join_uri, normalize_uri
 
 MANIFEST_PART = "part-manifest"
@@ -70,9 +70,9 @@ def part_key(table_name: str, run_id: str, part: int | str) -> str:
     return join_key(table_name, f"run_id={_safe_id('run_id', run_id)}", f"{name}.parquet")
 
 
-def run_json_key(run_id: str) -> str:
-    """``runs/run_id=<id>/run.json``."""
-    return join_key("runs", f"run_id={_safe_id('run_id', run_id)}", "run.json")
+def run_json_key(run_id: str, name: str = "run.json") -> str:
+    """``runs/run_id=<id>/run.json`` (or another of the run's JSON documents: ``aggregate.json``)."""
+    return join_key("runs", f"run_id={_safe_id('run_id', run_id)}", name)
 
 
 def run_lock_key(run_id: str) -> str:
@@ -166,6 +166,9 @@ def read_table(
             partitioning=partitioning,
             partition_base_dir=base,
         )
+        for fragment in dataset.get_fragments():
+            metadata = fragment.physical_schema.metadata or {}
+            check_schema_version(metadata.get(b"vlm_audit.schema_version", b"").decode(), fragment.path)
         return dataset.to_table(columns=columns, filter=where)
     except FileNotFoundError:
         empty = schema.empty_table()
@@ -197,13 +200,28 @@ def read_json(store: ObjectStore, key: str) -> Any:
 
 
 def write_run(store: ObjectStore, run_id: str, info: Mapping[str, Any]) -> str:
-    """Write ``runs/run_id=<id>/run.json``; ``info`` must not hold secrets (it is stored as is)."""
-    return write_json(store, run_json_key(run_id), dict(info))
+    """Write ``runs/run_id=<id>/run.json`` with this version's `schema_version`; ``info`` must not hold
+    secrets (it is stored as is)."""
+    return write_json(store, run_json_key(run_id), {**info, "schema_version": SCHEMA_VERSION})
+
+
+def check_schema_version(found: str | None, where: str) -> None:
+    """`SchemaVersionError` unless `found` is this version's `SCHEMA_VERSION`: older outputs are refused,
+    not misread."""
+    if found != SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"{where} was written with output schema version {found or 'unknown'}, and this vlm-audit reads "
+            f"version {SCHEMA_VERSION} only; rerun the audit into a new output root (or read it with the "
+            "vlm-audit release that wrote it)"
+        )
 
 
 def read_run(store: ObjectStore, run_id: str) -> dict[str, Any]:
-    """Read ``runs/run_id=<id>/run.json``."""
-    return read_json(store, run_json_key(run_id))
+    """Read ``runs/run_id=<id>/run.json``; `SchemaVersionError` for a run of another schema version."""
+    key = run_json_key(run_id)
+    run = read_json(store, key)
+    check_schema_version(run.get("schema_version"), join_uri(store.root, key))
+    return run
 
 
 def list_runs(store: ObjectStore) -> list[str]:

@@ -1,4 +1,5 @@
-"""Explicit Arrow schemas of the output tables, and validation of rows against them.
+"""Arrow schemas of the output tables (generated from the typed records of storage/records.py, or
+explicit for the cohort tables), and validation of rows against them.
 
 ``docs/outputs.md`` documents every column. ``run_id`` is not a column in the files: it is the hive
 partition in the path (``<table>/run_id=<id>/``) and appears as a column when a reader asks for hive
@@ -16,96 +17,39 @@ import pyarrow.compute as pc
 
 from storage.audit_schemas import AUDIT_SCHEMAS
 from storage.errors import SchemaError
-from storage.records import STAGES
-from storage.region_names import REGION_SHARES_TYPE
-
-SCHEMA_VERSION = "3"
-ANSWER_STATUSES = ("ok", "error")
-TARGET_KINDS = ("token", "word", "answer")
-
-ANSWERS_SCHEMA = pa.schema(
-    [
-        pa.field("item_id", pa.string(), nullable=False),
-        ("row_number", pa.int64()),
-        ("image_uri", pa.string()),
-        ("image_uris", pa.list_(pa.string())),
-        ("image_labels", pa.list_(pa.string())),
-        ("n_images", pa.int16()),
-        ("question", pa.string()),
-        ("answer", pa.string()),
-        ("answer_source", pa.string()),
-        ("status", pa.string()),
-        ("n_targets", pa.int32()),
-        ("prompt_tokens", pa.list_(pa.string())),
-        ("prompt_token_special", pa.list_(pa.bool_())),
-        ("image_width", pa.int32()),
-        ("image_height", pa.int32()),
-        ("roi_box", pa.list_(pa.float32())),
-        ("model_id", pa.string()),
-        ("model_revision", pa.string()),
-        ("method", pa.string()),
-        ("generate_seconds", pa.float32()),
-        ("explain_seconds", pa.float32()),
-        ("metadata", pa.map_(pa.string(), pa.string())),
-    ]
+from storage.records import (
+    AnswerRecord,
+    ErrorRecord,
+    FaithfulnessRecord,
+    FlagRecord,
+    Record,
+    TokenRecord,
+    allowed_values,
+    arrow_schema,
 )
 
-TOKENS_SCHEMA = pa.schema(
-    [
-        pa.field("item_id", pa.string(), nullable=False),
-        ("image_index", pa.int16()),
-        ("image_group", pa.int16()),
-        ("image_label", pa.string()),
-        ("slice_index", pa.int32()),
-        ("n_slices", pa.int32()),
-        ("study_share", pa.float32()),
-        ("outside_body_share", pa.float32()),
-        ("target_kind", pa.string()),
-        ("target_text", pa.string()),
-        ("word", pa.string()),
-        ("token_id", pa.int64()),
-        ("token_position", pa.int32()),
-        ("method", pa.string()),
-        ("grid_h", pa.int16()),
-        ("grid_w", pa.int16()),
-        ("image_relevance", pa.list_(pa.float32())),
-        ("text_relevance", pa.list_(pa.float32())),
-        ("image_mass", pa.float32()),
-        ("text_mass", pa.float32()),
-        ("image_share", pa.float32()),
-        ("region_shares", REGION_SHARES_TYPE),
-        ("entropy", pa.float32()),
-        ("top10_mass", pa.float32()),
-        ("peak_row", pa.int16()),
-        ("peak_col", pa.int16()),
-        ("roi_share", pa.float32()),
-        ("roi_hit", pa.bool_()),
-        ("explain_seconds", pa.float32()),
-    ]
-)
-
-ERRORS_SCHEMA = pa.schema(
-    [
-        ("item_id", pa.string()),
-        ("row_number", pa.int64()),
-        ("image_uri", pa.string()),
-        ("stage", pa.string()),
-        ("error_type", pa.string()),
-        ("message", pa.string()),
-        ("occurred_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
-
+# 4: typed records (storage/records.py), answer-aware off_anatomy, the clusters table and cluster flags
+SCHEMA_VERSION = "4"
+RECORDS: dict[str, type[Record]] = {
+    "answers": AnswerRecord,
+    "tokens": TokenRecord,
+    "errors": ErrorRecord,
+    "flags": FlagRecord,
+    "faithfulness": FaithfulnessRecord,
+}
+ANSWERS_SCHEMA = arrow_schema(AnswerRecord)
+TOKENS_SCHEMA = arrow_schema(TokenRecord)
+ERRORS_SCHEMA = arrow_schema(ErrorRecord)
+FLAGS_SCHEMA = arrow_schema(FlagRecord)
+FAITHFULNESS_SCHEMA = arrow_schema(FaithfulnessRecord)
 SCHEMAS: dict[str, pa.Schema] = {
-    "answers": ANSWERS_SCHEMA,
-    "tokens": TOKENS_SCHEMA,
-    "errors": ERRORS_SCHEMA,
+    **{table: arrow_schema(record) for table, record in RECORDS.items()},
     **AUDIT_SCHEMAS,
 }
 _ALLOWED_VALUES = {
-    ("answers", "status"): ANSWER_STATUSES,
-    ("tokens", "target_kind"): TARGET_KINDS,
-    ("errors", "stage"): STAGES,
+    (table, name): values
+    for table, record in RECORDS.items()
+    for name, values in allowed_values(record).items()
 }
 
 
@@ -131,9 +75,9 @@ def table_schema(table_name: str) -> pa.Schema:
 
 
 def _columns_from_rows(
-    table_name: str, rows: Iterable[Mapping[str, Any]]
+    table_name: str, rows: Iterable[Mapping[str, Any] | Record]
 ) -> tuple[dict[str, list[Any]], int]:
-    rows = list(rows)
+    rows = [row.to_row() if isinstance(row, Record) else row for row in rows]
     for index, row in enumerate(rows):
         if not isinstance(row, Mapping):
             raise SchemaError(f"{table_name}: row {index} is a {type(row).__name__}, expected a mapping")
@@ -151,8 +95,8 @@ def _check_struct_keys(table_name: str, field: pa.Field, values: list[Any]) -> N
             )
 
 
-def to_arrow(table_name: str, data: pa.Table | Iterable[Mapping[str, Any]]) -> pa.Table:
-    """Validate rows (mappings) or a table against ``table_name``'s schema and return a conforming table.
+def to_arrow(table_name: str, data: pa.Table | Iterable[Mapping[str, Any] | Record]) -> pa.Table:
+    """Validate rows (records or mappings) or a table against ``table_name``'s schema and return a conforming table.
 
     Missing nullable columns become nulls; unknown columns, wrong types, nulls in non-null columns and
     values outside an enumeration (status, target_kind, stage) raise ``SchemaError`` naming the column.

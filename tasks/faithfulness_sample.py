@@ -11,6 +11,7 @@ import numpy as np
 from explainer.checks import MethodCheck, check_explanation
 from explainer.explanation import Explanation
 from explainer.regions import mass_shares
+from storage.names import ANSWER, WORD
 from tasks.records import table_regions, target_fields
 
 
@@ -20,7 +21,7 @@ def checked_targets(explanation: Explanation, findings: tuple[str, ...]):
     return [
         target
         for target in explanation.targets
-        if target.kind == "answer" or (target.kind == "word" and target.label.lower() in wanted)
+        if target.kind == ANSWER or (target.kind == WORD and target.label.lower() in wanted)
     ]
 
 

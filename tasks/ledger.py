@@ -19,6 +19,7 @@ from storage import (
     Manifest,
     ObjectNotFound,
     ObjectStore,
+    RunRecord,
     S3Store,
     arrow_filesystem,
     code_version,
@@ -33,8 +34,6 @@ from storage import (
 )
 from tasks.config import AuditConfig
 from tasks.shards import ShardFailure, ShardSummary
-
-RUN_STATUSES = ("running", "completed", "failed")
 
 
 class RunConflict(RuntimeError):
@@ -213,25 +212,24 @@ def run_record(
     finished_at: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """The run.json document (docs/outputs.md). Holds no secret: the config has no credential fields."""
-    if status not in RUN_STATUSES:
-        raise ValueError(f"status {status!r} is not one of {RUN_STATUSES}")
-    return {
-        "run_id": run_id,
-        "status": status,
-        "attempt": attempt,
-        "config": config.model_dump(mode="json"),
-        "identity": config.identity(),
-        "manifest_uri": manifest.uri,
-        "manifest_fingerprint": fingerprint,
-        "manifest_columns": list(manifest.columns),
-        "model_id": config.model,
-        "model_revision": model_revision,
-        "code_version": code_version(),
-        "schema_version": SCHEMA_VERSION,
-        "counts": counts or {},
-        "timings": timings or {},
-        "started_at": started_at,
-        "finished_at": finished_at,
+    """The run.json document (`storage.RunRecord`, docs/outputs.md). Holds no secret: the config has no
+    credential fields. `extra` are further RunRecord fields (dask, flow_run_id, workers, ...)."""
+    return RunRecord(
+        run_id=run_id,
+        status=status,
+        attempt=attempt,
+        config=config.model_dump(mode="json"),
+        identity=config.identity(),
+        manifest_uri=manifest.uri,
+        manifest_fingerprint=fingerprint,
+        manifest_columns=list(manifest.columns),
+        model_id=config.model,
+        model_revision=model_revision,
+        code_version=code_version(),
+        schema_version=SCHEMA_VERSION,
+        counts=counts or {},
+        timings=timings or {},
+        started_at=started_at,
+        finished_at=finished_at,
         **extra,
-    }
+    ).to_row()

@@ -18,6 +18,7 @@ from explainer.map_stats import normalised_entropy, peak_cell, pointing_hit, top
 from explainer.regions import Grid, box_region, cell_means, mass_share, mass_shares, standard_regions
 from explainer.targets import Target
 from storage import REGION_NAMES, ManifestItem
+from storage.names import ANSWER, TOKEN, WORD
 
 TEMPLATE_ROLES = ("special", "template")  # prompt tokens the chat template adds, not the user's text
 
@@ -95,9 +96,9 @@ def _positive_sum(values: np.ndarray) -> float:
 
 def target_fields(target: Target, explanation: Explanation) -> dict[str, Any]:
     """target_text, word, token_id and token_position of one target."""
-    if target.kind == "answer":
+    if target.kind == ANSWER:
         return {"target_text": explanation.answer, "word": None, "token_id": None, "token_position": None}
-    if target.kind == "word":
+    if target.kind == WORD:
         return {"target_text": target.label, "word": target.label, "token_id": None, "token_position": None}
     token = next(token for token in explanation.tokens if token.position == target.positions[0])
     return {
@@ -257,15 +258,15 @@ def overlay_targets(
     token_index = {token.position: k for k, token in enumerate(explanation.tokens)}
     chosen = []
     for index, target in enumerate(explanation.targets):
-        if target.kind == "answer":
-            chosen.append((index, "answer"))
-        elif target.kind == "word" and (
+        if target.kind == ANSWER:
+            chosen.append((index, ANSWER))
+        elif target.kind == WORD and (
             policy == "all" or (policy == "findings" and target.label.lower() in wanted)
         ):
-            chosen.append((index, f"word-{target.label}"))
-        elif target.kind == "token" and policy == "all":
+            chosen.append((index, f"{WORD}-{target.label}"))
+        elif target.kind == TOKEN and policy == "all":
             k = token_index[target.positions[0]]
-            chosen.append((index, f"token-{k:03d}-{explanation.tokens[k].text.strip()}"))
+            chosen.append((index, f"{TOKEN}-{k:03d}-{explanation.tokens[k].text.strip()}"))
     return chosen
 
 

@@ -22,6 +22,7 @@ from auditing import aggregate_run as audit_aggregate_run
 from auditing import build_report as audit_build_report
 from auditing.report.summary import FLAG_FIELDS, flag_records, run_markdown
 from storage import Manifest, read_manifest, write_run
+from storage.names import ITEM_SCOPE
 from tasks import cache, ledger
 from tasks.config import AuditConfig
 from tasks.retry import retry_condition
@@ -119,7 +120,7 @@ def publish_results(
         "vlm-audit.out": config.out,
     }
     for flag in flags:
-        if flag["scope"] != "item":
+        if flag["scope"] != ITEM_SCOPE:
             emit_event(
                 event=FLAG_EVENT, resource=resource, payload={**flag, "run_id": run_id, "report": report}
             )

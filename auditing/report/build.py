@@ -20,7 +20,6 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 from PIL import Image
 
-from auditing.flags import FlagThresholds
 from auditing.report.data import ImageReader, RunNotFound, RunTables, cohort_members, load_run
 from auditing.report.figures import (
     Bar,
@@ -43,26 +42,13 @@ from auditing.report.sections import (
     trust_tables,
 )
 from storage import join_key, open_store
+from storage.names import ANSWER, COHORT_SCOPE, REGION_LABELS
 
 __all__ = ["RunNotFound", "build_report", "report_key"]
 
 MAX_COHORTS = 16  # cohort sections ("all" and flagged cohorts come first)
 MAX_MEAN_IMAGES = 32  # images averaged into a cohort's background, spread over its members
 MAX_FINDING_CLASSES = 3  # finding words shown beside the whole answer
-REPORT_REGIONS = (
-    ("lung_right_upper", "Right lung, upper zone"),
-    ("lung_right_middle", "Right lung, middle zone"),
-    ("lung_right_lower", "Right lung, lower zone"),
-    ("lung_left_upper", "Left lung, upper zone"),
-    ("lung_left_middle", "Left lung, middle zone"),
-    ("lung_left_lower", "Left lung, lower zone"),
-    ("q_top_left", "Image top-left quarter"),
-    ("q_top_right", "Image top-right quarter"),
-    ("q_bottom_left", "Image bottom-left quarter"),
-    ("q_bottom_right", "Image bottom-right quarter"),
-    ("border", "Image border band"),
-    ("corners", "Image corners (markers, tags)"),
-)
 
 
 def report_key(run_id: str, name: str = "index.html") -> str:
@@ -75,7 +61,7 @@ def chosen_classes(tables: RunTables) -> list[str]:
     stats = tables.stats
     whole = stats[stats["grouping"] == "all"]
     flagged = set(tables.flags["target_class"].dropna()) if not tables.flags.empty else set()
-    words = whole[whole["target_class"] != "answer"]
+    words = whole[whole["target_class"] != ANSWER]
     words = words.assign(flagged=words["target_class"].isin(flagged)).sort_values(
         ["flagged", "n_targets", "target_class"], ascending=[False, False, True]
     )
@@ -86,7 +72,7 @@ def chosen_classes(tables: RunTables) -> list[str]:
 def chosen_cohorts(tables: RunTables) -> tuple[list[tuple[str, str]], int]:
     """(grouping, cohort) pairs to draw, the whole run first, flagged ones next; and how many were left out."""
     keys = list(dict.fromkeys(zip(tables.stats["grouping"], tables.stats["cohort"], strict=True)))
-    flags = tables.flags[tables.flags["scope"] == "cohort"] if not tables.flags.empty else tables.flags
+    flags = tables.flags[tables.flags["scope"] == COHORT_SCOPE] if not tables.flags.empty else tables.flags
     flagged = set(zip(flags["grouping"], flags["cohort"], strict=True)) if not flags.empty else set()
     ordered = sorted(keys, key=lambda key: (key[0] != "all", key not in flagged))
     return ordered[:MAX_COHORTS], max(0, len(ordered) - MAX_COHORTS)
@@ -98,7 +84,7 @@ def region_bars(tables: RunTables, grouping: str, cohort: str, target: str) -> l
     rows = matching(regions, grouping, cohort, target).set_index("region")
     whole = regions[(regions["grouping"] == "all") & (regions["target_class"] == target)].set_index("region")
     bars = []
-    for region, label in REPORT_REGIONS:
+    for region, label in REGION_LABELS.items():
         if region not in rows.index:
             continue
         row = rows.loc[region]
@@ -195,7 +181,7 @@ def cohort_panel(
     row = match.iloc[0]
     cell_map = np.asarray(row["mean_map"], dtype=np.float32).reshape(int(row["grid_h"]), int(row["grid_w"]))
     title = f"Where the model looked for '{target}' in {cohort_name(grouping, cohort)}"
-    flags = tables.flags[tables.flags["scope"] == "cohort"] if not tables.flags.empty else tables.flags
+    flags = tables.flags[tables.flags["scope"] == COHORT_SCOPE] if not tables.flags.empty else tables.flags
     bars = region_bars(tables, grouping, cohort, target)
     return {
         "target_class": target,
@@ -214,7 +200,7 @@ def cohort_sections(
     """Per cohort: its findings, and per target class a heatmap over the cohort's mean image and region
     bars, on the scales all cohorts share."""
     sections = []
-    flags = tables.flags[tables.flags["scope"] == "cohort"] if not tables.flags.empty else tables.flags
+    flags = tables.flags[tables.flags["scope"] == COHORT_SCOPE] if not tables.flags.empty else tables.flags
     cohorts = chosen_cohorts(tables)[0]
     scales = family_scales(tables, cohorts, classes)
     for index, (grouping, cohort) in enumerate(cohorts):
@@ -259,8 +245,8 @@ def render(context: dict[str, Any]) -> str:
 def build_report(out_uri: str, run_id: str, *, endpoint_url: str | None = None) -> str:
     """Write ``<out>/report/run_id=<id>/index.html`` and its images; return the URI of index.html.
 
-    Reads the run's tables (cohort tables from `aggregate_run`; computed in memory when missing),
-    run.json, item images and overlays. Raises `RunNotFound` when the run has neither run.json nor
+    Reads the run's tables (cohort tables and flags as `aggregate_run` wrote them, with the thresholds it
+    recorded; nothing is recomputed), run.json, item images and overlays. Raises `RunNotFound` when the run has neither run.json nor
     answers. Images from an earlier build that this build no longer uses are deleted.
 
     >>> build_report("s3://audits/out", "2024-06-01-a")
@@ -274,6 +260,8 @@ def build_report(out_uri: str, run_id: str, *, endpoint_url: str | None = None) 
     cohorts = cohort_sections(tables, classes, reader, sink) if classes else []
     context = {
         "run_id": run_id,
+        "out": store.root,
+        "ANSWER": ANSWER,
         "summary": summary_rows(tables),
         "timings": timing_rows((tables.run or {}).get("timings") or {}),
         "errors": error_rows(tables.errors),
@@ -284,9 +272,7 @@ def build_report(out_uri: str, run_id: str, *, endpoint_url: str | None = None) 
         "gallery": gallery(tables, store, reader, sink),
         "trust": trust_tables(tables, classes),
         "studies": study_rows(tables),
-        "prior_floor": FlagThresholds().prior_floor,
-        "trust_min_drop": FlagThresholds().trust_min_reference_drop,
-        "aggregated_here": tables.aggregated_here,
+        "thresholds": tables.thresholds,
         "colour_scale": sink.add("colour-scale", colour_scale()),
     }
     html = render(context)

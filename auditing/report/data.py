@@ -8,10 +8,10 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from auditing.aggregate import DEFAULT_FINDINGS
-from auditing.cohorts import StatsConfig, cohort_labels, cohort_stats, item_level
-from auditing.flags import FlagThresholds, as_frame, off_anatomy_flags, roi_flags
-from auditing.load import expand_metadata, join_targets
+from auditing.aggregate import recorded_thresholds
+from auditing.cohorts import cohort_labels
+from auditing.flags import FlagThresholds
+from auditing.load import expand_metadata
 from auditing.report.figures import HEATMAP_SIZE, THUMBNAIL_SIZE, thumbnail
 from storage import (
     DEFAULT_MAX_IMAGE_BYTES,
@@ -46,32 +46,16 @@ class RunTables:
     flags: pd.DataFrame
     trust: pd.DataFrame  # cohort_trust
     studies: pd.DataFrame  # cohort_studies
-    aggregated_here: bool  # True when the cohort tables were missing and computed in memory
+    thresholds: FlagThresholds | None  # those the run's flags were raised with; None: never aggregated
 
 
 def _read(store: ObjectStore, table: str, run_id: str) -> pd.DataFrame:
     return read_table(store, table, run_id=run_id).to_pandas()
 
 
-def whole_run_aggregate(
-    tokens: pd.DataFrame, answers: pd.DataFrame
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """cohort_stats, cohort_regions and flags of the whole-run cohort with the default settings.
-
-    Without groupings there is no cohort-vs-rest comparison, so only the ROI and off-anatomy rules
-    apply (`aggregate` itself wants at least one grouping column to compare).
-    """
-    config, thresholds = StatsConfig(), FlagThresholds()
-    items = item_level(join_targets(tokens, answers, findings=DEFAULT_FINDINGS), config.common_grid)
-    stats, regions = cohort_stats(items, config)
-    method = str(tokens["method"].iloc[0])
-    flags = roi_flags(stats, thresholds, method) if len(stats) else []
-    return stats, regions, as_frame(flags + off_anatomy_flags(items, thresholds, method))
-
-
 def load_run(store: ObjectStore, run_id: str) -> RunTables:
-    """Read the run's tables. Without cohort tables (aggregate never ran) the whole-run cohort is
-    computed in memory with the default settings, and the report says so."""
+    """Read the run's tables and the settings its aggregation recorded. The report computes nothing of
+    its own: without an aggregation it shows no cohorts and no flags, and says how to get them."""
     try:
         run = read_run(store, run_id)
     except ObjectNotFound:
@@ -84,12 +68,6 @@ def load_run(store: ObjectStore, run_id: str) -> RunTables:
         )
     stats, regions = _read(store, "cohort_stats", run_id), _read(store, "cohort_regions", run_id)
     flags, trust = _read(store, "flags", run_id), _read(store, "cohort_trust", run_id)
-    aggregated_here = False
-    if stats.empty and not answers.empty:
-        tokens = _read(store, "tokens", run_id)
-        if not tokens.empty:
-            stats, regions, flags = whole_run_aggregate(tokens, answers)
-            aggregated_here = True
     ok = answers[answers["status"] == "ok"]
     ok = ok.sort_values(["row_number", "item_id"], na_position="last", kind="stable")
     return RunTables(
@@ -103,7 +81,7 @@ def load_run(store: ObjectStore, run_id: str) -> RunTables:
         flags=flags,
         trust=trust,
         studies=_read(store, "cohort_studies", run_id),
-        aggregated_here=aggregated_here,
+        thresholds=recorded_thresholds(store, run_id),
     )
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from auditing.report.sections import RULE_TITLES, cohort_name, num, pct
+from auditing.report.sections import cohort_name, num, pct
+from storage.names import ITEM_SCOPE, RULE_TITLES
 
 FLAG_FIELDS = (
     "rule",
@@ -43,7 +44,7 @@ def flag_records(flags: pd.DataFrame) -> list[dict[str, Any]]:
 
 def verdict(flags: list[dict[str, Any]]) -> str:
     """One sentence: how many cohort and item flags, or that nothing was flagged."""
-    cohort = [flag for flag in flags if flag["scope"] != "item"]
+    cohort = [flag for flag in flags if flag["scope"] != ITEM_SCOPE]
     items = len(flags) - len(cohort)
     if not flags:
         return "No flags were raised."
@@ -96,7 +97,7 @@ class Finding:
 def findings(records: list[dict[str, Any]]) -> tuple[list[str], list[Finding]]:
     """(methods in the order they first raised a cohort flag, one Finding per rule × cohort × target)."""
     grouped: dict[tuple, Finding] = {}
-    for flag in (record for record in records if record["scope"] != "item"):
+    for flag in (record for record in records if record["scope"] != ITEM_SCOPE):
         key = (flag["rule"], flag["grouping"], flag["cohort"], flag["target_class"])
         finding = grouped.setdefault(key, Finding(flag["rule"], flag["title"], *key[1:]))
         method = str(flag["method"])
@@ -123,7 +124,7 @@ def flag_rows(flags: pd.DataFrame) -> dict[str, Any]:
     ITEM_FLAG_ROWS), item flag counts per rule title, and how many item flags the table leaves out."""
     records = flag_records(flags)
     methods, cohort = findings(records)
-    items = [record for record in records if record["scope"] == "item"]
+    items = [record for record in records if record["scope"] == ITEM_SCOPE]
     counts = Counter(record["title"] for record in items)
     return {
         "methods": methods,

@@ -13,8 +13,9 @@ from PIL import Image, UnidentifiedImageError
 from auditing.report.data import ImageReader, RunTables, cohort_members
 from auditing.report.figures import ImageSink, thumbnail
 from auditing.report.question import answer_text_relevance, item_question
-from auditing.report.sections import RULE_TITLES, cohort_name
+from auditing.report.sections import cohort_name
 from storage import ObjectStore, StorageError
+from storage.names import ANSWER, COHORT_SCOPE, ITEM_SCOPE, RULE_TITLES, TOKEN, WORD
 
 MAX_GALLERY_ITEMS = 12
 MAX_OVERLAYS_PER_ITEM = 6
@@ -32,11 +33,11 @@ def gallery_choice(tables: RunTables) -> list[tuple[str, list[str]]]:
         return []
     reasons: dict[str, list[str]] = {}
     item_ids = []
-    for flag in flags[flags["scope"] == "item"].itertuples():
+    for flag in flags[flags["scope"] == ITEM_SCOPE].itertuples():
         reasons.setdefault(flag.item_id, []).append(flag.message)
         item_ids.append(flag.item_id)
     member_lists = []
-    for (grouping, cohort), rows in flags[flags["scope"] == "cohort"].groupby(
+    for (grouping, cohort), rows in flags[flags["scope"] == COHORT_SCOPE].groupby(
         ["grouping", "cohort"], sort=False
     ):
         titles = ", ".join(dict.fromkeys(RULE_TITLES.get(rule, rule) for rule in rows["rule"]))
@@ -71,11 +72,11 @@ def overlay_label(stem: str) -> str:
     where = _WHERE.search(stem)
     base = stem[: where.start()] if where else stem
     base = re.sub(r"-[0-9a-f]{8}$", "", base)  # overlay_key's hash suffix for renamed targets
-    if base == "answer":
+    if base == ANSWER:
         label = "Whole answer"
-    elif base.startswith("word-"):
-        label = f'Word "{base.removeprefix("word-")}"'
-    elif match := re.match(r"token-(\d+)-?(.*)$", base):
+    elif base.startswith(f"{WORD}-"):
+        label = f'Word "{base.removeprefix(f"{WORD}-")}"'
+    elif match := re.match(rf"{TOKEN}-(\d+)-?(.*)$", base):
         label = f'Token {int(match.group(1))} "{match.group(2)}"'
     else:
         label = base
@@ -83,7 +84,7 @@ def overlay_label(stem: str) -> str:
 
 
 def _overlay_order(stem: str) -> tuple[int, str]:
-    return (0 if stem.startswith("answer") else 1 if stem.startswith("word-") else 2, stem)
+    return (0 if stem.startswith(ANSWER) else 1 if stem.startswith(f"{WORD}-") else 2, stem)
 
 
 def stored_overlays(store: ObjectStore, run_id: str, item_id: str) -> list[str]:

@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from storage import ObjectStore, read_table
+from storage.names import ANSWER
 
 SPACE_MARKERS = ("▁", "Ġ")  # SentencePiece's and byte-level BPE's word-start markers
 TOP_WORDS = 3
@@ -93,7 +94,7 @@ def answer_text_relevance(store: ObjectStore, run_id: str, item_ids: list[str]) 
         "tokens",
         run_id,
         columns=["item_id", "image_index", "text_relevance"],
-        where=(ds.field("target_kind") == "answer") & ds.field("item_id").isin(item_ids),
+        where=(ds.field("target_kind") == ANSWER) & ds.field("item_id").isin(item_ids),
     ).to_pandas()
     rows = rows.sort_values(["item_id", "image_index"]).drop_duplicates("item_id")
     return {row.item_id: np.asarray(row.text_relevance, dtype=np.float32) for row in rows.itertuples()}

@@ -14,22 +14,14 @@ import pandas as pd
 
 from auditing.flags import FlagThresholds
 from auditing.report.data import RunTables
+from storage.names import (
+    OCCLUSION,
+    PRIOR_RULE,
+    REFERENCE_NAMES,
+    RELOCATED_RULE,
+    TRUST_RULES,
+)
 
-RULE_TITLES = {
-    "border_share_above_baseline": "Looks at the image border",
-    "corners_share_above_baseline": "Looks at the image corners (markers, burned-in tags)",
-    "roi_hit_rate_low": "Misses the marked region of interest",
-    "off_anatomy": "Looks outside the lungs",
-    "explanations_not_trustworthy": "Heatmaps not trustworthy",
-    "evidence_relocated": "Evidence moved by the vision tower",
-    "change_ignores_prior": "Answers about change barely look at the prior",
-}
-TRUST_RULES = ("explanations_not_trustworthy", "evidence_relocated")
-REFERENCE_NAMES = {
-    "occlusion": "token occlusion",
-    "pixel_occlusion": "pixel occlusion",
-    "image_occlusion": "image occlusion",
-}
 LOW_RANK_CORRELATION = 0.3  # below it the trust row says why the ranks do not decide
 RANDOMIZATION_DOUBT = 0.5  # maps this similar after scrambling the model barely depend on it (Adebayo et al.)
 
@@ -222,7 +214,7 @@ def _ranks(row: pd.Series, reference: str) -> str:
 
 def trust_verdict(row: pd.Series, flag_rule: str | None, thresholds: FlagThresholds) -> TrustVerdict:
     """The plain-language verdict of one cohort × method × reference trust row, derived from its numbers."""
-    reference = REFERENCE_NAMES.get(row.get("reference"), "token occlusion")
+    reference = REFERENCE_NAMES[row.get("reference") or OCCLUSION]
     # what the reference removes at a time: a whole image (studies) or a region of one
     part, removed = (
         ("image", "image") if row.get("reference") == "image_occlusion" else ("image region", "region")
@@ -235,7 +227,7 @@ def trust_verdict(row: pd.Series, flag_rule: str | None, thresholds: FlagThresho
             "Pixel occlusion reruns the whole model on the image with a region removed, so it sees the "
             "evidence wherever the model keeps it; the other maps are checked against it.",
         )
-    if flag_rule == "evidence_relocated":
+    if flag_rule == RELOCATED_RULE:
         return TrustVerdict(
             "Evidence relocated: the vision tower moves it, so no map taken at the language model shows "
             "where it is in the image",
@@ -293,14 +285,13 @@ def trust_verdict(row: pd.Series, flag_rule: str | None, thresholds: FlagThresho
 
 def trust_tables(tables: RunTables, classes: list[str]) -> list[dict[str, Any]]:
     """Per target class, the cohort × method × reference agreement rows with a verdict each."""
-    trust, flags = tables.trust, tables.flags
-    if trust.empty:
+    trust, flags, thresholds = tables.trust, tables.flags, tables.thresholds
+    if trust.empty or thresholds is None:
         return []
     raised: dict[tuple, str] = {}
     if not flags.empty:
         for flag in flags[flags["rule"].isin(TRUST_RULES)].itertuples(index=False):
             raised[(flag.grouping, flag.cohort, flag.target_class, flag.method, flag.metric)] = flag.rule
-    thresholds = FlagThresholds()
     result = []
     for target in [c for c in classes if c in set(trust["target_class"])]:
         rows = []
@@ -347,7 +338,7 @@ def study_rows(tables: RunTables) -> dict[str, list[dict[str, Any]]]:
         return {"volumes": [], "longitudinal": []}
     flagged = set()
     if not tables.flags.empty:
-        raised = tables.flags[tables.flags["rule"] == "change_ignores_prior"]
+        raised = tables.flags[tables.flags["rule"] == PRIOR_RULE]
         flagged = set(zip(raised["grouping"], raised["cohort"], raised["target_class"], strict=True))
     volumes, longitudinal = [], []
     for row in studies.itertuples(index=False):

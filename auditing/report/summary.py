@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from auditing.report.findings import FLAG_FIELDS, findings, flag_records, verdict
+from storage.names import ITEM_SCOPE
 
 __all__ = ["FLAG_FIELDS", "flag_records", "run_markdown", "verdict"]
 
@@ -33,7 +34,7 @@ def run_markdown(
             for finding in cohort
         ]
         lines.append("")
-    items = sum(flag["scope"] == "item" for flag in flags)
+    items = sum(flag["scope"] == ITEM_SCOPE for flag in flags)
     if items:
         lines += [f"{items} item-level flags are in the run's flags table and the report.", ""]
     if counts:

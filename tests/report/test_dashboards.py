@@ -15,9 +15,17 @@ import pytest
 
 from auditing import aggregate_run
 from auditing.dashboards import RUNS_COLUMNS, create_views, view_blocks
-from auditing.report.sections import RULE_TITLES
 from flows import cli
-from storage import REGION_NAMES, duckdb_connect, open_store, overlay_key, write_part, write_run
+from storage import (
+    REGION_NAMES,
+    SCHEMA_VERSION,
+    duckdb_connect,
+    open_store,
+    overlay_key,
+    write_part,
+    write_run,
+)
+from storage.names import RULE_TITLES
 from tests.auditing.synthetic import answer_row, study_item, token_row
 from tests.report.fixtures import CONFIG, write_synthetic_run
 
@@ -255,7 +263,7 @@ def weekly_run_json(manifest: str, started: str, minutes: float, **fields) -> di
             "findings": ["nodule"],
         },
         "code_version": "0.1.0",
-        "schema_version": "3",
+        "schema_version": SCHEMA_VERSION,
         "counts": dict(RUN_COUNTS),
         "started_at": start.isoformat(),
         "finished_at": (start + dt.timedelta(minutes=minutes)).isoformat(),
@@ -343,10 +351,53 @@ def test_runs_have_manifest_counts_duration_attempt_and_code_version(scheduled):
     )
     counts = (*RUN_COUNTS.values(), 12.5)
     assert got == [
-        ("w1", "completed", WEEKLY, 1, "0.1.0", "3", "site,site+scanner", *counts, 630.0, "2024-06-03 06:00"),
-        ("w2", "completed", WEEKLY, 2, "0.1.0", "3", None, *counts, 720.0, "2024-06-10 06:00"),  # +02:00
-        ("w3", "completed", WEEKLY, 1, "0.1.0", "3", "site,site+scanner", *counts, 540.0, "2024-06-17 06:00"),
-        ("w4", "running", WEEKLY, 1, "0.1.0", "3", "site,site+scanner", *[None] * 11, "2024-06-24 06:00"),
+        (
+            "w1",
+            "completed",
+            WEEKLY,
+            1,
+            "0.1.0",
+            SCHEMA_VERSION,
+            "site,site+scanner",
+            *counts,
+            630.0,
+            "2024-06-03 06:00",
+        ),
+        (
+            "w2",
+            "completed",
+            WEEKLY,
+            2,
+            "0.1.0",
+            SCHEMA_VERSION,
+            None,
+            *counts,
+            720.0,
+            "2024-06-10 06:00",
+        ),  # +02:00
+        (
+            "w3",
+            "completed",
+            WEEKLY,
+            1,
+            "0.1.0",
+            SCHEMA_VERSION,
+            "site,site+scanner",
+            *counts,
+            540.0,
+            "2024-06-17 06:00",
+        ),
+        (
+            "w4",
+            "running",
+            WEEKLY,
+            1,
+            "0.1.0",
+            SCHEMA_VERSION,
+            "site,site+scanner",
+            *[None] * 11,
+            "2024-06-24 06:00",
+        ),
     ]
 
 

@@ -9,12 +9,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from auditing import AggregateConfig, StatsConfig, aggregate_run
 from auditing.flags import FlagThresholds
 from auditing.report import RunNotFound, build_report
 from auditing.report.data import ImageReader
 from auditing.report.gallery import MAX_GALLERY_ITEMS, overlay_label
 from auditing.report.sections import timing_rows, trust_verdict
 from storage import open_store, write_part
+from storage.names import OFF_ANATOMY_RULE
 from tests.report.fixtures import phantom_png, write_synthetic_run
 from tests.report.pages import parse_page, squash
 
@@ -176,19 +178,34 @@ def test_report_images_are_confined_as_the_run_confined_them(tmp_path):
     assert nowhere.image is None and "no manifest location in run.json" in nowhere.problem
 
 
-def test_without_run_json_and_cohort_tables_the_report_uses_the_tables_and_says_so(tmp_path):
+def test_without_run_json_or_an_aggregation_the_report_computes_nothing_and_says_what_to_run(tmp_path):
     write_synthetic_run(tmp_path, "r1", images=tmp_path / "images", run_json=False, overlays=())
     store = open_store(str(tmp_path))
     for table in ("cohort_stats", "cohort_regions", "cohort_comparisons", "cohort_trust", "flags"):
         store.delete(f"{table}/run_id=r1/part-aggregate.parquet")
+    store.delete("runs/run_id=r1/aggregate.json")
     store.write_bytes("report/run_id=r1/img/stale.png", b"old")
     index = Path(build_report(str(tmp_path), "r1"))
     text = parse_page(index.read_text(encoding="utf-8")).text
     assert "no run.json: counts come from the tables" in text and "Items audited 60" in text
-    assert "computed for this report with the default settings" in text
-    assert "whole run" in text and "site = east" not in text  # no grouping without the aggregate config
-    assert "Looks outside the lungs: 20 items" in text
+    assert "This run was not aggregated" in text and f"vlm-audit aggregate {store.root} r1" in text
+    assert "Looks outside the lungs" not in text  # no flag the aggregation did not write
     assert not (index.parent / "img" / "stale.png").exists()
+
+
+def test_the_report_shows_the_flags_and_thresholds_the_aggregation_recorded(tmp_path):
+    write_synthetic_run(tmp_path, "r1", images=tmp_path / "images", overlays=(), faithfulness=True)
+    strict = AggregateConfig(
+        group_by=("site",),
+        stats=StatsConfig(resamples=100),
+        thresholds=FlagThresholds(off_anatomy_lung_share=0.0, trust_min_reference_drop=0.25),
+    )
+    written = aggregate_run(str(tmp_path), "r1", strict).flags
+    assert OFF_ANATOMY_RULE not in set(written["rule"])  # a threshold no map falls below
+    text = parse_page(Path(build_report(str(tmp_path), "r1")).read_text(encoding="utf-8")).text
+    assert all(message in text for message in written["message"])
+    assert "Looks outside the lungs" not in text  # the defaults would raise 20 of them
+    assert "by at least 0.25" in text  # the recorded trust threshold, not the default 0.1
 
 
 def test_a_run_where_every_item_failed_shows_why(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 from storage import (
     ANSWERS_SCHEMA,
     MANIFEST_PART,
+    SCHEMA_VERSION,
     ErrorRecord,
     InvalidURIError,
     ObjectNotFound,
@@ -71,7 +72,7 @@ def test_parquet_metadata_names_versions(out):
     _, store = out
     write_part(store, "tokens", "r1", 3, [token_row()])
     metadata = pq.read_metadata(io.BytesIO(store.read_bytes("tokens/run_id=r1/part-00003.parquet"))).metadata
-    assert metadata[b"vlm_audit.schema_version"] == b"3"
+    assert metadata[b"vlm_audit.schema_version"] == SCHEMA_VERSION.encode() == b"4"
     assert metadata[b"vlm_audit.code_version"] == version("vlm-audit").encode()
     assert metadata[b"vlm_audit.run_id"] == b"r1" and metadata[b"vlm_audit.table"] == b"tokens"
 
@@ -138,7 +139,12 @@ def test_local_failed_commit_leaves_no_part(tmp_path, monkeypatch):
 
 def test_run_json_round_trip(out):
     _, store = out
-    info = {"run_id": "r1", "config": {"shard_size": 8}, "counts": {"items": 3}, "schema_version": "1"}
+    info = {
+        "run_id": "r1",
+        "config": {"shard_size": 8},
+        "counts": {"items": 3},
+        "schema_version": SCHEMA_VERSION,
+    }
     uri = write_run(store, "r1", info)
     assert uri.endswith("runs/run_id=r1/run.json")
     assert read_run(store, "r1") == info

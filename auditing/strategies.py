@@ -1,0 +1,358 @@
+"""Strategy discovery (SpRAy, Lapuschkin et al. 2019): clusters of whole-answer maps, per answer class.
+
+The whole-answer maps of one answer class ("yes", "no", ...) are clustered by where they put their
+mass: scikit-learn spectral clustering on a symmetrised k-nearest-neighbour graph of the maps (on
+at most a 16×16 grid, folded by the image's mirror symmetries so that a marker in any corner is one
+strategy), the number of clusters by the largest gap between the smallest eigenvalues of the graph's
+normalised Laplacian. A cluster is a strategy the model answers with; `strategy_cluster` flags a
+cluster whose maps sit on the image border, its corners or outside the lungs far more than the rest
+of its class (the rest of the run's answers where its class is one strategy) and than a uniform map
+would.
+
+Studies (several images per item) are clustered by `item_level`'s mass map, the mean of the item's
+images' maps on the common grid: which slice or which image an answer rested on is not a feature.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.sparse import csgraph, csr_matrix, identity
+from scipy.sparse.linalg import eigsh
+from scipy.stats import false_discovery_control
+from sklearn.cluster import SpectralClustering
+from sklearn.manifold import spectral_embedding
+from sklearn.neighbors import kneighbors_graph, radius_neighbors_graph
+
+from auditing.bootstrap import DEFAULT_RESAMPLES
+from auditing.cohorts import ITEM_KEYS, MISSING
+from auditing.compare import cohort_vs_rest
+from auditing.flags import FlagThresholds, flag_row
+from explainer.regions import cell_means  # numpy only: no torch is loaded
+from storage.names import (
+    ANSWER,
+    BORDER,
+    CLUSTER_SCOPE,
+    CORNERS,
+    LUNG_ZONES,
+    OUTSIDE_LUNGS,
+    SHORTCUT_REGIONS,
+    STRATEGY_RULE,
+)
+
+FEATURE_GRID = (16, 16)  # maps on a finer common grid are averaged down to this
+NEAR_L1 = 0.2  # maps this close (total variation 0.1: 90% of their mass in the same cells) are neighbours
+STRATEGY_GROUPING = "strategy"  # the flags' grouping; their cohort is the cluster id
+REGION_PHRASES = {
+    BORDER: f"on {SHORTCUT_REGIONS[BORDER]}",
+    CORNERS: f"on {SHORTCUT_REGIONS[CORNERS]}",
+    OUTSIDE_LUNGS: "outside the lungs",
+}
+CLUSTER_COLUMNS = (
+    "run_id",
+    "item_id",
+    "target_class",
+    "answer_class",
+    "cluster",
+    "embedding_x",
+    "embedding_y",
+)
+_DENSE_LIMIT = 1000  # graphs up to this many nodes get a dense eigendecomposition
+# LOBPCG: ARPACK's shift-invert factorises L, whose fill-in on the graph of diffuse maps costs minutes
+_SOLVER = "lobpcg"
+_DISCONNECTED = "Graph is not fully connected"  # sklearn's warning; separated strategies are expected
+
+
+def answer_class(answer: object) -> str:
+    """An answer's class: its text lower-cased, whitespace collapsed, final punctuation dropped.
+
+    >>> answer_class(" Yes. ")
+    'yes'
+    """
+    text = " ".join(answer.lower().split()).rstrip(".!?,;: ") if isinstance(answer, str) else ""
+    return text or MISSING
+
+
+def map_features(items: pd.DataFrame, grid: tuple[int, int] = FEATURE_GRID) -> np.ndarray:
+    """[rows, cells]: each row's `mass_map` (all on one common grid) as a distribution, averaged down to
+    `grid` where the common grid is finer, and folded by the image's mirror symmetries (the mean of the
+    map and its left-right, up-down and both flips): a marker in any corner, a ruler along either edge
+    is one strategy, as is a look at either lung. A row whose map holds no mass is all zeros."""
+    if items.empty:
+        return np.zeros((0, grid[0] * grid[1]))
+    maps = np.stack([np.asarray(m, dtype=np.float64) for m in items["mass_map"]])  # [rows, h, w]
+    rows, cols = min(maps.shape[1], grid[0]), min(maps.shape[2], grid[1])
+    maps = cell_means(cell_means(maps, rows, axis=1), cols, axis=2)
+    maps = (maps + maps[:, ::-1] + maps[:, :, ::-1] + maps[:, ::-1, ::-1]).reshape(len(maps), -1) / 4
+    totals = maps.sum(axis=1, keepdims=True)
+    return np.divide(maps, totals, out=np.zeros_like(maps), where=totals > 0)
+
+
+def knn_affinity(features: np.ndarray, n_neighbors: int, near: float = NEAR_L1) -> csr_matrix:
+    """The k-nearest-neighbour connectivity graph, symmetrised (an edge where either point is among the
+    other's neighbours), joined by an edge between every two maps closer than `near` (L1 distance of
+    the distributions): near-identical maps would otherwise be split by the order in which ties fall."""
+    graph = kneighbors_graph(features, n_neighbors, mode="connectivity", include_self=False)
+    near_graph = radius_neighbors_graph(features, near, mode="connectivity", metric="manhattan")
+    return csr_matrix(graph.maximum(graph.T).maximum(near_graph))
+
+
+def eigengap_clusters(affinity: csr_matrix, max_clusters: int, seed: int) -> int:
+    """The number of clusters k (1 to `max_clusters`) with the largest gap λₖ₊₁ − λₖ between the
+    smallest eigenvalues of the graph's normalised Laplacian L (λ₁ = 0)."""
+    laplacian = csgraph.laplacian(affinity, normed=True)
+    n = laplacian.shape[0]
+    count = min(max_clusters + 1, n - 1)
+    if n <= _DENSE_LIMIT:
+        values = np.linalg.eigvalsh(laplacian.toarray())[:count]
+    else:  # the largest of I − L, by Lanczos from a seeded start: no factorisation (fill-in) of L
+        start = np.random.default_rng(seed).uniform(-1, 1, n)
+        largest = eigsh(identity(n) - laplacian, k=count, which="LA", v0=start, return_eigenvectors=False)
+        values = np.sort(1.0 - largest)
+    return int(np.argmax(np.diff(values))) + 1
+
+
+def cluster_maps(
+    features: np.ndarray, *, seed: int = 0, max_clusters: int = 8, n_neighbors: int = 15
+) -> tuple[np.ndarray, np.ndarray]:
+    """(labels [n], embedding [n, 2]) of maps' feature rows: spectral clusters numbered by size (0 the
+    largest) and the 2 leading non-trivial spectral embedding coordinates of the same graph.
+
+    A group with no more items than `n_neighbors` + 1, or of identical maps, is one cluster without an
+    embedding (NaN). Deterministic for a fixed `seed`.
+    """
+    n = len(features)
+    labels = np.zeros(n, dtype=np.int64)
+    embedding = np.full((n, 2), np.nan)
+    if n <= n_neighbors + 1 or np.ptp(features, axis=0).max() == 0:
+        return labels, embedding
+    affinity = knn_affinity(features, n_neighbors)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_DISCONNECTED, category=UserWarning)
+        # LOBPCG may stop a hair short of its tolerance on separate components: harmless for a display
+        # coordinate and for k-means
+        warnings.filterwarnings("ignore", message="Exited postprocessing", category=UserWarning)
+        embedding = spectral_embedding(affinity, n_components=2, eigen_solver=_SOLVER, random_state=seed)
+        n_clusters = eigengap_clusters(affinity, max_clusters, seed)
+        if n_clusters > 1:
+            clustering = SpectralClustering(
+                n_clusters, affinity="precomputed", eigen_solver=_SOLVER, random_state=seed
+            )
+            labels = _by_size(clustering.fit_predict(affinity))
+    return labels, embedding
+
+
+def _by_size(labels: np.ndarray) -> np.ndarray:
+    """Labels renumbered by cluster size, largest first (ties by the old label)."""
+    order = np.argsort(-np.bincount(labels), kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return rank[labels]
+
+
+def strategy_clusters(
+    items: pd.DataFrame,
+    *,
+    seed: int = 0,
+    min_items: int = 5,
+    max_clusters: int = 8,
+    n_neighbors: int = 15,
+    max_answer_classes: int = 10,
+) -> pd.DataFrame:
+    """The strategy cluster of every whole-answer item row with a map (`item_level` rows), clustered per
+    run and answer class: one row per item with `CLUSTER_COLUMNS`.
+
+    `target_class` is the item rows' ("answer"), `answer_class` the class clustered (`answer_class` of
+    the answer text); cluster ids are unique within a run, numbered across its answer classes in order.
+    A run with more than `max_answer_classes` distinct answers (free text) is clustered as one class,
+    "answer"; a class with fewer than `min_items` items is left out.
+    """
+    answers = items[items["target_class"] == ANSWER].reset_index(drop=True)
+    features = map_features(answers)
+    with_mass = features.sum(axis=1) > 0
+    answers, features = answers[with_mass].reset_index(drop=True), features[with_mass]
+    frames = []
+    for _, run_rows in answers.groupby("run_id", sort=True):
+        classes = run_rows["answer"].map(answer_class)
+        if classes.nunique() > max_answer_classes:
+            classes = pd.Series(ANSWER, index=run_rows.index)
+        next_cluster = 0
+        for answer, rows in run_rows.groupby(classes, sort=True):
+            if len(rows) < min_items:
+                continue
+            labels, embedding = cluster_maps(
+                features[rows.index], seed=seed, max_clusters=max_clusters, n_neighbors=n_neighbors
+            )
+            frames.append(
+                rows[ITEM_KEYS].assign(
+                    answer_class=answer,
+                    cluster=labels + next_cluster,
+                    embedding_x=embedding[:, 0],
+                    embedding_y=embedding[:, 1],
+                )
+            )
+            next_cluster += int(labels.max()) + 1
+    if not frames:
+        return pd.DataFrame(columns=list(CLUSTER_COLUMNS))
+    return pd.concat(frames, ignore_index=True)
+
+
+def cluster_mean_maps(items: pd.DataFrame, clusters: pd.DataFrame) -> pd.DataFrame:
+    """Per (run, answer class, cluster): `n_items` and the mean of its items' mass maps on the common
+    grid (`grid_h`, `grid_w`, `mean_map` flattened, float32, as cohort_stats stores them)."""
+    frame = clusters.merge(items[[*ITEM_KEYS, "mass_map"]], on=ITEM_KEYS)
+    rows = []
+    for (run_id, answer, cluster), group in frame.groupby(["run_id", "answer_class", "cluster"], sort=True):
+        mean_map = np.mean(np.stack(list(group["mass_map"])), axis=0)
+        rows.append(
+            {
+                "run_id": run_id,
+                "answer_class": answer,
+                "cluster": cluster,
+                "n_items": len(group),
+                "grid_h": mean_map.shape[0],
+                "grid_w": mean_map.shape[1],
+                "mean_map": mean_map.ravel().astype(np.float32),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def strategy_cluster_flags(
+    items: pd.DataFrame,
+    clusters: pd.DataFrame,
+    thresholds: FlagThresholds,
+    uniform_shares: Mapping[str, float],
+    method: str,
+    *,
+    columns: Sequence[str] = (),
+    resamples: int = DEFAULT_RESAMPLES,
+) -> list[dict]:
+    """`strategy_cluster` flags: clusters whose maps sit on the border, the corners or outside the lungs
+    far more than the rest of their answer class, one flag per cluster (its strongest such region),
+    strongest first.
+
+    A cluster of at least `min_cluster_items` items is compared with the rest of its answer class, or,
+    where that rest is smaller (the whole class answers one way, as a model that says "yes" for every
+    tag does), with the rest of the run's answers. Per (cluster, region): the one-sided Mann–Whitney p
+    that the cluster's shares exceed the rest's, Benjamini–Hochberg over every test of the run. The
+    clusters were formed from these maps, so p is optimistic: the effect-size guards carry the rule. The
+    cluster's mean share must be at least `share_ratio` × the larger of the rest's and a uniform map's
+    (`uniform_shares`; outside the lungs: 1 − a uniform map's lung share), and `share_margin` above the
+    rest. The message names the manifest `columns` (few-valued metadata) the cluster lines up with.
+    """
+    if clusters.empty:
+        return []
+    shares = [f"share_{region}" for region in SHORTCUT_REGIONS]
+    frame = clusters.merge(items[[*ITEM_KEYS, *shares, "lung_share", *columns]], on=ITEM_KEYS)
+    frame = frame.assign(
+        strategy=frame["cluster"].astype(str), **{f"share_{OUTSIDE_LUNGS}": 1.0 - frame["lung_share"]}
+    )
+    metrics = [*shares, f"share_{OUTSIDE_LUNGS}"]
+    # where the rest of its class is too small to compare with, a cluster meets the rest of the run
+    class_size = frame.groupby(["run_id", "answer_class"])["cluster"].transform("size")
+    own_size = frame.groupby(["run_id", "cluster"])["cluster"].transform("size")
+    frame["baseline"] = np.where(
+        class_size - own_size >= thresholds.min_cluster_items, "its answer class", "the run's other answers"
+    )
+    of_class = cohort_vs_rest(
+        frame.assign(target_class=frame["answer_class"]),
+        STRATEGY_GROUPING,
+        metrics=metrics,
+        resamples=resamples,
+    )
+    of_run = cohort_vs_rest(
+        frame.assign(target_class=ANSWER), STRATEGY_GROUPING, metrics=metrics, resamples=resamples
+    )
+    frame["class_items"] = class_size
+    keys = frame[["run_id", "strategy", "answer_class", "class_items", "baseline"]].drop_duplicates()
+    keys = keys.rename(columns={"strategy": "cohort"})
+    tests = pd.concat(
+        [
+            found.merge(keys[keys["baseline"] == baseline], on=["run_id", "cohort"])
+            for found, baseline in ((of_class, "its answer class"), (of_run, "the run's other answers"))
+            if len(found)  # no test where a run is one cluster
+        ]
+        or [pd.DataFrame(columns=["n_cohort", "p_above"])],
+        ignore_index=True,
+    )
+    tests = tests[(tests["n_cohort"] >= thresholds.min_cluster_items) & tests["p_above"].notna()].copy()
+    if tests.empty:
+        return []
+    by_run = tests.groupby("run_id")["p_above"]
+    tests["q"] = by_run.transform(lambda p: false_discovery_control(p, method="bh"))
+    tests["family"] = by_run.transform("size")
+    uniform = {
+        **{region: uniform_shares[region] for region in SHORTCUT_REGIONS},
+        OUTSIDE_LUNGS: 1.0 - sum(uniform_shares[zone] for zone in LUNG_ZONES),
+    }
+    tests["uniform"] = tests["metric"].map(uniform)
+    reference = np.maximum(tests["rest_mean"], tests["uniform"])
+    tests["ratio"] = tests["cohort_mean"] / reference
+    raised = tests[
+        (tests["cohort_mean"] >= thresholds.share_ratio * reference)
+        & (tests["cohort_mean"] - tests["rest_mean"] >= thresholds.share_margin)
+        & (tests["q"] <= thresholds.false_discovery_rate)
+    ]
+    strongest = raised.sort_values("ratio", ascending=False).drop_duplicates(["run_id", "cohort"])
+    return [
+        _strategy_flag(row, method, thresholds, aligned_columns(frame, row.run_id, row.cohort, columns))
+        for row in strongest.itertuples(index=False)
+    ]
+
+
+def aligned_columns(
+    frame: pd.DataFrame, run_id: str, cluster: str, columns: Sequence[str], *, purity: float = 0.8
+) -> list[str]:
+    """The manifest columns the cluster lines up with: 'site=north (28 of 30; 4% of the rest)' where at
+    least `purity` of the cluster's items share a value that at most half of the run's other items have."""
+    run = frame[frame["run_id"] == run_id]
+    inside = run["strategy"] == cluster
+    found = []
+    for column in columns:
+        values = run[column].astype(str)
+        top = values[inside].value_counts()
+        if top.empty:
+            continue
+        value, count = top.index[0], int(top.iloc[0])
+        rest_share = float((values[~inside] == value).mean()) if (~inside).any() else 0.0
+        if count >= purity * inside.sum() and rest_share <= 0.5:
+            found.append(f"{column}={value} ({count} of {int(inside.sum())}; {rest_share:.0%} of the rest)")
+    return found
+
+
+def _strategy_flag(row: tuple, method: str, thresholds: FlagThresholds, aligned: list[str]) -> dict:
+    answers = "answers" if row.answer_class == ANSWER else f"'{row.answer_class}' answers"
+    lines_up = (
+        f"; the cluster lines up with {', '.join(aligned)}"
+        if aligned
+        else "; no manifest column names it: look at its members"
+    )
+    return flag_row(
+        run_id=row.run_id,
+        scope=CLUSTER_SCOPE,
+        rule=STRATEGY_RULE,
+        method=method,
+        grouping=STRATEGY_GROUPING,
+        cohort=row.cohort,
+        target_class=row.answer_class,
+        metric=f"{row.metric}_share",
+        value=row.cohort_mean,
+        baseline=row.rest_mean,
+        threshold=thresholds.share_ratio,
+        ci_low=row.ci_low,
+        ci_high=row.ci_high,
+        n_items=row.n_cohort,
+        message=(
+            f"{row.n_cohort} of {row.class_items} {answers} form strategy cluster {row.cohort}, whose {method} maps put "
+            f"{row.cohort_mean:.1%} of their mass {REGION_PHRASES[row.metric]}, against {row.rest_mean:.1%} in "
+            f"{row.baseline} ({row.n_rest} items) and {row.uniform:.1%} for a uniform map (difference "
+            f"{row.difference:+.1%}, 95% CI {row.ci_low:+.1%} to {row.ci_high:+.1%}; Mann–Whitney p "
+            f"{row.p_above:.2g}, q {row.q:.2g} over the run's {row.family} strategy tests, optimistic since the "
+            f"clusters were formed from these maps){lines_up}; these answers may rest on something other than "
+            "the lungs"
+        ),
+    )

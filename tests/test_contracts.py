@@ -1,0 +1,98 @@
+"""One definition per output row and per name: docs/outputs.md lists exactly the records' fields, the
+schemas come from the records, and rule, region and target-kind names are written only in storage.names."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from explainer.regions import standard_regions
+from storage import RECORDS, RunRecord, names, table_schema
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs" / "outputs.md"
+# the section of docs/outputs.md that documents each record
+SECTIONS = {"run.json": RunRecord, **RECORDS}
+
+
+def documented_columns(section: str) -> list[str]:
+    """The backticked names in the first column of the section's table (`a`, `b` rows count both)."""
+    text = DOCS.read_text(encoding="utf-8")
+    heading = re.search(rf"^#+ {re.escape(section)}\b.*$", text, re.MULTILINE)
+    assert heading, f"docs/outputs.md has no section for {section}"
+    body = text[heading.end() :]
+    following = re.search(r"^#+ ", body, re.MULTILINE)
+    body = body[: following.start()] if following else body
+    names_found = []
+    for line in body.splitlines():
+        cells = line.split("|")
+        if line.startswith("| `") and len(cells) > 2:
+            names_found += re.findall(r"`([a-z_0-9]+)`", cells[1])
+    return names_found
+
+
+@pytest.mark.parametrize("section", sorted(SECTIONS))
+def test_docs_list_exactly_the_fields_of_each_record(section):
+    record = SECTIONS[section]
+    documented = documented_columns(section)
+    assert len(documented) == len(set(documented)), f"{section}: a field is documented twice"
+    assert set(documented) == {item.name for item in fields(record)}, section
+
+
+@pytest.mark.parametrize("table", sorted(RECORDS))
+def test_the_schemas_are_the_records_with_their_descriptions(table):
+    schema, record = table_schema(table), RECORDS[table]
+    assert schema.names == [item.name for item in fields(record)]
+    for item in fields(record):
+        assert schema.field(item.name).metadata[b"description"].decode() == item.metadata["description"]
+
+
+def test_the_explainer_builds_the_regions_the_names_module_names():
+    assert tuple(standard_regions((16, 16))) == names.REGION_NAMES
+    assert set(names.REGION_LABELS) <= set(names.REGION_NAMES)
+
+
+def test_every_method_of_the_registry_is_named():
+    from explainer.methods import IMAGE_REFERENCE, METHODS, REFERENCE_METHODS
+
+    assert tuple(METHODS) == names.METHOD_NAMES
+    assert {*REFERENCE_METHODS, IMAGE_REFERENCE} == set(names.REFERENCE_NAMES)
+
+
+# the names no module but storage/names.py may spell out (the explainer, which may not import storage,
+# defines the region geometry and target kinds that the tests above hold to these names). Rule and
+# region names are nothing else; target kinds and scopes ("answer", "cohort") are also column names,
+# so those count where a value is compared or built ('== "answer"', "IN ('answer'", 'f"word-{'), not
+# where they name a column, a CSS class or a page anchor.
+CHECKED = ("storage", "auditing", "tasks", "flows")
+ANYWHERE = (*names.RULE_TITLES, *names.REGION_NAMES)
+AS_VALUES = (*names.TARGET_KINDS, *names.FLAG_SCOPES)
+
+
+def _pattern() -> re.Pattern:
+    anywhere = "|".join(map(re.escape, ANYWHERE))
+    value = "|".join(map(re.escape, AS_VALUES))
+    quoted = rf"""["'](?:{value})["']"""
+    return re.compile(
+        rf"""["'](?:{anywhere})["']"""
+        rf"|(?:==|!=|<>|\bin|\bIN|WHEN)\s*[(\[]?\s*{quoted}|\s=\s*'(?:{value})'"
+        rf"|{quoted}\s*(?:==|!=|<>|THEN)"
+        rf"""|["'](?:{"|".join(names.TARGET_KINDS)})-["{{]"""
+    )
+
+
+def test_no_rule_region_target_kind_or_scope_is_written_as_a_literal_outside_the_names_module():
+    literal = _pattern()
+    found = []
+    for package in CHECKED:
+        for path in sorted((ROOT / package).rglob("*")):
+            if path.suffix not in (".py", ".sql", ".j2") or path == ROOT / "storage" / "names.py":
+                continue
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                code = line.split("#", 1)[0] if path.suffix == ".py" else line.split("--", 1)[0]
+                if literal.search(code):
+                    found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not found, "names written out instead of taken from storage.names:\n" + "\n".join(found)
