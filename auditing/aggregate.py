@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
@@ -18,6 +19,9 @@ from auditing.flags import (
     shortcut_flags,
 )
 from auditing.load import join_targets
+from auditing.recorded import AGGREGATE_JSON
+from auditing.report.figures import heatmap, png_bytes
+from auditing.strategies import cluster_mean_maps, strategy_cluster_flags, strategy_clusters
 from auditing.studies import cohort_studies, prior_flags, study_items
 from auditing.trust import (
     faithfulness_items,
@@ -28,10 +32,9 @@ from auditing.trust import (
 )
 from explainer.regions import standard_regions  # numpy only: no torch is loaded
 from storage import (
-    ObjectNotFound,
     ObjectStore,
+    cluster_map_key,
     open_store,
-    read_json,
     read_table,
     run_json_key,
     write_json,
@@ -46,7 +49,6 @@ DEFAULT_FINDINGS = (
     "upper", "middle", "lower", "yes", "no",
 )  # fmt: skip
 AGGREGATE_PART = "part-aggregate"
-AGGREGATE_JSON = "aggregate.json"  # runs/run_id=<id>/: the settings the run's flags were raised with
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class AggregateConfig:
     findings: tuple[str, ...] | None = DEFAULT_FINDINGS
     stats: StatsConfig = field(default_factory=StatsConfig)
     thresholds: FlagThresholds = field(default_factory=FlagThresholds)
+    cluster_seed: int | None = None  # the strategy clustering's seed; None: derived from the run id
 
     def with_groups(self) -> StatsConfig:
         return StatsConfig(**{**self.stats.__dict__, "group_by": self.group_by})
@@ -73,6 +76,8 @@ class Aggregate:
     flags: pd.DataFrame
     trust: pd.DataFrame
     studies: pd.DataFrame
+    clusters: pd.DataFrame  # every whole-answer map's strategy cluster (CLUSTER_COLUMNS)
+    cluster_maps: pd.DataFrame  # each cluster's mean map (`cluster_mean_maps`)
 
 
 def aggregate(
@@ -126,7 +131,45 @@ def aggregate(
     )
     if len(candidates):
         flags += shortcut_flags(candidates, thresholds, uniform_shares(items))
-    return Aggregate(items, stats, regions, comparisons, as_frame(flags), trust, studies)
+    # strategies: clusters of the whole-answer maps, whatever the manifest's columns name
+    clusters = strategy_clusters(
+        items, seed=_cluster_seed(items, config.cluster_seed), min_items=thresholds.min_cluster_items
+    )
+    if len(clusters):
+        flags += strategy_cluster_flags(
+            items,
+            clusters,
+            thresholds,
+            uniform_shares(items),
+            method,
+            columns=metadata_columns(answers),
+            resamples=stats_config.resamples,
+        )
+    return Aggregate(
+        items,
+        stats,
+        regions,
+        comparisons,
+        as_frame(flags),
+        trust,
+        studies,
+        clusters,
+        cluster_mean_maps(items, clusters),
+    )
+
+
+def _cluster_seed(items: pd.DataFrame, seed: int | None) -> int:
+    """The given seed, or one derived from the run ids: the same run always clusters the same way."""
+    if seed is not None:
+        return seed
+    text = ",".join(sorted(map(str, items["run_id"].unique()))) if len(items) else ""
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+
+
+def metadata_columns(answers: pd.DataFrame) -> list[str]:
+    """The item frame's columns that hold the manifest's metadata (as `expand_metadata` names them)."""
+    keys = dict.fromkeys(key for value in answers["metadata"] if value is not None for key, _ in value)
+    return [f"meta_{key}" if key in answers.columns else key for key in keys]
 
 
 def with_evidence(items: pd.DataFrame, flat_entropy: float, no_evidence: set[tuple]) -> pd.DataFrame:
@@ -158,8 +201,9 @@ def aggregate_run(
     out_uri: str, run_id: str, config: AggregateConfig | None = None, *, endpoint_url: str | None = None
 ) -> Aggregate:
     """Aggregate one run's outputs and write its cohort_stats, cohort_regions, cohort_comparisons,
-    cohort_trust, cohort_studies and flags tables (`<table>/run_id=<id>/part-aggregate.parquet`). Rerunnable without
-    the model; a rerun replaces the tables."""
+    cohort_trust, cohort_studies, clusters and flags tables (`<table>/run_id=<id>/part-aggregate.parquet`),
+    each strategy cluster's mean map (`cluster_maps/run_id=<id>/cluster-<k>.png`) and the settings
+    (`runs/run_id=<id>/aggregate.json`). Rerunnable without the model; a rerun replaces them all."""
     config = config or AggregateConfig()
     tokens = read_table(out_uri, "tokens", run_id=run_id, endpoint_url=endpoint_url).to_pandas()
     answers = read_table(out_uri, "answers", run_id=run_id, endpoint_url=endpoint_url).to_pandas()
@@ -173,10 +217,25 @@ def aggregate_run(
         ("cohort_comparisons", result.comparisons),
         ("cohort_trust", result.trust),
         ("cohort_studies", result.studies),
+        ("clusters", result.clusters),
         ("flags", result.flags),
     ):
         write_part(store, table, run_id, AGGREGATE_PART, _without_run_id(frame))
+    write_cluster_maps(store, run_id, result.cluster_maps)
     return result
+
+
+def write_cluster_maps(store: ObjectStore, run_id: str, cluster_maps: pd.DataFrame) -> None:
+    """Each cluster's mean map as a heatmap PNG (min–max within the map, on neutral grey); stale ones go."""
+    wanted = set()
+    for row in cluster_maps.itertuples(index=False):
+        key = cluster_map_key(run_id, int(row.cluster))
+        cell_map = np.asarray(row.mean_map, dtype=np.float32).reshape(int(row.grid_h), int(row.grid_w))
+        store.write_bytes(key, png_bytes(heatmap(cell_map, None)))
+        wanted.add(key)
+    for key in store.list(cluster_map_key(run_id, 0).rsplit("/", 1)[0] + "/"):
+        if key not in wanted:
+            store.delete(key)
 
 
 def aggregate_record(config: AggregateConfig) -> dict:
@@ -185,15 +244,8 @@ def aggregate_record(config: AggregateConfig) -> dict:
         "group_by": list(config.group_by),
         "findings": list(config.findings) if config.findings is not None else None,
         "thresholds": asdict(config.thresholds),
+        "cluster_seed": config.cluster_seed,
     }
-
-
-def recorded_thresholds(store: ObjectStore, run_id: str) -> FlagThresholds | None:
-    """The thresholds the run's last aggregation used (aggregate.json), None where it never ran."""
-    try:
-        return FlagThresholds(**read_json(store, run_json_key(run_id, AGGREGATE_JSON))["thresholds"])
-    except ObjectNotFound:
-        return None
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:

@@ -84,6 +84,8 @@ SQL_NAMES = {
     "PIXEL_OCCLUSION": names.PIXEL_OCCLUSION,
     "ITEM_SCOPE": names.ITEM_SCOPE,
     "COHORT_SCOPE": names.COHORT_SCOPE,
+    "CLUSTER_SCOPE": names.CLUSTER_SCOPE,
+    "STRATEGY_RULE": names.STRATEGY_RULE,
     "TRUST_RULES": _quoted(names.TRUST_RULES),
     "PRIOR_RULE": names.PRIOR_RULE,
     "SHARE_RULE_SUFFIX": names.SHARE_RULES[names.BORDER].removeprefix(names.BORDER),

@@ -59,6 +59,10 @@ SELECT * FROM read_parquet('${OUT}/answers/**/*.parquet', hive_partitioning = tr
 CREATE OR REPLACE VIEW tokens AS
 SELECT * FROM read_parquet('${OUT}/tokens/**/*.parquet', hive_partitioning = true, hive_types = {'run_id': VARCHAR}, union_by_name = true);
 
+-- source: clusters
+CREATE OR REPLACE VIEW clusters AS
+SELECT * FROM read_parquet('${OUT}/clusters/**/*.parquet', hive_partitioning = true, hive_types = {'run_id': VARCHAR}, union_by_name = true);
+
 -- source: faithfulness
 CREATE OR REPLACE VIEW faithfulness AS
 SELECT * FROM read_parquet('${OUT}/faithfulness/**/*.parquet', hive_partitioning = true, hive_types = {'run_id': VARCHAR}, union_by_name = true);
@@ -339,6 +343,31 @@ SELECT runs.*,
 FROM runs
 WHERE status = 'completed'
 QUALIFY row_number() OVER (PARTITION BY manifest ORDER BY created_at DESC, run_id DESC) = 1;
+
+-- view: strategy_clusters
+-- One row per strategy cluster of each run: its size, where its 2-D embedding sits, whether it raised
+-- a flag (and the flag's message), and its mean map's picture.
+CREATE OR REPLACE VIEW strategy_clusters AS
+SELECT c.run_id,
+       runs.created_at,
+       runs.manifest,
+       c.answer_class,
+       c.cluster,
+       count(*)                                                               AS n_items,
+       avg(c.embedding_x)                                                     AS embedding_x,
+       avg(c.embedding_y)                                                     AS embedding_y,
+       f.metric IS NOT NULL                                                   AS flagged,
+       f.metric,
+       f.value,
+       f.baseline,
+       f.message,
+       '${OUT}/cluster_maps/run_id=' || c.run_id || '/cluster-' || lpad(CAST(c.cluster AS VARCHAR), 3, '0')
+           || '.png'                                                          AS mean_map_path
+FROM clusters AS c
+LEFT JOIN runs ON runs.run_id = c.run_id
+LEFT JOIN flags AS f ON f.run_id = c.run_id AND f.rule = '${STRATEGY_RULE}'
+                    AND f.scope = '${CLUSTER_SCOPE}' AND f.cohort = CAST(c.cluster AS VARCHAR)
+GROUP BY ALL;
 
 -- view: study_summary
 -- Volumes and longitudinal pairs per cohort (cohort_studies; the slice profiles stay there).

@@ -152,6 +152,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write every pass and the summary here")
     parser.add_argument("--manifest", help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    from bench import _medgemma_shapes
+
+    _medgemma_shapes.add_arguments(parser)
     args = parser.parse_args()
     import torch
 
@@ -163,6 +166,8 @@ def main() -> None:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     if args.memory_child:
         return memory_child(args)
+    if args.medgemma_shapes:
+        return _medgemma_shapes.run(args)
 
     from phantom import MODEL_PATH
     from tasks import cache

@@ -51,6 +51,7 @@ from storage.names import REGION_NAMES
 from storage.objects import FolderListing, LocalStore, ObjectStore, S3Store, StoreCache, open_store, read_uri
 from storage.outputs import (
     MANIFEST_PART,
+    cluster_map_key,
     completed_shards,
     list_runs,
     overlay_folder,
@@ -69,6 +70,7 @@ from storage.outputs import (
 from storage.records import (
     STAGES,
     AnswerRecord,
+    ClusterRecord,
     ErrorRecord,
     FaithfulnessRecord,
     FlagRecord,
@@ -110,6 +112,7 @@ __all__ = [
     "STAGES",
     "TOKENS_SCHEMA",
     "AnswerRecord",
+    "ClusterRecord",
     "CorruptImage",
     "CredentialsError",
     "DuckDBExtensionError",
@@ -154,6 +157,7 @@ __all__ = [
     "UnsupportedImageFormat",
     "VolumeError",
     "arrow_filesystem",
+    "cluster_map_key",
     "code_version",
     "completed_shards",
     "decode_image",

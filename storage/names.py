@@ -65,7 +65,7 @@ REFERENCE_NAMES = {
 # a flag is about one item (a worklist entry for a reviewer), or about the model: a cohort of a
 # manifest column, a cluster of maps, or the trustworthiness of the maps themselves
 ITEM_SCOPE, COHORT_SCOPE, CLUSTER_SCOPE = "item", "cohort", "cluster"
-FLAG_SCOPES = (ITEM_SCOPE, COHORT_SCOPE, CLUSTER_SCOPE)
+FLAG_SCOPES = (COHORT_SCOPE, CLUSTER_SCOPE, ITEM_SCOPE)
 MODEL_SCOPES = (COHORT_SCOPE, CLUSTER_SCOPE)
 
 BORDER_SHARE_RULE = f"{BORDER}_share_above_baseline"

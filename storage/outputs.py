@@ -70,6 +70,11 @@ def part_key(table_name: str, run_id: str, part: int | str) -> str:
     return join_key(table_name, f"run_id={_safe_id('run_id', run_id)}", f"{name}.parquet")
 
 
+def cluster_map_key(run_id: str, cluster: int) -> str:
+    """``cluster_maps/run_id=<id>/cluster-<k>.png``: a strategy cluster's mean map."""
+    return join_key("cluster_maps", f"run_id={_safe_id('run_id', run_id)}", f"cluster-{cluster:03d}.png")
+
+
 def run_json_key(run_id: str, name: str = "run.json") -> str:
     """``runs/run_id=<id>/run.json`` (or another of the run's JSON documents: ``aggregate.json``)."""
     return join_key("runs", f"run_id={_safe_id('run_id', run_id)}", name)

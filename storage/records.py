@@ -148,8 +148,12 @@ class AnswerRecord(Record):
         _STRING, "the model's hub commit, or `sha256:<16 hex>` of a local folder's config and weights"
     )
     method: str | None = column(_STRING, "relevance method (`chefer`, `rollout`, `raw_attention`, ...)")
-    generate_seconds: float | None = column(_F32, "time spent generating the answer")
-    explain_seconds: float | None = column(_F32, "time spent computing all relevance maps of the item")
+    generate_seconds: float | None = column(
+        _F32, "time spent generating the answer (a batch's time divided evenly over its items)"
+    )
+    explain_seconds: float | None = column(
+        _F32, "time spent computing all relevance maps of the item (a batch's, divided evenly)"
+    )
     metadata: dict[str, str] | None = column(
         pa.map_(_STRING, _STRING),
         'the manifest\'s pass-through columns (cohort metadata), as strings; a missing value is `""`',
@@ -363,6 +367,26 @@ class FlagRecord(Record):
     @property
     def title(self) -> str:
         return RULE_TITLES.get(self.rule, self.rule)
+
+
+@dataclass(frozen=True)
+class ClusterRecord(Record):
+    """One audited item's strategy cluster: the cluster of whole-answer maps of its answer class it fell in."""
+
+    item_id: str = column(_STRING, "joins to answers", required=True)
+    target_class: str | None = column(_STRING, "`answer`: the whole-answer map was clustered")
+    answer_class: str | None = column(
+        _STRING,
+        "the answer, lower-cased without final punctuation (`yes`, `no`); `answer` where a run has too many "
+        "distinct answers to cluster them apart",
+    )
+    cluster: int | None = column(
+        pa.int32(), "the cluster, unique within the run (0 the largest of the first answer class)"
+    )
+    embedding_x: float | None = column(
+        _F64, "first spectral embedding coordinate of the map (for a scatter plot); null for a small class"
+    )
+    embedding_y: float | None = column(_F64, "second spectral embedding coordinate")
 
 
 @dataclass(frozen=True)

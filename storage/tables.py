@@ -19,6 +19,7 @@ from storage.audit_schemas import AUDIT_SCHEMAS
 from storage.errors import SchemaError
 from storage.records import (
     AnswerRecord,
+    ClusterRecord,
     ErrorRecord,
     FaithfulnessRecord,
     FlagRecord,
@@ -36,6 +37,7 @@ RECORDS: dict[str, type[Record]] = {
     "errors": ErrorRecord,
     "flags": FlagRecord,
     "faithfulness": FaithfulnessRecord,
+    "clusters": ClusterRecord,
 }
 ANSWERS_SCHEMA = arrow_schema(AnswerRecord)
 TOKENS_SCHEMA = arrow_schema(TokenRecord)

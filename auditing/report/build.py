@@ -41,6 +41,7 @@ from auditing.report.sections import (
     timing_rows,
     trust_tables,
 )
+from auditing.report.strategies import strategy_sections
 from storage import join_key, open_store
 from storage.names import ANSWER, COHORT_SCOPE, REGION_LABELS
 
@@ -272,6 +273,7 @@ def build_report(out_uri: str, run_id: str, *, endpoint_url: str | None = None) 
         "gallery": gallery(tables, store, reader, sink),
         "trust": trust_tables(tables, classes),
         "studies": study_rows(tables),
+        "strategies": strategy_sections(tables, store, sink),
         "thresholds": tables.thresholds,
         "colour_scale": sink.add("colour-scale", colour_scale()),
     }

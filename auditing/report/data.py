@@ -8,10 +8,10 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from auditing.aggregate import recorded_thresholds
 from auditing.cohorts import cohort_labels
 from auditing.flags import FlagThresholds
 from auditing.load import expand_metadata
+from auditing.recorded import recorded_thresholds
 from auditing.report.figures import HEATMAP_SIZE, THUMBNAIL_SIZE, thumbnail
 from storage import (
     DEFAULT_MAX_IMAGE_BYTES,
@@ -46,6 +46,7 @@ class RunTables:
     flags: pd.DataFrame
     trust: pd.DataFrame  # cohort_trust
     studies: pd.DataFrame  # cohort_studies
+    clusters: pd.DataFrame  # every whole-answer map's strategy cluster
     thresholds: FlagThresholds | None  # those the run's flags were raised with; None: never aggregated
 
 
@@ -81,6 +82,7 @@ def load_run(store: ObjectStore, run_id: str) -> RunTables:
         flags=flags,
         trust=trust,
         studies=_read(store, "cohort_studies", run_id),
+        clusters=_read(store, "clusters", run_id),
         thresholds=recorded_thresholds(store, run_id),
     )
 

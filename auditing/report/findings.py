@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from auditing.report.sections import cohort_name, num, pct
-from storage.names import ITEM_SCOPE, RULE_TITLES
+from storage.names import FLAG_SCOPES, ITEM_SCOPE, RULE_TITLES
 
 FLAG_FIELDS = (
     "rule",
@@ -43,14 +43,14 @@ def flag_records(flags: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def verdict(flags: list[dict[str, Any]]) -> str:
-    """One sentence: how many cohort and item flags, or that nothing was flagged."""
-    cohort = [flag for flag in flags if flag["scope"] != ITEM_SCOPE]
-    items = len(flags) - len(cohort)
+    """One sentence: how many cohort, cluster and item flags, or that nothing was flagged."""
     if not flags:
         return "No flags were raised."
-    parts = [f"{len(cohort)} cohort flag{'s' * (len(cohort) != 1)}"] if cohort else []
-    parts += [f"{items} item flag{'s' * (items != 1)}"] if items else []
-    return " and ".join(parts) + " raised."
+    counts = Counter(flag["scope"] for flag in flags)
+    parts = [
+        f"{counts[scope]} {scope} flag{'s' * (counts[scope] != 1)}" for scope in FLAG_SCOPES if counts[scope]
+    ]
+    return (", ".join(parts[:-1]) + " and " if len(parts) > 1 else "") + parts[-1] + " raised."
 
 
 def evidence(flag: dict[str, Any] | pd.Series) -> str:

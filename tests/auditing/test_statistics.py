@@ -166,4 +166,8 @@ def test_aggregate_without_groupings_gives_the_whole_run():
     answers, tokens = tables(*synthetic_run())
     result = aggregate(tokens, answers, AggregateConfig(stats=StatsConfig(resamples=100)))
     assert set(result.cohort_stats["grouping"]) == {"all"} and result.comparisons.empty
-    assert set(result.flags["rule"]) == {"off_anatomy"}
+    # without a site column, the east site's border maps are still found: as a strategy cluster
+    assert set(result.flags["rule"]) == {"off_anatomy", "strategy_cluster"}
+    [cluster] = result.flags.loc[result.flags["rule"] == "strategy_cluster", "cohort"].astype(int)
+    members = result.clusters.loc[result.clusters["cluster"] == cluster, "item_id"]
+    assert set(members) == {f"east-{i}" for i in range(20)}

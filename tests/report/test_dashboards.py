@@ -39,7 +39,7 @@ RUN_COUNTS = {"items": 60, "ok": 57, "failed": 3, "errors": 5, "targets": 171, "
 
 DASHBOARD_VIEWS = {
     "cohort_region_shares", "flags_per_run", "trust_per_cohort", "answer_distribution", "cohort_trend",
-    "item_drilldown", "errors_per_run", "flag_counts", "latest_runs", "study_summary",
+    "item_drilldown", "errors_per_run", "flag_counts", "latest_runs", "study_summary", "strategy_clusters",
 }  # fmt: skip
 
 
@@ -152,6 +152,25 @@ def test_trust_per_cohort(two_runs):
              60 if cohort == "all" else 20, 1.0, False),
         ]  # fmt: skip
     assert trust == expected  # pixel occlusion against token occlusion is left out; r2 had no sample
+
+
+def test_strategy_clusters_show_each_cluster_and_those_that_were_flagged(two_runs):
+    con, _, aggregates = two_runs
+    found = rows(
+        con,
+        "select run_id, cluster, n_items, metric, mean_map_path from strategy_clusters where flagged order by all",
+    )
+    for run, site in (("r1", "east"), ("r2", "north")):  # the site whose maps sit on the border
+        clusters = aggregates[run].clusters
+        flagged = [cluster for r, cluster, *_ in found if r == run]
+        members = set(clusters.loc[clusters["cluster"].isin(flagged), "item_id"])
+        border = {f"{site}-{i}" for i in range(20)}
+        assert border <= members and len(border) >= 0.8 * len(members), run
+    for run, cluster, n_items, metric, path in found:
+        assert metric in ("border_share", "corners_share") and n_items >= 10
+        assert Path(path).is_file() and path.endswith(f"cluster_maps/run_id={run}/cluster-{cluster:03d}.png")
+    total = rows(con, "select sum(n_items) from strategy_clusters where run_id = 'r1'")[0][0]
+    assert total == len(aggregates["r1"].clusters)
 
 
 def test_parts_written_before_a_column_existed_read_as_null(tmp_path):

@@ -296,11 +296,14 @@ def test_studies_section_shows_volumes_and_flags_answers_that_ignore_the_prior(t
 
 def test_the_page_opens_with_the_verdict_one_row_per_finding_linked_to_its_evidence(built_report):
     text, flags = built_report.page.text, built_report.flags
-    cohort_flags = flags[flags["scope"] == "cohort"]
-    findings = cohort_flags.drop_duplicates(["rule", "grouping", "cohort", "target_class"])
+    model_flags = flags[flags["scope"] != "item"]
+    findings = model_flags.drop_duplicates(["rule", "grouping", "cohort", "target_class"])
     assert text.index("Verdict") < text.index("How to read this report")  # the verdict comes first
-    n_items = int((flags["scope"] == "item").sum())
-    assert f"{len(cohort_flags)} cohort flags and {n_items} item flags raised." in text
+    n_cohort, n_cluster, n_items = (
+        int((flags["scope"] == scope).sum()) for scope in ("cohort", "cluster", "item")
+    )
+    assert n_cluster == 1  # the east site's border maps, found again as a strategy
+    assert f"{n_cohort} cohort flags, 1 cluster flag and {n_items} item flags raised." in text
     html = built_report.index.read_text(encoding="utf-8")
     verdict = html[html.index('id="verdict"') : html.index('id="how-to-read"')]
     assert verdict.count("<tr>") == len(findings) + 1  # a header and one row per finding
@@ -315,7 +318,7 @@ def _cohort_table(html: str) -> str:
 
 
 def test_the_flags_table_has_one_row_per_finding_and_a_column_per_method(built_report):
-    flags = built_report.flags[built_report.flags["scope"] == "cohort"]
+    flags = built_report.flags[built_report.flags["scope"] != "item"]
     findings = flags.drop_duplicates(["rule", "grouping", "cohort", "target_class"])
     assert len(findings) < len(flags)  # the fixture repeats findings across methods
     table = _cohort_table(built_report.index.read_text(encoding="utf-8"))
@@ -340,8 +343,9 @@ def test_the_markdown_artifact_has_one_row_per_finding_too(built_report):
     from auditing.report.summary import flag_records, run_markdown
 
     records = flag_records(built_report.flags)
-    cohort = built_report.flags[built_report.flags["scope"] == "cohort"]
-    n_findings = len(cohort.drop_duplicates(["rule", "grouping", "cohort", "target_class"]))
+    model = built_report.flags[built_report.flags["scope"] != "item"]
+    n_findings = len(model.drop_duplicates(["rule", "grouping", "cohort", "target_class"]))
+    cohort = model[model["scope"] == "cohort"]
     markdown = run_markdown("r1", records, {"items": 60}, "report/index.html")
     table = [line for line in markdown.splitlines() if line.startswith("| ")]
     assert table[0] == "| finding | where | target | chefer | chefer (faithfulness sample) |"
@@ -350,7 +354,7 @@ def test_the_markdown_artifact_has_one_row_per_finding_too(built_report):
         "| Looks at the image border | site = east | nodule | 100% vs 0% in the rest (flag at ≥ 1.5× the rest) | – |"
         in table
     )
-    assert markdown.index(f"**{len(cohort)} cohort flags and") < markdown.index("| finding")
+    assert markdown.index(f"**{len(cohort)} cohort flags, ") < markdown.index("| finding")
 
 
 @pytest.mark.parametrize(
@@ -558,3 +562,16 @@ def test_question_words_join_pieces_and_keep_only_the_question(
 
     words = question_words(pieces, special, relevance, question)
     assert [(word.text, pytest.approx(word.shade)) for word in words] == expected
+
+
+def test_a_flagged_strategy_cluster_shows_its_mean_map_members_and_message(built_report):
+    html = built_report.index.read_text(encoding="utf-8")
+    [flag] = built_report.flags[built_report.flags["rule"] == "strategy_cluster"].itertuples()
+    section = html[html.index('id="strategies"') : html.index('id="gallery"')]
+    assert f'id="strategy-{flag.cohort}"' in section and "mean map of the cluster" in section
+    assert "no manifest column names it" not in flag.message and "site=east (20 of 20" in flag.message
+    text = squash(built_report.page.text)
+    assert squash(flag.message) in text
+    images = re.findall(r'src="(img/cluster-[^"]+)"', section)
+    assert len(images) == 3  # the mean map and the two east items with stored overlays
+    assert all((built_report.index.parent / src).is_file() for src in images)

@@ -1,0 +1,58 @@
+"""The report's strategy section: each flagged cluster of maps with its mean map, a few members'
+stored overlays, and the flag's message (which names the manifest columns it lines up with)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from auditing.report.data import RunTables
+from auditing.report.figures import ImageSink, thumbnail
+from auditing.report.gallery import overlay_label, stored_overlays
+from storage import ObjectStore, StorageError, cluster_map_key
+from storage.names import CLUSTER_SCOPE, RULE_TITLES, STRATEGY_RULE
+
+MEMBERS_SHOWN = 4  # member overlays per flagged cluster
+
+
+def _image(store: ObjectStore, key: str) -> Image.Image | None:
+    try:
+        return Image.open(io.BytesIO(store.read_bytes(key)))
+    except (StorageError, OSError, UnidentifiedImageError):
+        return None
+
+
+def strategy_sections(tables: RunTables, store: ObjectStore, sink: ImageSink) -> list[dict[str, Any]]:
+    """One entry per `strategy_cluster` flag, strongest first as the aggregation wrote them."""
+    flags = tables.flags
+    if flags.empty:
+        return []
+    raised = flags[(flags["scope"] == CLUSTER_SCOPE) & (flags["rule"] == STRATEGY_RULE)]
+    sections = []
+    for flag in raised.itertuples(index=False):
+        cluster = int(flag.cohort)
+        members = tables.clusters.loc[tables.clusters["cluster"] == cluster, "item_id"].tolist()
+        mean_map = _image(store, cluster_map_key(tables.run_id, cluster))
+        images = []
+        for item_id in members:
+            stems = stored_overlays(store, tables.run_id, item_id)
+            overlay = _image(store, f"overlays/run_id={tables.run_id}/{item_id}/{stems[0]}.png") if stems else None
+            if overlay is not None:
+                label = f"item {item_id}: {overlay_label(stems[0]).lower()}"
+                images.append((label, sink.add(f"cluster-{cluster}-{item_id}", thumbnail(overlay))))
+            if len(images) == MEMBERS_SHOWN:
+                break
+        sections.append(
+            {
+                "title": RULE_TITLES[STRATEGY_RULE],
+                "cluster": cluster,
+                "answer_class": flag.target_class,
+                "n_items": len(members),
+                "message": flag.message,
+                "mean_map": sink.add(f"cluster-{cluster}-mean", thumbnail(mean_map)) if mean_map else None,
+                "members": images,
+            }
+        )
+    return sections
