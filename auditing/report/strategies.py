@@ -38,7 +38,9 @@ def strategy_sections(tables: RunTables, store: ObjectStore, sink: ImageSink) ->
         images = []
         for item_id in members:
             stems = stored_overlays(store, tables.run_id, item_id)
-            overlay = _image(store, f"overlays/run_id={tables.run_id}/{item_id}/{stems[0]}.png") if stems else None
+            overlay = (
+                _image(store, f"overlays/run_id={tables.run_id}/{item_id}/{stems[0]}.png") if stems else None
+            )
             if overlay is not None:
                 label = f"item {item_id}: {overlay_label(stems[0]).lower()}"
                 images.append((label, sink.add(f"cluster-{cluster}-{item_id}", thumbnail(overlay))))
