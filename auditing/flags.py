@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 from scipy.stats import false_discovery_control
 
-from storage import FLAGS_SCHEMA
+from storage import FLAGS_SCHEMA, FlagRecord
 from storage.names import (
     ANSWER,
     COHORT_SCOPE,
@@ -100,30 +100,29 @@ def flag_row(
     ci_low: float | None = None,
     ci_high: float | None = None,
 ) -> dict:
-    """One flag: the rule that raised it, the evidence and the threshold, as a row for `as_frame`.
+    """One flag (a `storage.FlagRecord`, with the run id it belongs to), as a row for `as_frame`.
 
     Fields left None are left out of the row, so `as_frame` fills them as nulls exactly as for a
     rule that never sets them (a column no row sets stays an all-NaN float column, not None objects).
     """
-    row = {
-        "run_id": run_id,
-        "scope": scope,
-        "rule": rule,
-        "method": method,
-        "grouping": grouping,
-        "cohort": cohort,
-        "target_class": target_class,
-        "item_id": item_id,
-        "metric": metric,
-        "value": value,
-        "baseline": baseline,
-        "threshold": threshold,
-        "ci_low": ci_low,
-        "ci_high": ci_high,
-        "n_items": n_items,
-        "message": message,
-    }
-    return {key: field for key, field in row.items() if field is not None}
+    record = FlagRecord(
+        scope=scope,
+        rule=rule,
+        method=method,
+        grouping=grouping,
+        cohort=cohort,
+        target_class=target_class,
+        item_id=item_id,
+        metric=metric,
+        value=value,
+        baseline=baseline,
+        threshold=threshold,
+        ci_low=ci_low,
+        ci_high=ci_high,
+        n_items=n_items,
+        message=message,
+    )
+    return {"run_id": run_id, **{key: field for key, field in record.to_row().items() if field is not None}}
 
 
 def shortcut_flags(

@@ -1,4 +1,4 @@
-"""Do the cohort flags cry wolf, and do they still catch the shortcut?
+"""Do the flags cry wolf, and do they still catch the shortcut?
 
 1. **False alarms.** The honest phantom audits `--n` demo-like cases once (the real flow, local
    folders, a temporary Prefect server). The stored outputs are then re-aggregated `--shuffles`
@@ -10,16 +10,23 @@
    of `--subset-size` items (the demo's size) are aggregated by site: reported is the share in which
    its tagged cohort raises a corner or border share flag (goal ≥ 95%), and, for the same subsets
    audited with the honest model, the share that flags the tagged cohort anyway.
+3. **Item flags** (a reviewer's worklist): the share of items with an item flag, honest and shortcut.
+4. **Strategy clusters.** `--reseeds` times, a random 80% of the items is aggregated with a new
+   clustering seed and a manifest that names neither the tag nor the site (both columns dropped):
+   reported are the share of honest runs raising a `strategy_cluster` flag (goal ≤ 5%), and for the
+   shortcut, the flagged cluster holding most tagged items: its purity (tagged share of the cluster,
+   goal ≥ 80%) and coverage (its share of the tagged items, goal ≥ 60%).
 
 Only the stored Parquet outputs are re-aggregated (no model runs after the two audits).
 
-    python bench/flag_calibration.py                  # 200 cases, 200 shuffles, 200 subsets
-    python bench/flag_calibration.py --n 60 --shuffles 20 --subsets 20
+    python bench/flag_calibration.py                  # 200 cases, 200 shuffles, 200 subsets, 20 reseeds
+    python bench/flag_calibration.py --n 60 --shuffles 20 --subsets 20 --reseeds 5
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -36,9 +43,11 @@ from auditing import AggregateConfig, StatsConfig, aggregate
 from phantom import MODEL_PATH, SHORTCUT_MODEL_PATH
 from phantom.demo import write_demo_dataset
 from storage import read_table
+from storage.names import BORDER_SHARE_RULE, CORNERS_SHARE_RULE, ITEM_SCOPE, STRATEGY_RULE
 
 SEED = 23_000  # held out: training uses seeds < 10_000, the reports 20_000, the other benches 21_000-22_000
-SHORTCUT_RULES = ("corners_share_above_baseline", "border_share_above_baseline")
+SHORTCUT_RULES = (CORNERS_SHARE_RULE, BORDER_SHARE_RULE)
+UNNAMED = ("site", "marker")  # the columns that name the tag, dropped for the strategy check
 
 
 def audit_outputs(manifest: Path, out: Path, model: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -103,19 +112,77 @@ def subset_detection(answers, tokens, config, subsets: int, size: int, rng) -> f
     return detected / subsets
 
 
-def main() -> None:
+def item_flag_rate(answers, tokens, config) -> dict:
+    """Items with an item flag, by rule: the reviewers' worklist of a whole run."""
+    flags = aggregate(tokens, answers, config).flags
+    items = flags[flags["scope"] == ITEM_SCOPE]
+    return {
+        "items": len(answers),
+        "flagged_items": int(items["item_id"].nunique()),
+        "rate": round(items["item_id"].nunique() / max(len(answers), 1), 4),
+        "by_rule": {rule: int(n) for rule, n in items.groupby("rule")["item_id"].nunique().items()},
+    }
+
+
+def _metadata(answers: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame([dict(value) for value in answers["metadata"]], index=answers.index)
+
+
+def without_columns(answers: pd.DataFrame, columns) -> pd.DataFrame:
+    """`answers` whose manifest metadata no longer holds `columns`."""
+    answers = answers.copy()
+    answers["metadata"] = [
+        [(k, v) for k, v in metadata if k not in columns] for metadata in answers["metadata"]
+    ]
+    return answers
+
+
+def strategy_check(answers, tokens, config, reseeds: int, rng) -> dict:
+    """Per reseed: a random 80% of the items, no tag or site column, a new clustering seed; strategy
+    flags raised, and the flagged cluster with most tagged items (purity, coverage)."""
+    tagged_ids = set(answers.loc[_metadata(answers)["marker"] == "yes", "item_id"])
+    raised, purity, coverage, detected = 0, [], [], 0
+    for seed in range(reseeds):
+        chosen = set(rng.choice(answers["item_id"].to_numpy(), size=int(0.8 * len(answers)), replace=False))
+        result = aggregate(
+            tokens[tokens["item_id"].isin(chosen)],
+            without_columns(answers[answers["item_id"].isin(chosen)], UNNAMED),
+            dataclasses.replace(config, group_by=(), cluster_seed=seed),
+        )
+        flagged = result.flags[result.flags["rule"] == STRATEGY_RULE]
+        raised += not flagged.empty
+        tagged = tagged_ids & chosen
+        best = (0.0, 0.0)
+        for cluster in flagged["cohort"].astype(int):
+            members = set(result.clusters.loc[result.clusters["cluster"] == cluster, "item_id"])
+            hits = len(members & tagged)
+            best = max(best, (hits / max(len(tagged), 1), hits / len(members)))
+        coverage.append(best[0])
+        purity.append(best[1])
+        detected += best[0] >= 0.6 and best[1] >= 0.8
+    return {
+        "reseeds": reseeds,
+        "any_flag_rate": raised / reseeds,
+        "detected_rate": detected / reseeds,  # a flagged cluster ≥ 80% tagged holding ≥ 60% of them
+        "purity_median": round(float(np.median(purity)), 3),
+        "coverage_median": round(float(np.median(coverage)), 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200, help="cases audited by each model")
     parser.add_argument("--shuffles", type=int, default=200)
     parser.add_argument("--cohorts", type=int, default=4, help="random sites per shuffle")
     parser.add_argument("--subsets", type=int, default=200)
     parser.add_argument("--subset-size", type=int, default=24)
+    parser.add_argument("--reseeds", type=int, default=20, help="strategy-cluster runs per model")
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument(
         "--resamples", type=int, default=200, help="bootstrap resamples (flags do not use them)"
     )
     parser.add_argument("--json", type=Path, help="write the figures here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="vlm-audit-calibration-"))
     # a temporary Prefect server of its own, quiet, with no telemetry
     for key, value in (("PREFECT_LOGGING_LEVEL", "WARNING"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
@@ -138,6 +205,14 @@ def main() -> None:
         ),
         "subsets": args.subsets,
         "subset_size": args.subset_size,
+        "item_flags": {
+            "honest": item_flag_rate(*honest, config),
+            "shortcut": item_flag_rate(*shortcut, config),
+        },
+        "strategy": {
+            "honest": strategy_check(*honest, config, args.reseeds, rng),
+            "shortcut": strategy_check(*shortcut, config, args.reseeds, rng),
+        },
         "audit_seconds": round(audited - started, 1),
         "aggregate_seconds": round(time.perf_counter() - audited, 1),
     }
@@ -151,10 +226,19 @@ def main() -> None:
     print(
         f"honest model, same subsets: tagged cohort flagged in {result['honest_tagged_cohort_flagged']:.1%}"
     )
+    for name, figures in result["item_flags"].items():
+        print(f"{name} model: {figures['flagged_items']} of {figures['items']} items with an item flag "
+              f"({figures['rate']:.1%}); by rule {figures['by_rule']}")  # fmt: skip
+    honest_strategy, shortcut_strategy = result["strategy"]["honest"], result["strategy"]["shortcut"]
+    print(f"strategy clusters, {args.reseeds} reseeded runs without the tag and site columns: honest flagged "
+          f"in {honest_strategy['any_flag_rate']:.1%} (goal <= 5%); shortcut's tagged cluster found in "
+          f"{shortcut_strategy['detected_rate']:.1%} (purity median {shortcut_strategy['purity_median']:.0%}, "
+          f"coverage median {shortcut_strategy['coverage_median']:.0%})")  # fmt: skip
     print(f"audits {result['audit_seconds']} s, aggregation {result['aggregate_seconds']} s")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {args.json}")
+    return result
 
 
 if __name__ == "__main__":
