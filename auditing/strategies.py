@@ -25,7 +25,7 @@ from scipy.sparse.linalg import eigsh
 from scipy.stats import false_discovery_control
 from sklearn.cluster import SpectralClustering
 from sklearn.manifold import spectral_embedding
-from sklearn.neighbors import kneighbors_graph, radius_neighbors_graph
+from sklearn.neighbors import kneighbors_graph
 
 from auditing.bootstrap import DEFAULT_RESAMPLES
 from auditing.cohorts import ITEM_KEYS, MISSING
@@ -44,7 +44,8 @@ from storage.names import (
 )
 
 FEATURE_GRID = (16, 16)  # maps on a finer common grid are averaged down to this
-NEAR_L1 = 0.2  # maps this close (total variation 0.1: 90% of their mass in the same cells) are neighbours
+MIN_NEIGHBORS = 5
+NEAR_L1 = 0.2  # mean maps this close (total variation 0.1: 90% of their mass in the same cells): one strategy
 STRATEGY_GROUPING = "strategy"  # the flags' grouping; their cohort is the cluster id
 REGION_PHRASES = {
     BORDER: f"on {SHORTCUT_REGIONS[BORDER]}",
@@ -91,13 +92,22 @@ def map_features(items: pd.DataFrame, grid: tuple[int, int] = FEATURE_GRID) -> n
     return np.divide(maps, totals, out=np.zeros_like(maps), where=totals > 0)
 
 
-def knn_affinity(features: np.ndarray, n_neighbors: int, near: float = NEAR_L1) -> csr_matrix:
+def knn_affinity(features: np.ndarray, n_neighbors: int) -> csr_matrix:
     """The k-nearest-neighbour connectivity graph, symmetrised (an edge where either point is among the
-    other's neighbours), joined by an edge between every two maps closer than `near` (L1 distance of
-    the distributions): near-identical maps would otherwise be split by the order in which ties fall."""
+    other's neighbours)."""
     graph = kneighbors_graph(features, n_neighbors, mode="connectivity", include_self=False)
-    near_graph = radius_neighbors_graph(features, near, mode="connectivity", metric="manhattan")
-    return csr_matrix(graph.maximum(graph.T).maximum(near_graph))
+    return csr_matrix(graph.maximum(graph.T))
+
+
+def merge_near_clusters(features: np.ndarray, labels: np.ndarray, near: float = NEAR_L1) -> np.ndarray:
+    """Labels with clusters whose mean maps lie within `near` (L1 distance of the distributions) of each
+    other joined, transitively: a graph cut through a continuum of near-identical maps (one strategy
+    with noise) is not two strategies."""
+    groups = np.unique(labels)
+    means = np.stack([features[labels == group].mean(axis=0) for group in groups])
+    close = np.abs(means[:, None, :] - means[None, :, :]).sum(axis=2) < near
+    _, joined = csgraph.connected_components(csr_matrix(close), directed=False)
+    return joined[np.searchsorted(groups, labels)]
 
 
 def eigengap_clusters(affinity: csr_matrix, max_clusters: int, seed: int) -> int:
@@ -121,12 +131,15 @@ def cluster_maps(
     """(labels [n], embedding [n, 2]) of maps' feature rows: spectral clusters numbered by size (0 the
     largest) and the 2 leading non-trivial spectral embedding coordinates of the same graph.
 
-    A group with no more items than `n_neighbors` + 1, or of identical maps, is one cluster without an
-    embedding (NaN). Deterministic for a fixed `seed`.
+    Each map is joined to its `n_neighbors` nearest, or a tenth of the group where that is fewer (at
+    least MIN_NEIGHBORS): a small strategy's maps are then mostly each other's neighbours. A group with
+    no more items than that + 1, or of identical maps, is one cluster without an embedding (NaN).
+    Deterministic for a fixed `seed`.
     """
     n = len(features)
     labels = np.zeros(n, dtype=np.int64)
     embedding = np.full((n, 2), np.nan)
+    n_neighbors = min(n_neighbors, max(MIN_NEIGHBORS, n // 10))
     if n <= n_neighbors + 1 or np.ptp(features, axis=0).max() == 0:
         return labels, embedding
     affinity = knn_affinity(features, n_neighbors)
@@ -135,13 +148,14 @@ def cluster_maps(
         # LOBPCG may stop a hair short of its tolerance on separate components: harmless for a display
         # coordinate and for k-means
         warnings.filterwarnings("ignore", message="Exited postprocessing", category=UserWarning)
+        warnings.filterwarnings("ignore", message="The problem size", category=UserWarning)  # small: dense
         embedding = spectral_embedding(affinity, n_components=2, eigen_solver=_SOLVER, random_state=seed)
         n_clusters = eigengap_clusters(affinity, max_clusters, seed)
         if n_clusters > 1:
             clustering = SpectralClustering(
                 n_clusters, affinity="precomputed", eigen_solver=_SOLVER, random_state=seed
             )
-            labels = _by_size(clustering.fit_predict(affinity))
+            labels = _by_size(merge_near_clusters(features, clustering.fit_predict(affinity)))
     return labels, embedding
 
 
