@@ -58,6 +58,7 @@ from bench.long_prompt_memory import (
 )
 from explainer import Explainer
 from explainer.engine import (
+    ExplainRequest,
     RelevanceMemoryError,
     blockwise_bytes,
     device_memory_bytes,
@@ -89,6 +90,21 @@ class StepClock(LogitsProcessor):
         scores[:, self.vocabulary :] = -float("inf")
         scores[:, self.specials] = -float("inf")
         return scores
+
+
+def drop_pooling_head(model) -> bool:
+    """Remove SigLIP's attention-pooling head, which `SiglipVisionConfig` builds by default and
+    MedGemma's checkpoint does not have (its config: `vision_use_head: false`): Gemma3 never reads
+    its output, but SiglipVisionTransformer still computes it on every image (on this CPU its
+    key-value projection asked for 2.7 GB per 896-pixel image)."""
+    vision = model.model.vision_tower
+    vision = getattr(vision, "vision_model", vision)  # transformers 4.x nests it
+    if not getattr(vision, "use_head", False):
+        return False
+    vision.use_head = False
+    del vision.head
+    model.config.vision_config.vision_use_head = False
+    return True
 
 
 def peak_now(device: torch.device) -> int:
@@ -189,6 +205,41 @@ def measure(explainer: Explainer, n_images: int, args: argparse.Namespace, basel
     return row
 
 
+def measure_batch(explainer: Explainer, batch_size: int, args: argparse.Namespace) -> dict:
+    """`batch_size` one-image items through `Explainer.explain_batch` (what a shard runs at
+    `--batch-size`): one left-padded `generate`, then one batched Chefer pass for the whole answer
+    of every item; items per second and the peak memory above the model."""
+    model, processor, device = explainer.model, explainer.processor, explainer.device
+    tokenizer = processor.tokenizer
+    side = model.config.vision_config.image_size
+    images = random_images(batch_size, side, args.seed + 1000 + batch_size)
+    requests = [ExplainRequest([image], QUESTION) for image in images]
+    clock = StepClock(len(tokenizer), sorted(set(tokenizer.all_special_ids)), device)
+    start = start_phase(device)
+    started = time.perf_counter()
+    outcomes = explainer.explain_batch(
+        requests,
+        batch_size=batch_size,
+        max_new_tokens=args.new_tokens,
+        targets="answer",
+        generation_kwargs={"logits_processor": LogitsProcessorList([clock])},
+        attention=args.attention,
+    )
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    failed = [repr(outcome) for outcome in outcomes if isinstance(outcome, Exception)]
+    timings = [outcome.timings for outcome in outcomes if not isinstance(outcome, Exception)]
+    return {
+        "batch_size": batch_size,
+        "seconds": seconds,
+        "items_per_second": batch_size / seconds,
+        "generate_seconds": sum(timing["generate_seconds"] for timing in timings),
+        "explain_seconds": sum(timing["explain_seconds"] for timing in timings),
+        "peak_mib": (peak_now(device) - start) / 2**20,
+        "failed": failed,
+    }
+
+
 def print_row(row: dict) -> None:
     head = f"{row['images']} image(s), {row['prompt_tokens']:,} prompt tokens"
     if "not_run" in row:
@@ -219,7 +270,9 @@ def print_row(row: dict) -> None:
 def run(args: argparse.Namespace) -> None:
     """The --medgemma-shapes bench (the module docstring)."""
     dtype_name = args.dtype or "bfloat16"
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
     spec = REDUCED if args.shapes_check else MEDGEMMA
     counts = [int(count) for count in args.images.split(",")]
     started = time.perf_counter()
@@ -227,6 +280,7 @@ def run(args: argparse.Namespace) -> None:
         spec, CORPUS, vocab_size=VOCABULARY, seed=args.seed, device=device, dtype=DTYPES[dtype_name]
     )
     model.config.text_config.max_position_embeddings = CONTEXT
+    dropped_head = drop_pooling_head(model)
     explainer = Explainer(model, processor)
     build_seconds = time.perf_counter() - started
     params = sum(parameter.numel() for parameter in model.parameters())
@@ -255,6 +309,18 @@ def run(args: argparse.Namespace) -> None:
         row = measure(explainer, count, args, baseline)
         print_row(row)
         rows.append(row)
+    batches = []
+    for size in args.medgemma_batch_sizes:
+        result = measure_batch(explainer, size, args)
+        print(
+            f"batch {size} (one image each, {args.new_tokens} tokens, the whole answer explained): "
+            f"{result['seconds']:.1f} s, {result['items_per_second']:.2f} items/s (generate "
+            f"{result['generate_seconds']:.1f} s, explain {result['explain_seconds']:.1f} s), peak "
+            f"{result['peak_mib']:,.0f} MiB above the model"
+            + (f"; FAILED {result['failed']}" if result["failed"] else ""),
+            flush=True,
+        )
+        batches.append(result)
     total = time.perf_counter() - started
     print(f"whole run: {total / 60:.1f} min", flush=True)
     if args.json:
@@ -266,6 +332,7 @@ def run(args: argparse.Namespace) -> None:
             "dtype": dtype_name,
             "model": "reduced (--shapes-check)" if args.shapes_check else "MedGemma 1.5 4B shapes, random",
             "parameters": params,
+            "siglip_pooling_head_removed": dropped_head,
             "baseline_mib": baseline / 2**20,
             "build_seconds": build_seconds,
             "new_tokens": args.new_tokens,
@@ -273,6 +340,7 @@ def run(args: argparse.Namespace) -> None:
             "attention": args.attention,
             "threads": torch.get_num_threads(),
             "rows": rows,
+            "batches": batches,
             "seconds": total,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -289,9 +357,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "MedGemma 1.5 4B's shapes (default dtype bfloat16); batch 1",
     )
     group.add_argument(
-        "--images", default="1,8,85", help="image counts (256 tokens each), comma-separated: ≈ 300, 2,100, 22,100"
+        "--images",
+        default="1,8,85",
+        help="image counts (256 tokens each), comma-separated: ≈ 300, 2,100, 22,100",
     )
     group.add_argument("--new-tokens", type=int, default=4, help="answer tokens generated (exactly)")
     group.add_argument("--targets", type=int, default=3, help="the whole answer and the first N-1 tokens")
     group.add_argument("--attention", default="auto", choices=["auto", "eager", "blockwise"])
+    group.add_argument(
+        "--medgemma-batch-sizes",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also one-image items through Explainer.explain_batch at these batch sizes (a GPU)",
+    )
     group.add_argument("--shapes-check", action="store_true", help=argparse.SUPPRESS)  # tiny: a smoke test

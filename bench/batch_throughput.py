@@ -13,6 +13,8 @@ wall time 1.3× lower.
 
     python bench/batch_throughput.py --threads 1 --json docs/batch_throughput.json
     python bench/batch_throughput.py --device cuda          # a GPU, float32
+    python bench/batch_throughput.py --medgemma-shapes --json docs/batch_throughput_medgemma.json
+    python bench/batch_throughput.py --medgemma-shapes --device cuda --dtype bfloat16   # bench/_medgemma_shapes.py
 """
 
 from __future__ import annotations

@@ -39,8 +39,8 @@ def task_runner_for(dask: DaskSettings | None) -> Any:
     }
     if dask.cluster_class == "distributed.LocalCluster":
         cluster_kwargs["processes"] = True  # one model per worker process, not per thread
-        if dask.resources:
-            cluster_kwargs["resources"] = dict(dask.resources)
+    if dask.resources:  # the workers advertise what the shard tasks ask for (LocalCUDACluster passes it on)
+        cluster_kwargs["resources"] = dict(dask.resources)
     return DaskTaskRunner(cluster_class=dask.cluster_class, cluster_kwargs=cluster_kwargs)
 
 

@@ -45,6 +45,16 @@ def test_dask_settings_need_exactly_one_cluster():
         DaskSettings()
 
 
+def test_a_local_cluster_of_any_class_gives_its_workers_the_resources_the_shards_ask_for():
+    from flows.runners import task_runner_for
+
+    # another class path than the default's (dask_cuda.LocalCUDACluster is not installed here)
+    for cluster_class in ("distributed.LocalCluster", "distributed.deploy.local.LocalCluster"):
+        settings = DaskSettings(n_workers=2, cluster_class=cluster_class, resources={"GPU": 1})
+        runner = task_runner_for(settings)
+        assert runner.cluster_kwargs["resources"] == {"GPU": 1.0}, cluster_class
+
+
 def test_batched_shards_on_two_worker_processes_give_the_rows_of_one_item_at_a_time(tmp_path, model_dir):
     manifest_path = local_dataset(tmp_path / "data", 6)
     out = str(tmp_path / "out")
