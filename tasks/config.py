@@ -115,7 +115,7 @@ class AuditConfig(BaseModel):
     overlays: OverlaysPolicy = Field("answer", description="which explained targets get a PNG overlay")
     shard_size: int = Field(16, ge=1, le=100_000, description="items per shard (one task, one part file)")
     batch_size: int = Field(
-        1,
+        8,  # the fastest of 1, 2, 4, 8 on CPU (docs/performance.md); the GPU bench's batch rows decide there
         ge=1,
         le=256,
         description="items of a shard generated and explained together (outputs do not depend on it: "
