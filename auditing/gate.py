@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
+from storage import FlagRecord
 from storage.names import ITEM_SCOPE, MODEL_SCOPES
 
 FailOn = Literal["never", "model", "items"]
@@ -35,20 +36,20 @@ class GateOutcome:
 
 
 def gate(
-    flags: Sequence[dict[str, Any]],
+    flags: Sequence[FlagRecord],
     audited_items: int,
     fail_on: FailOn = "never",
     max_item_flag_rate: float | None = None,
 ) -> GateOutcome:
-    """Apply the gate to a run's flag rows (dicts with `scope` and `item_id`).
+    """Apply the gate to a run's flags.
 
     `fail_on`: "never" (a threshold alone still gates), "model" (any model-level flag), "items" (any
     flag at all). `max_item_flag_rate`: fail when the share of audited items with an item flag is
     above it (and, as with "model", on any model-level flag).
     """
-    model = sum(flag["scope"] in MODEL_SCOPES for flag in flags)
-    item_rows = [flag for flag in flags if flag["scope"] == ITEM_SCOPE]
-    flagged = len({flag["item_id"] for flag in item_rows})
+    model = sum(flag.scope in MODEL_SCOPES for flag in flags)
+    item_rows = [flag for flag in flags if flag.scope == ITEM_SCOPE]
+    flagged = len({flag.item_id for flag in item_rows})
     outcome = dict(
         model_flags=model, item_flags=len(item_rows), flagged_items=flagged, audited_items=audited_items
     )

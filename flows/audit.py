@@ -239,7 +239,7 @@ def audit(
         outputs |= {
             "flags": len(flags),
             "verdict": verdict(flags),
-            "cohort_flags": [flag for flag in flags if flag["scope"] != ITEM_SCOPE],
+            "cohort_flags": [flag for flag in flags if flag.scope != ITEM_SCOPE],
             "gate": outcome,
         }
         if config.report:

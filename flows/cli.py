@@ -143,7 +143,7 @@ def format_summary(result: dict[str, Any]) -> str:
     if "verdict" in result:
         lines.append(result["verdict"])
         lines += [
-            f"  FLAG {flag['rule']} [{flag['method']}] {flag['grouping']}={flag['cohort']}, '{flag['target_class']}'"
+            f"  FLAG {flag.rule} [{flag.method}] {flag.grouping}={flag.cohort}, '{flag.target_class}'"
             for flag in result["cohort_flags"]
         ]
         gate = result["gate"]

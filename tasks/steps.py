@@ -20,8 +20,8 @@ from prefect.tasks import exponential_backoff
 from auditing import AggregateConfig
 from auditing import aggregate_run as audit_aggregate_run
 from auditing import build_report as audit_build_report
-from auditing.report.summary import FLAG_FIELDS, flag_records, run_markdown
-from storage import Manifest, read_manifest, write_run
+from auditing.report.summary import FLAG_FIELDS, flag_records, plain, run_markdown
+from storage import FlagRecord, Manifest, read_manifest, write_run
 from storage.names import ITEM_SCOPE
 from tasks import cache, ledger
 from tasks.config import AuditConfig
@@ -78,7 +78,7 @@ def write_run_json(config: AuditConfig, run_id: str, record: dict[str, Any]) -> 
 
 
 @task(name="aggregate-run", **STORAGE_IO)
-def aggregate_run(config: AuditConfig, run_id: str) -> list[dict[str, Any]]:
+def aggregate_run(config: AuditConfig, run_id: str) -> list[FlagRecord]:
     """Cohort statistics, comparisons and flags from the run's Parquet outputs; returns the flags."""
     result = audit_aggregate_run(
         config.out,
@@ -100,7 +100,7 @@ FLAG_EVENT = "vlm-audit.flag.raised"
 
 @task(name="publish-results", cache_policy=NO_CACHE)
 def publish_results(
-    config: AuditConfig, run_id: str, flags: list[dict[str, Any]], counts: dict[str, Any], report: str | None
+    config: AuditConfig, run_id: str, flags: list[FlagRecord], counts: dict[str, Any], report: str | None
 ) -> None:
     """What Prefect users see and automations react to: a Markdown artifact with the verdict, the flag
     table and the report's link; a table artifact of every flag; one `vlm-audit.flag.raised` event
@@ -110,7 +110,7 @@ def publish_results(
         markdown=run_markdown(run_id, flags, counts, report), key=key, description=f"vlm-audit run {run_id}"
     )
     create_table_artifact(
-        table=[{field: flag[field] for field in ("title", "scope", *FLAG_FIELDS)} for flag in flags],
+        table=[{field: plain(flag)[field] for field in ("title", "scope", *FLAG_FIELDS)} for flag in flags],
         key=f"{key}-flags",
         description=f"flags of vlm-audit run {run_id}",
     )
@@ -120,9 +120,11 @@ def publish_results(
         "vlm-audit.out": config.out,
     }
     for flag in flags:
-        if flag["scope"] != ITEM_SCOPE:
+        if flag.scope != ITEM_SCOPE:
             emit_event(
-                event=FLAG_EVENT, resource=resource, payload={**flag, "run_id": run_id, "report": report}
+                event=FLAG_EVENT,
+                resource=resource,
+                payload={**plain(flag), "run_id": run_id, "report": report},
             )
 
 

@@ -9,13 +9,15 @@ flags table and the Prefect Markdown artifact all show one row per finding with 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from auditing.report.sections import cohort_name, num, pct
-from storage.names import FLAG_SCOPES, ITEM_SCOPE, RULE_TITLES
+from storage import FlagRecord
+from storage.names import FLAG_SCOPES, ITEM_SCOPE
 
 FLAG_FIELDS = (
     "rule",
@@ -32,33 +34,33 @@ ITEM_FLAG_ROWS = 50  # item-level flags listed in the table; the flags table hol
 NOT_RAISED = "–"
 
 
-def flag_records(flags: pd.DataFrame) -> list[dict[str, Any]]:
-    """The flags as plain records (no NaN: missing values are None), with a `title` in words; `metric`
-    and `baseline` ride along for the evidence text."""
-    if flags.empty:
-        return []
-    frame = flags.reindex(columns=["scope", *FLAG_FIELDS, "metric", "baseline"])
-    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
-    return [record | {"title": RULE_TITLES.get(record["rule"], str(record["rule"]))} for record in records]
+def flag_records(flags: pd.DataFrame) -> list[FlagRecord]:
+    """The flags table's rows as `FlagRecord`s (NaN read as None; the title in words is `.title`)."""
+    return [FlagRecord.from_row(row) for row in flags.to_dict("records")]
 
 
-def verdict(flags: list[dict[str, Any]]) -> str:
+def plain(flag: FlagRecord) -> dict[str, Any]:
+    """A flag as JSON-ready fields with its title (Prefect's table artifact and events)."""
+    return {"title": flag.title, **flag.to_row()}
+
+
+def verdict(flags: Sequence[FlagRecord]) -> str:
     """One sentence: how many cohort, cluster and item flags, or that nothing was flagged."""
     if not flags:
         return "No flags were raised."
-    counts = Counter(flag["scope"] for flag in flags)
+    counts = Counter(flag.scope for flag in flags)
     parts = [
         f"{counts[scope]} {scope} flag{'s' * (counts[scope] != 1)}" for scope in FLAG_SCOPES if counts[scope]
     ]
     return (", ".join(parts[:-1]) + " and " if len(parts) > 1 else "") + parts[-1] + " raised."
 
 
-def evidence(flag: dict[str, Any] | pd.Series) -> str:
+def evidence(flag: FlagRecord) -> str:
     """'100% vs 33% in the rest (flag at ≥ 1.5× the rest)' and the like, per rule family."""
-    value, threshold = flag.get("value"), flag.get("threshold")
-    if str(flag.get("rule", "")).endswith("_above_baseline"):
-        return f"{pct(value)} vs {pct(flag.get('baseline'))} in the rest (flag at ≥ {num(threshold, 1)}× the rest)"
-    if str(flag.get("metric", "")).startswith("spearman"):
+    value, threshold = flag.value, flag.threshold
+    if flag.baseline is not None:  # the share and cluster rules: against the rest
+        return f"{pct(value)} vs {pct(flag.baseline)} in the rest (flag at ≥ {num(threshold, 1)}× the rest)"
+    if str(flag.metric or "").startswith("spearman"):
         return f"{num(value)} (flag below {num(threshold)})"
     return f"{pct(value)} (flag below {pct(threshold)})"
 
@@ -94,28 +96,28 @@ class Finding:
         ]
 
 
-def findings(records: list[dict[str, Any]]) -> tuple[list[str], list[Finding]]:
-    """(methods in the order they first raised a cohort flag, one Finding per rule × cohort × target)."""
+def findings(records: Sequence[FlagRecord]) -> tuple[list[str], list[Finding]]:
+    """(methods in the order they first raised a model-level flag, one Finding per rule × cohort × target)."""
     grouped: dict[tuple, Finding] = {}
-    for flag in (record for record in records if record["scope"] != ITEM_SCOPE):
-        key = (flag["rule"], flag["grouping"], flag["cohort"], flag["target_class"])
-        finding = grouped.setdefault(key, Finding(flag["rule"], flag["title"], *key[1:]))
-        method = str(flag["method"])
-        finding.evidence.setdefault(method, []).append(_metric_label(flag.get("metric")) + evidence(flag))
-        finding.messages.append((method, str(flag["message"])))
+    for flag in (record for record in records if record.scope != ITEM_SCOPE):
+        key = (flag.rule, flag.grouping, flag.cohort, flag.target_class)
+        finding = grouped.setdefault(key, Finding(flag.rule, flag.title, *key[1:]))
+        method = str(flag.method)
+        finding.evidence.setdefault(method, []).append(_metric_label(flag.metric) + evidence(flag))
+        finding.messages.append((method, str(flag.message)))
     methods = list(dict.fromkeys(method for finding in grouped.values() for method in finding.evidence))
     return methods, list(grouped.values())
 
 
-def _item_row(flag: dict[str, Any]) -> dict[str, Any]:
+def _item_row(flag: FlagRecord) -> dict[str, Any]:
     return {
-        "title": flag["title"],
-        "rule": flag["rule"],
-        "method": flag["method"],
-        "where": f"item {flag['item_id']}",
-        "target_class": flag["target_class"],
+        "title": flag.title,
+        "rule": flag.rule,
+        "method": flag.method,
+        "where": f"item {flag.item_id}",
+        "target_class": flag.target_class,
         "evidence": evidence(flag),
-        "message": flag["message"],
+        "message": flag.message,
     }
 
 
@@ -124,8 +126,8 @@ def flag_rows(flags: pd.DataFrame) -> dict[str, Any]:
     ITEM_FLAG_ROWS), item flag counts per rule title, and how many item flags the table leaves out."""
     records = flag_records(flags)
     methods, cohort = findings(records)
-    items = [record for record in records if record["scope"] == ITEM_SCOPE]
-    counts = Counter(record["title"] for record in items)
+    items = [record for record in records if record.scope == ITEM_SCOPE]
+    counts = Counter(record.title for record in items)
     return {
         "methods": methods,
         "cohort": [{"finding": finding, "cells": finding.cells(methods)} for finding in cohort],

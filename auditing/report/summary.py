@@ -3,12 +3,14 @@ rows as plain records (Prefect's table artifact, events)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from auditing.report.findings import FLAG_FIELDS, findings, flag_records, verdict
+from auditing.report.findings import FLAG_FIELDS, findings, flag_records, plain, verdict
+from storage import FlagRecord
 from storage.names import ITEM_SCOPE
 
-__all__ = ["FLAG_FIELDS", "flag_records", "run_markdown", "verdict"]
+__all__ = ["FLAG_FIELDS", "flag_records", "plain", "run_markdown", "verdict"]
 
 
 def _cell(text: Any) -> str:
@@ -16,7 +18,7 @@ def _cell(text: Any) -> str:
 
 
 def run_markdown(
-    run_id: str, flags: list[dict[str, Any]], counts: dict[str, Any], report_uri: str | None
+    run_id: str, flags: Sequence[FlagRecord], counts: dict[str, Any], report_uri: str | None
 ) -> str:
     """The run's summary: verdict first, then one row per cohort finding with a column per method
     (its evidence, or "–" where that method did not raise it), the counts and the report."""
@@ -34,7 +36,7 @@ def run_markdown(
             for finding in cohort
         ]
         lines.append("")
-    items = sum(flag["scope"] == ITEM_SCOPE for flag in flags)
+    items = sum(flag.scope == ITEM_SCOPE for flag in flags)
     if items:
         lines += [f"{items} item-level flags are in the run's flags table and the report.", ""]
     if counts:

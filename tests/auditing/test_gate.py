@@ -8,14 +8,15 @@ import pytest
 from auditing import AggregateConfig, StatsConfig, aggregate
 from auditing.flags import asserts_absence
 from auditing.gate import gate
+from storage import FlagRecord
 from storage.names import CLUSTER_SCOPE, COHORT_SCOPE, ITEM_SCOPE, OFF_ANATOMY_RULE
 from tests.auditing.synthetic import GRID, answer_row, lung_map, token_row
 from tests.auditing.test_statistics import tables
 
 
-def _flags(model: int, items: int) -> list[dict]:
-    return [{"scope": COHORT_SCOPE, "item_id": None}] * model + [
-        {"scope": ITEM_SCOPE, "item_id": f"i{k}"} for k in range(items)
+def _flags(model: int, items: int) -> list[FlagRecord]:
+    return [FlagRecord(scope=COHORT_SCOPE)] * model + [
+        FlagRecord(scope=ITEM_SCOPE, item_id=f"i{k}") for k in range(items)
     ]
 
 
@@ -31,14 +32,14 @@ def test_item_flags_alone_fail_only_the_gates_that_ask_for_them():
 
 
 def test_model_level_flags_fail_every_gate_that_is_on():
-    for flags in (_flags(model=1, items=0), [{"scope": CLUSTER_SCOPE, "item_id": None}]):
+    for flags in (_flags(model=1, items=0), [FlagRecord(scope=CLUSTER_SCOPE)]):
         assert not gate(flags, 10).failed
         assert gate(flags, 10, "model").failed and gate(flags, 10, "items").failed
         assert gate(flags, 10, max_item_flag_rate=0.5).failed
 
 
 def test_two_flags_on_one_item_count_it_once():
-    flags = [{"scope": ITEM_SCOPE, "item_id": "a"}, {"scope": ITEM_SCOPE, "item_id": "a"}]
+    flags = [FlagRecord(scope=ITEM_SCOPE, item_id="a")] * 2
     assert gate(flags, 4, max_item_flag_rate=0.25).flagged_items == 1
     assert not gate(flags, 4, max_item_flag_rate=0.25).failed
 
