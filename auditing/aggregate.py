@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from functools import cache
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,7 @@ from auditing.trust import (
 from explainer.regions import standard_regions  # numpy only: no torch is loaded
 from storage import (
     ObjectStore,
+    cluster_map_folder,
     cluster_map_key,
     open_store,
     read_table,
@@ -129,8 +131,9 @@ def aggregate(
             for grouping in config.group_by
         ]
     )
+    uniform = uniform_shares(items)
     if len(candidates):
-        flags += shortcut_flags(candidates, thresholds, uniform_shares(items))
+        flags += shortcut_flags(candidates, thresholds, uniform)
     # strategies: clusters of the whole-answer maps, whatever the manifest's columns name
     clusters = strategy_clusters(
         items, seed=_cluster_seed(items, config.cluster_seed), min_items=thresholds.min_cluster_items
@@ -140,7 +143,7 @@ def aggregate(
             items,
             clusters,
             thresholds,
-            uniform_shares(items),
+            uniform,
             method,
             columns=metadata_columns(answers),
             resamples=stats_config.resamples,
@@ -180,21 +183,32 @@ def with_evidence(items: pd.DataFrame, flat_entropy: float, no_evidence: set[tup
     return items[(items["entropy"] < flat_entropy) & np.asarray(checked, dtype=bool)]
 
 
+@cache
+def grid_uniform_shares(grid: tuple[int, int]) -> dict[str, float]:
+    """The share of each region a uniform map on `grid` puts there."""
+    return {name: float(weights.mean()) for name, weights in standard_regions(grid).items()}
+
+
+def _grids(items: pd.DataFrame) -> Counter:
+    return Counter(
+        (int(rows), int(cols)) for rows, cols in zip(items["grid_h"], items["grid_w"], strict=True)
+    )
+
+
 def uniform_shares(items: pd.DataFrame) -> dict[str, float]:
     """The share of each region a uniform map puts there, on the items' grids (averaged over items)."""
-    grids = Counter(zip(items["grid_h"], items["grid_w"], strict=True))
+    grids = _grids(items)
     total = sum(grids.values())
     shares: dict[str, float] = {}
-    for (rows, cols), count in grids.items():
-        for name, weights in standard_regions((int(rows), int(cols))).items():
-            shares[name] = shares.get(name, 0.0) + float(weights.mean()) * count / total
+    for grid, count in grids.items():
+        for name, share in grid_uniform_shares(grid).items():
+            shares[name] = shares.get(name, 0.0) + share * count / total
     return shares
 
 
 def uniform_lung_shares(items: pd.DataFrame) -> dict[tuple[int, int], float]:
     """The lung zones' share of a uniform map, per grid of the items."""
-    grids = {(int(rows), int(cols)) for rows, cols in zip(items["grid_h"], items["grid_w"], strict=True)}
-    return {grid: float(sum(standard_regions(grid)[zone].mean() for zone in LUNG_ZONES)) for grid in grids}
+    return {grid: sum(grid_uniform_shares(grid)[zone] for zone in LUNG_ZONES) for grid in _grids(items)}
 
 
 def aggregate_run(
@@ -233,7 +247,7 @@ def write_cluster_maps(store: ObjectStore, run_id: str, cluster_maps: pd.DataFra
         cell_map = np.asarray(row.mean_map, dtype=np.float32).reshape(int(row.grid_h), int(row.grid_w))
         store.write_bytes(key, png_bytes(heatmap(cell_map, None)))
         wanted.add(key)
-    for key in store.list(cluster_map_key(run_id, 0).rsplit("/", 1)[0] + "/"):
+    for key in store.list(cluster_map_folder(run_id) + "/"):
         if key not in wanted:
             store.delete(key)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,15 +22,19 @@ def cohort_vs_rest(
     metrics: Sequence[str] = COMPARED_METRICS,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
+    cohorts: Collection[str] | None = None,
 ) -> pd.DataFrame:
     """Difference (cohort − rest) of every metric with a bootstrap CI, per run and target class, and
     `p_above`: the one-sided Mann–Whitney U p-value (scipy; exact for small cohorts without ties)
-    that the cohort's values are larger than the rest's."""
+    that the cohort's values are larger than the rest's. `cohorts`: test only these (the rest is still
+    everything else)."""
     columns = grouping.split("+")
     rows = []
     for (run_id, target), frame in items.groupby(["run_id", "target_class"], sort=True):
         labels = cohort_labels(frame, columns)
         for cohort in sorted(labels.unique()):
+            if cohorts is not None and cohort not in cohorts:
+                continue
             inside = frame[labels == cohort]
             outside = frame[labels != cohort]
             if outside.empty:

@@ -9,14 +9,14 @@ certain, so by default only model-level flags fail the gate; `items` fails on an
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Literal, get_args
 
 from storage import FlagRecord
 from storage.names import ITEM_SCOPE, MODEL_SCOPES
 
 FailOn = Literal["never", "model", "items"]
-FAIL_ON_CHOICES: tuple[str, ...] = ("never", "model", "items")
+FAIL_ON_CHOICES: tuple[str, ...] = get_args(FailOn)
 
 
 @dataclass(frozen=True)
@@ -47,22 +47,26 @@ def gate(
     flag at all). `max_item_flag_rate`: fail when the share of audited items with an item flag is
     above it (and, as with "model", on any model-level flag).
     """
-    model = sum(flag.scope in MODEL_SCOPES for flag in flags)
     item_rows = [flag for flag in flags if flag.scope == ITEM_SCOPE]
-    flagged = len({flag.item_id for flag in item_rows})
-    outcome = dict(
-        model_flags=model, item_flags=len(item_rows), flagged_items=flagged, audited_items=audited_items
-    )
-    rate = flagged / audited_items if audited_items else 0.0
     gated = fail_on != "never" or max_item_flag_rate is not None
+    outcome = GateOutcome(
+        failed=False,
+        reason="passed" if gated else "not gated",
+        model_flags=sum(flag.scope in MODEL_SCOPES for flag in flags),
+        item_flags=len(item_rows),
+        flagged_items=len({flag.item_id for flag in item_rows}),
+        audited_items=audited_items,
+    )
+    model, items, rate = outcome.model_flags, outcome.item_flags, outcome.item_flag_rate
     if gated and model:
-        return GateOutcome(True, f"{model} model-level flag{'s' * (model != 1)}", **outcome)
-    if fail_on == "items" and item_rows:
-        return GateOutcome(True, f"{len(item_rows)} item flag{'s' * (len(item_rows) != 1)}", **outcome)
+        return replace(outcome, failed=True, reason=f"{model} model-level flag{'s' * (model != 1)}")
+    if fail_on == "items" and items:
+        return replace(outcome, failed=True, reason=f"{items} item flag{'s' * (items != 1)}")
     if max_item_flag_rate is not None and rate > max_item_flag_rate:
-        return GateOutcome(
-            True,
-            f"{flagged} of {audited_items} items flagged ({rate:.1%}), above the allowed {max_item_flag_rate:.1%}",
-            **outcome,
+        return replace(
+            outcome,
+            failed=True,
+            reason=f"{outcome.flagged_items} of {audited_items} items flagged ({rate:.1%}), above the allowed "
+            f"{max_item_flag_rate:.1%}",
         )
-    return GateOutcome(False, "passed" if gated else "not gated", **outcome)
+    return outcome

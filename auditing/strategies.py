@@ -272,27 +272,29 @@ def strategy_cluster_flags(
     frame["baseline"] = np.where(
         class_size - own_size >= thresholds.min_cluster_items, "its answer class", "the run's other answers"
     )
-    of_class = cohort_vs_rest(
-        frame.assign(target_class=frame["answer_class"]),
-        STRATEGY_GROUPING,
-        metrics=metrics,
-        resamples=resamples,
-    )
-    of_run = cohort_vs_rest(
-        frame.assign(target_class=ANSWER), STRATEGY_GROUPING, metrics=metrics, resamples=resamples
-    )
     frame["class_items"] = class_size
     keys = frame[["run_id", "strategy", "answer_class", "class_items", "baseline"]].drop_duplicates()
     keys = keys.rename(columns={"strategy": "cohort"})
-    tests = pd.concat(
-        [
-            found.merge(keys[keys["baseline"] == baseline], on=["run_id", "cohort"])
-            for found, baseline in ((of_class, "its answer class"), (of_run, "the run's other answers"))
-            if len(found)  # no test where a run is one cluster
-        ]
-        or [pd.DataFrame(columns=["n_cohort", "p_above"])],
-        ignore_index=True,
-    )
+    found = []
+    for baseline, target_class in (
+        ("its answer class", frame["answer_class"]),
+        ("the run's other answers", ANSWER),
+    ):
+        mine = keys[keys["baseline"] == baseline]
+        if mine.empty:
+            continue
+        tested = cohort_vs_rest(  # each cluster against one baseline only
+            frame.assign(target_class=target_class),
+            STRATEGY_GROUPING,
+            metrics=metrics,
+            resamples=resamples,
+            cohorts=set(mine["cohort"]),
+        )
+        if len(tested):  # no test where a run is one cluster
+            found.append(tested.merge(mine, on=["run_id", "cohort"]))
+    if not found:
+        return []
+    tests = pd.concat(found, ignore_index=True)
     tests = tests[(tests["n_cohort"] >= thresholds.min_cluster_items) & tests["p_above"].notna()].copy()
     if tests.empty:
         return []

@@ -22,6 +22,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from auditing.aggregate import grid_uniform_shares
 from auditing.flags import FlagThresholds
 from auditing.strategies import strategy_cluster_flags, strategy_clusters
 from explainer.regions import standard_regions
@@ -76,7 +77,7 @@ def main() -> None:
 
     items = synthetic_items(args.items, args.seed)
     seconds, flag_seconds = [], []
-    uniform = {name: float(weights.mean()) for name, weights in standard_regions(GRID).items()}
+    uniform = grid_uniform_shares(GRID)
     for _ in range(args.repeats):
         start = time.perf_counter()
         clusters = strategy_clusters(items, seed=args.seed)

@@ -51,6 +51,7 @@ from storage.names import REGION_NAMES
 from storage.objects import FolderListing, LocalStore, ObjectStore, S3Store, StoreCache, open_store, read_uri
 from storage.outputs import (
     MANIFEST_PART,
+    cluster_map_folder,
     cluster_map_key,
     completed_shards,
     list_runs,
@@ -157,6 +158,7 @@ __all__ = [
     "UnsupportedImageFormat",
     "VolumeError",
     "arrow_filesystem",
+    "cluster_map_folder",
     "cluster_map_key",
     "code_version",
     "completed_shards",

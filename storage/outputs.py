@@ -70,9 +70,14 @@ def part_key(table_name: str, run_id: str, part: int | str) -> str:
     return join_key(table_name, f"run_id={_safe_id('run_id', run_id)}", f"{name}.parquet")
 
 
+def cluster_map_folder(run_id: str) -> str:
+    """``cluster_maps/run_id=<id>``: the mean maps of a run's strategy clusters."""
+    return join_key("cluster_maps", f"run_id={_safe_id('run_id', run_id)}")
+
+
 def cluster_map_key(run_id: str, cluster: int) -> str:
     """``cluster_maps/run_id=<id>/cluster-<k>.png``: a strategy cluster's mean map."""
-    return join_key("cluster_maps", f"run_id={_safe_id('run_id', run_id)}", f"cluster-{cluster:03d}.png")
+    return join_key(cluster_map_folder(run_id), f"cluster-{cluster:03d}.png")
 
 
 def run_json_key(run_id: str, name: str = "run.json") -> str:

@@ -39,15 +39,12 @@ RECORDS: dict[str, type[Record]] = {
     "faithfulness": FaithfulnessRecord,
     "clusters": ClusterRecord,
 }
-ANSWERS_SCHEMA = arrow_schema(AnswerRecord)
-TOKENS_SCHEMA = arrow_schema(TokenRecord)
-ERRORS_SCHEMA = arrow_schema(ErrorRecord)
-FLAGS_SCHEMA = arrow_schema(FlagRecord)
-FAITHFULNESS_SCHEMA = arrow_schema(FaithfulnessRecord)
 SCHEMAS: dict[str, pa.Schema] = {
     **{table: arrow_schema(record) for table, record in RECORDS.items()},
     **AUDIT_SCHEMAS,
 }
+ANSWERS_SCHEMA, TOKENS_SCHEMA, ERRORS_SCHEMA = SCHEMAS["answers"], SCHEMAS["tokens"], SCHEMAS["errors"]
+FLAGS_SCHEMA, FAITHFULNESS_SCHEMA = SCHEMAS["flags"], SCHEMAS["faithfulness"]
 _ALLOWED_VALUES = {
     (table, name): values
     for table, record in RECORDS.items()

@@ -11,7 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from auditing.report.data import RunTables
 from auditing.report.figures import ImageSink, thumbnail
 from auditing.report.gallery import overlay_label, stored_overlays
-from storage import ObjectStore, StorageError, cluster_map_key
+from storage import ObjectStore, StorageError, cluster_map_key, join_key, overlay_folder
 from storage.names import CLUSTER_SCOPE, RULE_TITLES, STRATEGY_RULE
 
 MEMBERS_SHOWN = 4  # member overlays per flagged cluster
@@ -39,7 +39,9 @@ def strategy_sections(tables: RunTables, store: ObjectStore, sink: ImageSink) ->
         for item_id in members:
             stems = stored_overlays(store, tables.run_id, item_id)
             overlay = (
-                _image(store, f"overlays/run_id={tables.run_id}/{item_id}/{stems[0]}.png") if stems else None
+                _image(store, join_key(overlay_folder(tables.run_id, item_id), f"{stems[0]}.png"))
+                if stems
+                else None
             )
             if overlay is not None:
                 label = f"item {item_id}: {overlay_label(stems[0]).lower()}"
