@@ -23,6 +23,7 @@ from auditing.load import join_targets
 from auditing.recorded import AGGREGATE_JSON
 from auditing.report.figures import heatmap, png_bytes
 from auditing.strategies import cluster_mean_maps, strategy_cluster_flags, strategy_clusters
+from auditing.strategy_items import strategy_items
 from auditing.studies import cohort_studies, prior_flags, study_items
 from auditing.trust import (
     faithfulness_items,
@@ -135,12 +136,13 @@ def aggregate(
     if len(candidates):
         flags += shortcut_flags(candidates, thresholds, uniform)
     # strategies: clusters of the whole-answer maps, whatever the manifest's columns name
+    answer_items = strategy_items(items, targets)
     clusters = strategy_clusters(
-        items, seed=_cluster_seed(items, config.cluster_seed), min_items=thresholds.min_cluster_items
+        answer_items, seed=_cluster_seed(items, config.cluster_seed), min_items=thresholds.min_cluster_items
     )
     if len(clusters):
         flags += strategy_cluster_flags(
-            items,
+            answer_items,
             clusters,
             thresholds,
             uniform,
@@ -157,7 +159,7 @@ def aggregate(
         trust,
         studies,
         clusters,
-        cluster_mean_maps(items, clusters),
+        cluster_mean_maps(answer_items, clusters),
     )
 
 

@@ -56,8 +56,8 @@ def cohort_vs_rest(
                         "cohort": cohort,
                         "target_class": target,
                         "metric": metric.removeprefix("share_"),
-                        "cohort_mean": float(np.nanmean(inside[metric])),
-                        "rest_mean": float(np.nanmean(outside[metric])),
+                        "cohort_mean": float(cohort_values.mean()),  # NaN where none has a value
+                        "rest_mean": float(rest_values.mean()),
                         "difference": difference,
                         "ci_low": low,
                         "ci_high": high,

@@ -9,8 +9,12 @@ cluster whose maps sit on the image border, its corners or outside the lungs far
 of its class (the rest of the run's answers where its class is one strategy) and than a uniform map
 would.
 
-Studies (several images per item) are clustered by `item_level`'s mass map, the mean of the item's
-images' maps on the common grid: which slice or which image an answer rested on is not a feature.
+Studies (several images per item) are clustered apart from single images, by where along the study
+their relevance sits (the per-image mass profile, compared cumulatively) and by their peak image's
+map, half the weight each (`auditing.strategy_items`); besides the image border and corners, a
+volume's cluster is tested for its share outside the body, over the slices: relevance on no anatomy
+is off the slices that carry any answer. Which slice carries a given answer is not known without
+ground truth, so where along the studies a cluster rests is reported, not flagged.
 """
 
 from __future__ import annotations
@@ -31,6 +35,13 @@ from auditing.bootstrap import DEFAULT_RESAMPLES
 from auditing.cohorts import ITEM_KEYS, MISSING
 from auditing.compare import cohort_vs_rest
 from auditing.flags import FlagThresholds, flag_row
+from auditing.strategy_items import (
+    IMAGE,
+    OUTSIDE_BODY_SHARE,
+    STUDY,
+    STUDY_COLUMNS,
+    UNIFORM_OUTSIDE_BODY,
+)
 from explainer.regions import cell_means  # numpy only: no torch is loaded
 from storage.names import (
     ANSWER,
@@ -38,6 +49,7 @@ from storage.names import (
     CLUSTER_SCOPE,
     CORNERS,
     LUNG_ZONES,
+    OUTSIDE_BODY,
     OUTSIDE_LUNGS,
     SHORTCUT_REGIONS,
     STRATEGY_RULE,
@@ -51,7 +63,9 @@ REGION_PHRASES = {
     BORDER: f"on {SHORTCUT_REGIONS[BORDER]}",
     CORNERS: f"on {SHORTCUT_REGIONS[CORNERS]}",
     OUTSIDE_LUNGS: "outside the lungs",
+    OUTSIDE_BODY: "outside the body (a slice without anatomy counts whole)",
 }
+PROFILE_WEIGHT = 0.5  # a study's features: its profile along the study, and its peak image's map
 CLUSTER_COLUMNS = (
     "run_id",
     "item_id",
@@ -90,6 +104,31 @@ def map_features(items: pd.DataFrame, grid: tuple[int, int] = FEATURE_GRID) -> n
     maps = (maps + maps[:, ::-1] + maps[:, :, ::-1] + maps[:, ::-1, ::-1]).reshape(len(maps), -1) / 4
     totals = maps.sum(axis=1, keepdims=True)
     return np.divide(maps, totals, out=np.zeros_like(maps), where=totals > 0)
+
+
+def strategy_features(rows: pd.DataFrame) -> np.ndarray:
+    """[rows, features] of one kind of item: single images' `map_features`; for studies, their profile
+    along the study as its cumulative sum over the bins, divided by their count (L1 distances between
+    two are then how far, in study lengths, the relevance moved: a look one slice further is a near
+    strategy, one at the other end a far one), weighted `PROFILE_WEIGHT`, and their (peak image's) map
+    features, weighted the rest."""
+    features = map_features(rows)
+    if rows.empty or rows["kind"].iloc[0] != STUDY:
+        return features
+    profiles = np.stack([np.asarray(profile, dtype=np.float64) for profile in rows["study_profile"]])
+    cumulative = np.cumsum(profiles / profiles.sum(axis=1, keepdims=True), axis=1) / profiles.shape[1]
+    return np.hstack([PROFILE_WEIGHT * cumulative, (1 - PROFILE_WEIGHT) * features])
+
+
+def _with_kinds(items: pd.DataFrame) -> pd.DataFrame:
+    """`items` with `STUDY_COLUMNS`: as they are in `strategy_items` rows; `item_level` rows are images."""
+    defaults = {
+        "kind": IMAGE,
+        "study_profile": None,
+        OUTSIDE_BODY_SHARE: np.nan,
+        UNIFORM_OUTSIDE_BODY: np.nan,
+    }
+    return items.assign(**{column: value for column, value in defaults.items() if column not in items})
 
 
 def knn_affinity(features: np.ndarray, n_neighbors: int) -> csr_matrix:
@@ -132,9 +171,11 @@ def cluster_maps(
     largest) and the 2 leading non-trivial spectral embedding coordinates of the same graph.
 
     Each map is joined to its `n_neighbors` nearest, or a tenth of the group where that is fewer (at
-    least MIN_NEIGHBORS): a small strategy's maps are then mostly each other's neighbours. A group with
-    no more items than that + 1, or of identical maps, is one cluster without an embedding (NaN).
-    Deterministic for a fixed `seed`.
+    least MIN_NEIGHBORS): a small strategy's maps are then mostly each other's neighbours. The graph's
+    connected components are clustered one by one (a cut that must choose among more separate parts
+    than `max_clusters` would lump unrelated ones together: many studies on each slice position, and
+    a shortcut's), then near clusters joined. A group with no more items than that + 1, or of identical
+    maps, is one cluster without an embedding (NaN). Deterministic for a fixed `seed`.
     """
     n = len(features)
     labels = np.zeros(n, dtype=np.int64)
@@ -150,13 +191,27 @@ def cluster_maps(
         warnings.filterwarnings("ignore", message="Exited postprocessing", category=UserWarning)
         warnings.filterwarnings("ignore", message="The problem size", category=UserWarning)  # small: dense
         embedding = spectral_embedding(affinity, n_components=2, eigen_solver=_SOLVER, random_state=seed)
-        n_clusters = eigengap_clusters(affinity, max_clusters, seed)
-        if n_clusters > 1:
-            clustering = SpectralClustering(
-                n_clusters, affinity="precomputed", eigen_solver=_SOLVER, random_state=seed
+        _, components = csgraph.connected_components(affinity, directed=False)
+        for component in np.unique(components):
+            members = np.flatnonzero(components == component)
+            labels[members] = (
+                labels.max()
+                + 1
+                + _component_clusters(affinity[members][:, members], max_clusters, n_neighbors, seed)
             )
-            labels = _by_size(merge_near_clusters(features, clustering.fit_predict(affinity)))
-    return labels, embedding
+    return _by_size(merge_near_clusters(features, labels)), embedding
+
+
+def _component_clusters(affinity: csr_matrix, max_clusters: int, n_neighbors: int, seed: int) -> np.ndarray:
+    """Spectral clusters (0, 1, ...) of one connected graph, their number by the eigengap."""
+    n = affinity.shape[0]
+    n_clusters = eigengap_clusters(affinity, max_clusters, seed) if n > n_neighbors + 1 else 1
+    if n_clusters == 1:
+        return np.zeros(n, dtype=np.int64)
+    clustering = SpectralClustering(
+        n_clusters, affinity="precomputed", eigen_solver=_SOLVER, random_state=seed
+    )
+    return clustering.fit_predict(affinity)
 
 
 def _by_size(labels: np.ndarray) -> np.ndarray:
@@ -176,29 +231,28 @@ def strategy_clusters(
     n_neighbors: int = 15,
     max_answer_classes: int = 10,
 ) -> pd.DataFrame:
-    """The strategy cluster of every whole-answer item row with a map (`item_level` rows), clustered per
-    run and answer class: one row per item with `CLUSTER_COLUMNS`.
+    """The strategy cluster of every whole-answer item row with a map (`strategy_items` rows, or
+    `item_level`'s), clustered per run, answer class and kind (single images, studies): one row per item
+    with `CLUSTER_COLUMNS`.
 
     `target_class` is the item rows' ("answer"), `answer_class` the class clustered (`answer_class` of
     the answer text); cluster ids are unique within a run, numbered across its answer classes in order.
     A run with more than `max_answer_classes` distinct answers (free text) is clustered as one class,
-    "answer"; a class with fewer than `min_items` items is left out.
+    "answer"; a class (of one kind) with fewer than `min_items` items is left out.
     """
-    answers = items[items["target_class"] == ANSWER].reset_index(drop=True)
-    features = map_features(answers)
-    with_mass = features.sum(axis=1) > 0
-    answers, features = answers[with_mass].reset_index(drop=True), features[with_mass]
+    answers = _with_kinds(items[items["target_class"] == ANSWER])
+    answers = answers[map_features(answers).sum(axis=1) > 0].reset_index(drop=True)
     frames = []
     for _, run_rows in answers.groupby("run_id", sort=True):
         classes = run_rows["answer"].map(answer_class)
         if classes.nunique() > max_answer_classes:
             classes = pd.Series(ANSWER, index=run_rows.index)
         next_cluster = 0
-        for answer, rows in run_rows.groupby(classes, sort=True):
+        for (answer, _), rows in run_rows.groupby([classes, run_rows["kind"]], sort=True):
             if len(rows) < min_items:
                 continue
             labels, embedding = cluster_maps(
-                features[rows.index], seed=seed, max_clusters=max_clusters, n_neighbors=n_neighbors
+                strategy_features(rows), seed=seed, max_clusters=max_clusters, n_neighbors=n_neighbors
             )
             frames.append(
                 rows[ITEM_KEYS].assign(
@@ -216,7 +270,8 @@ def strategy_clusters(
 
 def cluster_mean_maps(items: pd.DataFrame, clusters: pd.DataFrame) -> pd.DataFrame:
     """Per (run, answer class, cluster): `n_items` and the mean of its items' mass maps on the common
-    grid (`grid_h`, `grid_w`, `mean_map` flattened, float32, as cohort_stats stores them)."""
+    grid (`grid_h`, `grid_w`, `mean_map` flattened, float32, as cohort_stats stores them; a study's
+    map is its peak image's)."""
     frame = clusters.merge(items[[*ITEM_KEYS, "mass_map"]], on=ITEM_KEYS)
     rows = []
     for (run_id, answer, cluster), group in frame.groupby(["run_id", "answer_class", "cluster"], sort=True):
@@ -246,39 +301,58 @@ def strategy_cluster_flags(
     resamples: int = DEFAULT_RESAMPLES,
 ) -> list[dict]:
     """`strategy_cluster` flags: clusters whose maps sit on the border, the corners or outside the lungs
-    far more than the rest of their answer class, one flag per cluster (its strongest such region),
-    strongest first.
+    (volumes: outside the body) far more than the rest of their answer class, one flag per cluster (its
+    strongest such region), strongest first.
 
-    A cluster of at least `min_cluster_items` items is compared with the rest of its answer class, or,
-    where that rest is smaller (the whole class answers one way, as a model that says "yes" for every
-    tag does), with the rest of the run's answers. Per (cluster, region): the one-sided Mann–Whitney p
-    that the cluster's shares exceed the rest's, Benjamini–Hochberg over every test of the run. The
+    A cluster of at least `min_cluster_items` items is compared with the rest of its answer class and
+    kind (single images, studies), or, where that rest is smaller (the whole class answers one way, as a
+    model that says "yes" for every tag does), with the rest of the run's answers of its kind. Per
+    (cluster, region): the one-sided Mann–Whitney p that the cluster's shares exceed the rest's, Benjamini–Hochberg over every test of the run. The
     clusters were formed from these maps, so p is optimistic: the effect-size guards carry the rule. The
     cluster's mean share must be at least `share_ratio` × the larger of the rest's and a uniform map's
-    (`uniform_shares`; outside the lungs: 1 − a uniform map's lung share), and `share_margin` above the
-    rest. The message names the manifest `columns` (few-valued metadata) the cluster lines up with.
+    (`uniform_shares`; outside the lungs: 1 − a uniform map's lung share; outside the body: the mean of
+    the cluster's `uniform_outside_body`, the test left out where that is unknown), and `share_margin`
+    above the rest. The message names the manifest `columns` (few-valued metadata) the cluster lines up with.
     """
     if clusters.empty:
         return []
     shares = [f"share_{region}" for region in SHORTCUT_REGIONS]
-    frame = clusters.merge(items[[*ITEM_KEYS, *shares, "lung_share", *columns]], on=ITEM_KEYS)
+    rows = _with_kinds(items)[[*ITEM_KEYS, *shares, "lung_share", *STUDY_COLUMNS, *columns]]
+    frame = clusters.merge(rows, on=ITEM_KEYS)
     frame = frame.assign(
-        strategy=frame["cluster"].astype(str), **{f"share_{OUTSIDE_LUNGS}": 1.0 - frame["lung_share"]}
+        strategy=frame["cluster"].astype(str),
+        study_centre=[_centre(profile) for profile in frame["study_profile"]],
+        **{f"share_{OUTSIDE_LUNGS}": 1.0 - frame["lung_share"]},
     )
-    metrics = [*shares, f"share_{OUTSIDE_LUNGS}"]
-    # where the rest of its class is too small to compare with, a cluster meets the rest of the run
-    class_size = frame.groupby(["run_id", "answer_class"])["cluster"].transform("size")
+    metrics = [*shares, f"share_{OUTSIDE_LUNGS}", OUTSIDE_BODY_SHARE]  # NaN where a kind has no such region
+    # where the rest of its class is too small to compare with, a cluster meets the rest of the run;
+    # either way, of its own kind (single images, studies)
+    class_size = frame.groupby(["run_id", "answer_class", "kind"])["cluster"].transform("size")
     own_size = frame.groupby(["run_id", "cluster"])["cluster"].transform("size")
     frame["baseline"] = np.where(
         class_size - own_size >= thresholds.min_cluster_items, "its answer class", "the run's other answers"
     )
     frame["class_items"] = class_size
-    keys = frame[["run_id", "strategy", "answer_class", "class_items", "baseline"]].drop_duplicates()
+    per_cluster = frame.groupby(["run_id", "cluster"])
+    for column in ("study_centre", UNIFORM_OUTSIDE_BODY):
+        frame[column] = per_cluster[column].transform("mean")
+    keys = frame[
+        [
+            "run_id",
+            "strategy",
+            "answer_class",
+            "kind",
+            "class_items",
+            "baseline",
+            "study_centre",
+            UNIFORM_OUTSIDE_BODY,
+        ]
+    ].drop_duplicates(["run_id", "strategy"])
     keys = keys.rename(columns={"strategy": "cohort"})
     found = []
     for baseline, target_class in (
-        ("its answer class", frame["answer_class"]),
-        ("the run's other answers", ANSWER),
+        ("its answer class", frame["answer_class"] + "/" + frame["kind"]),
+        ("the run's other answers", frame["kind"]),
     ):
         mine = keys[keys["baseline"] == baseline]
         if mine.empty:
@@ -295,18 +369,26 @@ def strategy_cluster_flags(
     if not found:
         return []
     tests = pd.concat(found, ignore_index=True)
-    tests = tests[(tests["n_cohort"] >= thresholds.min_cluster_items) & tests["p_above"].notna()].copy()
-    if tests.empty:
-        return []
-    by_run = tests.groupby("run_id")["p_above"]
-    tests["q"] = by_run.transform(lambda p: false_discovery_control(p, method="bh"))
-    tests["family"] = by_run.transform("size")
     uniform = {
         **{region: uniform_shares[region] for region in SHORTCUT_REGIONS},
         OUTSIDE_LUNGS: 1.0 - sum(uniform_shares[zone] for zone in LUNG_ZONES),
     }
     tests["uniform"] = tests["metric"].map(uniform)
-    reference = np.maximum(tests["rest_mean"], tests["uniform"])
+    # outside the body, a uniform map's share depends on the slices' bodies: the cluster's own studies'
+    # (unknown for tokens written before `outside_body_cells`: untested, diffuse maps would pass for off-body)
+    outside = tests["metric"] == OUTSIDE_BODY
+    tests.loc[outside, "uniform"] = tests.loc[outside, UNIFORM_OUTSIDE_BODY]
+    tests = tests[
+        (tests["n_cohort"] >= thresholds.min_cluster_items)
+        & tests["p_above"].notna()
+        & tests["uniform"].notna()
+    ].copy()
+    if tests.empty:
+        return []
+    by_run = tests.groupby("run_id")["p_above"]
+    tests["q"] = by_run.transform(lambda p: false_discovery_control(p, method="bh"))
+    tests["family"] = by_run.transform("size")
+    reference = np.fmax(tests["rest_mean"], tests["uniform"])
     tests["ratio"] = tests["cohort_mean"] / reference
     raised = tests[
         (tests["cohort_mean"] >= thresholds.share_ratio * reference)
@@ -340,8 +422,24 @@ def aligned_columns(
     return found
 
 
+def _centre(profile: object) -> float:
+    """Where along the study a profile's mass centres: 0 the first image or slice, 1 the last."""
+    if profile is None:
+        return np.nan
+    profile = np.asarray(profile, dtype=np.float64)
+    return float(np.dot(profile, (np.arange(len(profile)) + 0.5) / len(profile)) / profile.sum())
+
+
 def _strategy_flag(row: tuple, method: str, thresholds: FlagThresholds, aligned: list[str]) -> dict:
     answers = "answers" if row.answer_class == ANSWER else f"'{row.answer_class}' answers"
+    if row.kind == STUDY:
+        answers += " on studies"
+    along = (
+        ""
+        if np.isnan(row.study_centre)
+        else f"; along the studies their relevance centres at {row.study_centre:.0%} (0% the first image, "
+        "100% the last)"
+    )
     lines_up = (
         f"; the cluster lines up with {', '.join(aligned)}"
         if aligned
@@ -368,7 +466,7 @@ def _strategy_flag(row: tuple, method: str, thresholds: FlagThresholds, aligned:
             f"{row.baseline} ({row.n_rest} items) and {row.uniform:.1%} for a uniform map (difference "
             f"{row.difference:+.1%}, 95% CI {row.ci_low:+.1%} to {row.ci_high:+.1%}; Mann–Whitney p "
             f"{row.p_above:.2g}, q {row.q:.2g} over the run's {row.family} strategy tests, optimistic since the "
-            f"clusters were formed from these maps){lines_up}; these answers may rest on something other than "
-            "the lungs"
+            f"clusters were formed from these maps){along}{lines_up}; these answers may rest on something "
+            "other than the anatomy they are about"
         ),
     )

@@ -34,10 +34,30 @@ def is_prior(label: object) -> bool:
     return isinstance(label, str) and label.strip().lower().startswith(PRIOR_LABEL)
 
 
-def _profile(positions: np.ndarray, shares: np.ndarray) -> np.ndarray:
-    """Shares summed per tenth of the volume (positions in 0..1)."""
+def position_profile(positions: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """Shares summed per tenth of the study (`PROFILE_BINS` bins; positions in 0..1)."""
     bins = np.minimum((positions * PROFILE_BINS).astype(int), PROFILE_BINS - 1)
     return np.bincount(bins, weights=shares, minlength=PROFILE_BINS).astype(np.float32)
+
+
+def volume_slices(group: pd.DataFrame) -> pd.Series:
+    """Which of one item's image rows are slices of a volume (`slice_index` set, `n_slices` > 1)."""
+    return group["slice_index"].notna() & group["n_slices"].fillna(0).gt(1)
+
+
+def slice_positions(group: pd.DataFrame) -> np.ndarray:
+    """Each slice row's position along its ordered volume: 0 the first slice, 1 the last."""
+    return (group["slice_index"] / (group["n_slices"] - 1)).to_numpy(float)
+
+
+def outside_body(group: pd.DataFrame, weights: np.ndarray) -> float:
+    """The `weights`-weighted mean of the slices' `outside_body_share` over those where it is known;
+    NaN where none is (or they weigh nothing)."""
+    outside = group["outside_body_share"].to_numpy(dtype=np.float64)
+    known = ~np.isnan(outside)
+    if not known.any() or weights[known].sum() <= 0:
+        return np.nan
+    return float((outside * weights)[known].sum() / weights[known].sum())
 
 
 def study_items(targets: pd.DataFrame) -> pd.DataFrame:
@@ -48,7 +68,7 @@ def study_items(targets: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for key, group in targets.groupby(ITEM_KEYS, sort=False):
         shares = group["study_share"].fillna(0.0).to_numpy(dtype=np.float64)
-        slices = group["slice_index"].notna() & group["n_slices"].fillna(0).gt(1)
+        slices = volume_slices(group)
         labelled_prior = group["image_label"].map(is_prior)
         if not slices.any() and not labelled_prior.any():
             continue
@@ -60,18 +80,13 @@ def study_items(targets: pd.DataFrame) -> pd.DataFrame:
             "prior_share": np.nan,
         }
         if slices.any():
-            positions = (group.loc[slices, "slice_index"] / (group.loc[slices, "n_slices"] - 1)).to_numpy(
-                float
-            )
+            positions = slice_positions(group[slices])
             weights = shares[slices.to_numpy()]
             total = weights.sum()
             if total > 0:
                 row["slice_position"] = float((positions * weights).sum() / total)
-                row["slice_profile"] = _profile(positions, weights / total)
-                outside = group.loc[slices, "outside_body_share"].to_numpy(dtype=np.float64)
-                known = ~np.isnan(outside)
-                if known.any() and weights[known].sum() > 0:
-                    row["outside_body"] = float((outside * weights)[known].sum() / weights[known].sum())
+                row["slice_profile"] = position_profile(positions, weights / total)
+                row["outside_body"] = outside_body(group[slices], weights)
         if labelled_prior.any() and shares.sum() > 0:
             row["prior_share"] = float(shares[labelled_prior.to_numpy()].sum() / shares.sum())
         rows.append(row)

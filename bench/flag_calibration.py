@@ -69,6 +69,16 @@ def audit_outputs(manifest: Path, out: Path, model: Path) -> tuple[pd.DataFrame,
     return answers, tokens
 
 
+def bench_folder(prefix: str) -> Path:
+    """A temporary folder for a bench's data and outputs, and the home of its own temporary Prefect
+    server (quiet, no telemetry) where the environment names none."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    for key, value in (("PREFECT_LOGGING_LEVEL", "WARNING"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+                       ("PREFECT_HOME", str(work / "prefect"))):  # fmt: skip
+        os.environ.setdefault(key, value)
+    return work
+
+
 def with_sites(answers: pd.DataFrame, sites: np.ndarray) -> pd.DataFrame:
     """`answers` whose metadata `site` is replaced by `sites` (one per row)."""
     answers = answers.copy()
@@ -183,11 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="vlm-audit-calibration-"))
-    # a temporary Prefect server of its own, quiet, with no telemetry
-    for key, value in (("PREFECT_LOGGING_LEVEL", "WARNING"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
-                       ("PREFECT_HOME", str(work / "prefect"))):  # fmt: skip
-        os.environ.setdefault(key, value)
+    work = bench_folder("vlm-audit-calibration-")
     started = time.perf_counter()
     manifest = write_demo_dataset(work / "data", args.n, args.seed)
     honest = audit_outputs(manifest, work / "honest", MODEL_PATH)

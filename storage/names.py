@@ -47,6 +47,7 @@ SHORTCUT_REGIONS = {
     CORNERS: "the corner blocks (markers, burned-in tags)",
 }
 OUTSIDE_LUNGS = "outside_lungs"  # 1 − the lung zones' share: what the cluster rule also tests
+OUTSIDE_BODY = "outside_body"  # volumes: the share on cells outside the body, over the slices
 
 # what an explained target is: one answer token, one answer word, or the whole answer
 TOKEN, WORD, ANSWER = "token", "word", "answer"

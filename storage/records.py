@@ -187,6 +187,11 @@ class TokenRecord(Record):
         "volume slices: share of the map's positive mass on cells outside the body (pixels darker than 10% "
         "of full scale after windowing); null for other images",
     )
+    outside_body_cells: float | None = column(
+        _F32,
+        "volume slices: the share of the slice's cells outside the body, what a uniform map puts there "
+        "(the reference for `outside_body_share`); null for other images",
+    )
     target_kind: str | None = column(_STRING, "`token`, `word` or `answer`", allowed=TARGET_KINDS)
     target_text: str | None = column(_STRING, "the token's text, the word, or the whole answer")
     word: str | None = column(

@@ -179,6 +179,7 @@ def token_rows(
                     "outside_body_share": (
                         mass_share(cell_map, 1.0 - role.body) if role.body is not None else None
                     ),
+                    "outside_body_cells": float(np.mean(1.0 - role.body)) if role.body is not None else None,
                     "target_kind": target.kind,
                     **target_fields(target, explanation),
                     "method": explanation.method,

@@ -183,3 +183,19 @@ def test_off_the_lungs_is_measured_against_what_a_uniform_map_puts_there(outside
     assert [flag["metric"] for flag in flags] == (["outside_lungs_share"] if flagged else [])
     if flagged:
         assert "outside the lungs" in flags[0]["message"] and flags[0]["n_items"] == 15
+
+
+def test_separate_parts_of_the_graph_are_never_lumped_together_whatever_their_number():
+    """Ten strategies, each its own part of the neighbour graph: more than `max_clusters` (8), yet no
+    cluster mixes two of them (one cut into 8 would have to)."""
+    rng = np.random.default_rng(0)
+    features, truth = [], []
+    for strategy in range(10):
+        for _ in range(30):
+            cell_map = rng.uniform(0.0, 0.01, 64)
+            cell_map[6 * strategy : 6 * strategy + 4] += rng.uniform(0.5, 1.0, 4)
+            features.append(cell_map / cell_map.sum())
+            truth.append(strategy)
+    labels, _ = cluster_maps(np.array(features), seed=0, max_clusters=8)
+    mixed = pd.Series(truth).groupby(labels).nunique()
+    assert (mixed == 1).all() and len(mixed) == 10

@@ -94,3 +94,30 @@ def test_the_calibration_bench_runs_in_its_small_mode(tmp_path, prefect_server, 
     assert result["item_flags"]["honest"]["rate"] <= 0.05 < result["item_flags"]["shortcut"]["rate"]
     assert result["shortcut_detection"] == 1.0 and result["honest_shuffled"]["any_flag_rate"] == 0.0
     assert pd.read_json(tmp_path / "c.json", typ="series")["cases"] == 40
+
+
+def test_honest_study_answers_are_clustered_as_studies_and_raise_no_strategy_flag(
+    tmp_path, capsys, prefect_server, monkeypatch
+):
+    """Held-out phantom volumes and prior/current pairs through the study model: the answers of each
+    class are clustered by their profile and peak slice; the diffuse "no" answers of the volumes put
+    about half their relevance outside the body, as a uniform map would, and are not flagged."""
+    from tests.auditing.test_study_strategies import N_SLICES
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
+    options = ["--n", "40", "--seed", "24900", "--faithfulness-sample", "0", "--overlays", "none"]
+    assert cli.main(["demo", "--studies", "--out", str(tmp_path), *options, "--no-report"]) == cli.EXIT_OK
+    printed = capsys.readouterr().out
+    runs = [line.split()[1].rstrip(":") for line in printed.splitlines() if line.startswith("run ")]
+    out = str(tmp_path / "audit-studies")
+    volume_run = runs[0]
+    clusters = read_table(out, "clusters", run_id=volume_run).to_pandas()
+    answers = read_table(out, "answers", run_id=volume_run).to_pandas().set_index("item_id")
+    assert set(answers.loc[clusters["item_id"], "n_images"]) == {N_SLICES}
+    counts = answers["answer"].value_counts()
+    assert clusters.groupby("answer_class").size().to_dict() == {
+        answer: int(count) for answer, count in counts.items() if count >= 10
+    }
+    for run in runs:
+        flags = read_table(out, "flags", run_id=run).to_pandas()
+        assert not (flags["rule"] == STRATEGY_RULE).any(), flags["message"].tolist()

@@ -66,9 +66,12 @@ def test_study_items_are_one_prompt_each_with_provenance_shares_and_slice_overla
     assert list(volume["slice_index"]) == [0, 2, 4, 7, 9, 11] and set(volume["n_slices"]) == {12}
     assert list(volume["image_label"]) == [f"slice {k + 1} of 12" for k in (0, 2, 4, 7, 9, 11)]
     assert set(volume["image_group"]) == {0} and volume["outside_body_share"].between(0, 1).all()
+    # soft tissue fills 10 × 10 of the 16 × 16 pixels: 61% of each slice is outside the body
+    assert volume["outside_body_cells"].between(0.5, 0.7).all()
     pair = answer_rows[answer_rows["item_id"] == "pair-001"].sort_values("image_index")
     assert list(pair["image_label"]) == ["prior", "current"] and list(pair["image_group"]) == [0, 1]
     assert pair["slice_index"].isna().all() and pair["outside_body_share"].isna().all()
+    assert pair["outside_body_cells"].isna().all()
     for rows in (volume, pair):
         assert abs(rows["study_share"].sum() - 1) < 1e-5  # the images' shares of one target's relevance
 
