@@ -35,13 +35,7 @@ from auditing.bootstrap import DEFAULT_RESAMPLES
 from auditing.cohorts import ITEM_KEYS, MISSING
 from auditing.compare import cohort_vs_rest
 from auditing.flags import FlagThresholds, flag_row
-from auditing.strategy_items import (
-    IMAGE,
-    OUTSIDE_BODY_SHARE,
-    STUDY,
-    STUDY_COLUMNS,
-    UNIFORM_OUTSIDE_BODY,
-)
+from auditing.strategy_items import OUTSIDE_BODY_SHARE, STUDY, STUDY_COLUMNS, UNIFORM_OUTSIDE_BODY
 from explainer.regions import cell_means  # numpy only: no torch is loaded
 from storage.names import (
     ANSWER,
@@ -118,17 +112,6 @@ def strategy_features(rows: pd.DataFrame) -> np.ndarray:
     profiles = np.stack([np.asarray(profile, dtype=np.float64) for profile in rows["study_profile"]])
     cumulative = np.cumsum(profiles / profiles.sum(axis=1, keepdims=True), axis=1) / profiles.shape[1]
     return np.hstack([PROFILE_WEIGHT * cumulative, (1 - PROFILE_WEIGHT) * features])
-
-
-def _with_kinds(items: pd.DataFrame) -> pd.DataFrame:
-    """`items` with `STUDY_COLUMNS`: as they are in `strategy_items` rows; `item_level` rows are images."""
-    defaults = {
-        "kind": IMAGE,
-        "study_profile": None,
-        OUTSIDE_BODY_SHARE: np.nan,
-        UNIFORM_OUTSIDE_BODY: np.nan,
-    }
-    return items.assign(**{column: value for column, value in defaults.items() if column not in items})
 
 
 def knn_affinity(features: np.ndarray, n_neighbors: int) -> csr_matrix:
@@ -231,17 +214,15 @@ def strategy_clusters(
     n_neighbors: int = 15,
     max_answer_classes: int = 10,
 ) -> pd.DataFrame:
-    """The strategy cluster of every whole-answer item row with a map (`strategy_items` rows, or
-    `item_level`'s), clustered per run, answer class and kind (single images, studies): one row per item
-    with `CLUSTER_COLUMNS`.
+    """The strategy cluster of every whole-answer item row with a map (`strategy_items` rows), clustered
+    per run, answer class and kind (single images, studies): one row per item with `CLUSTER_COLUMNS`.
 
     `target_class` is the item rows' ("answer"), `answer_class` the class clustered (`answer_class` of
     the answer text); cluster ids are unique within a run, numbered across its answer classes in order.
     A run with more than `max_answer_classes` distinct answers (free text) is clustered as one class,
     "answer"; a class (of one kind) with fewer than `min_items` items is left out.
     """
-    answers = _with_kinds(items[items["target_class"] == ANSWER])
-    answers = answers[map_features(answers).sum(axis=1) > 0].reset_index(drop=True)
+    answers = items[map_features(items).sum(axis=1) > 0].reset_index(drop=True)
     frames = []
     for _, run_rows in answers.groupby("run_id", sort=True):
         classes = run_rows["answer"].map(answer_class)
@@ -317,7 +298,7 @@ def strategy_cluster_flags(
     if clusters.empty:
         return []
     shares = [f"share_{region}" for region in SHORTCUT_REGIONS]
-    rows = _with_kinds(items)[[*ITEM_KEYS, *shares, "lung_share", *STUDY_COLUMNS, *columns]]
+    rows = items[[*ITEM_KEYS, *shares, "lung_share", *STUDY_COLUMNS, *columns]]
     frame = clusters.merge(rows, on=ITEM_KEYS)
     frame = frame.assign(
         strategy=frame["cluster"].astype(str),

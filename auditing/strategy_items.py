@@ -76,7 +76,7 @@ def study_rows(targets: pd.DataFrame, grid: tuple[int, int]) -> pd.DataFrame:
                 peak["image_relevance"], (int(peak["grid_h"]), int(peak["grid_w"])), grid
             ),
             **{share: float(np.dot(group[share].to_numpy(np.float64), weights)) for share in WEIGHTED_SHARES},
-            OUTSIDE_BODY_SHARE: outside_body(group[slices], weights[slices]) if slices.any() else np.nan,
+            OUTSIDE_BODY_SHARE: outside_body(group[slices], weights[slices]),
             UNIFORM_OUTSIDE_BODY: _uniform_outside_body(group[slices]),
         }
         if slices.all():
@@ -86,8 +86,7 @@ def study_rows(targets: pd.DataFrame, grid: tuple[int, int]) -> pd.DataFrame:
 
 
 def _uniform_outside_body(slices: pd.DataFrame) -> float:
-    """The slices' mean share of cells outside the body (those where it is known); NaN for none."""
-    if "outside_body_cells" not in slices.columns:  # tokens written before it was recorded
-        return np.nan
+    """The slices' mean share of cells outside the body (those where it is known; tokens written before
+    it was recorded read it as null); NaN for none."""
     cells = slices["outside_body_cells"].to_numpy(dtype=np.float64)
     return float(np.nanmean(cells)) if (~np.isnan(cells)).any() else np.nan

@@ -85,14 +85,13 @@ def synthetic_studies(items: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.
     share_columns = [column for column in items.columns if column.startswith("share_")]
     tagged = items["tag"].to_numpy()
     slices = items.loc[items.index.repeat(N_SLICES)].reset_index(drop=True)
-    index = np.tile(np.arange(N_SLICES), len(items))
     peaks = np.where(tagged, 0, rng.integers(1, N_SLICES, len(items)))
-    on_peak = index == np.repeat(peaks, N_SLICES)
-    faint = rng.dirichlet(np.ones(N_SLICES), len(items)).ravel() * 0.3
-    shares = np.where(on_peak, 0.0, faint)
-    shares = np.where(
-        on_peak, 1.0 - np.add.reduceat(shares, np.arange(0, len(shares), N_SLICES)).repeat(N_SLICES), shares
-    )
+    on_peak = np.arange(N_SLICES) == peaks[:, None]  # [items, slices]
+    shares = rng.dirichlet(np.ones(N_SLICES), len(items)) * 0.3
+    shares[on_peak] = 0.0
+    shares[on_peak] = 1.0 - shares.sum(axis=1)
+    index = np.tile(np.arange(N_SLICES), len(items))
+    on_peak, shares = on_peak.ravel(), shares.ravel()
     no_anatomy = on_peak & np.repeat(tagged, N_SLICES)
     targets = slices.assign(
         image_index=index,
@@ -128,7 +127,7 @@ def main() -> None:
             rows = strategy_items(items, targets)
             study_seconds.append(time.perf_counter() - start)
         else:
-            rows = items
+            rows = strategy_items(items)
         start = time.perf_counter()
         clusters = strategy_clusters(rows, seed=args.seed)
         seconds.append(time.perf_counter() - start)

@@ -161,6 +161,7 @@ def token_rows(
         grid = tuple(image_maps.shape[1:])
         regions = table_regions(grid)
         role = roles[image_index]
+        outside = 1.0 - role.body if role.body is not None else None  # cell fractions outside the body
         for target_index, target in enumerate(explanation.targets):
             cell_map = image_maps[target_index]
             text_relevance = explanation.text_relevance[target_index]
@@ -176,10 +177,8 @@ def token_rows(
                     "slice_index": role.slice_index,
                     "n_slices": role.n_slices,
                     "study_share": float(shares[target_index, image_index]),
-                    "outside_body_share": (
-                        mass_share(cell_map, 1.0 - role.body) if role.body is not None else None
-                    ),
-                    "outside_body_cells": float(np.mean(1.0 - role.body)) if role.body is not None else None,
+                    "outside_body_share": mass_share(cell_map, outside) if outside is not None else None,
+                    "outside_body_cells": float(outside.mean()) if outside is not None else None,
                     "target_kind": target.kind,
                     **target_fields(target, explanation),
                     "method": explanation.method,

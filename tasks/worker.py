@@ -232,9 +232,8 @@ def explain_items(
     for (index, (study, mask)), explanation in zip(loaded.items(), explanations, strict=True):
         item = items[index]
         size = study[0].image.info["original_size"]
-        if isinstance(
-            explanation, GenerationError
-        ):  # the error row names the original error, not the wrapper
+        # the error row names the original error, not the wrapper
+        if isinstance(explanation, GenerationError):
             outcomes[index] = failed(item, "generate", explanation.__cause__ or explanation, size)
             continue
         if isinstance(explanation, Exception):  # any model failure (OOM, shape mismatch, ...)

@@ -19,6 +19,7 @@ from auditing.strategies import (
     strategy_cluster_flags,
     strategy_clusters,
 )
+from auditing.strategy_items import strategy_items
 from explainer.regions import standard_regions
 from storage import to_arrow
 from storage.names import CLUSTER_SCOPE, CORNERS, LUNG_ZONES, SHORTCUT_REGIONS, STRATEGY_RULE
@@ -51,7 +52,7 @@ def diffuse(rng: np.random.Generator) -> np.ndarray:
 
 
 def audit_items(maps_by_answer: list[tuple[str, list[np.ndarray]]]) -> pd.DataFrame:
-    """`item_level` rows of whole-answer maps, through the answers and tokens tables."""
+    """`strategy_items` rows of whole-answer maps, through the answers and tokens tables."""
     answers, tokens = [], []
     for answer, maps in maps_by_answer:
         for cell_map in maps:
@@ -60,7 +61,7 @@ def audit_items(maps_by_answer: list[tuple[str, list[np.ndarray]]]) -> pd.DataFr
             tokens.append(token_row(item_id, cell_map))
     answers = to_arrow("answers", answers).to_pandas().assign(run_id="r1")
     tokens = to_arrow("tokens", tokens).to_pandas().assign(run_id="r1")
-    return item_level(join_targets(tokens, answers, findings=()), (16, 16))
+    return strategy_items(item_level(join_targets(tokens, answers, findings=()), (16, 16)))
 
 
 def shortcut_run(seed: int) -> pd.DataFrame:
@@ -168,7 +169,7 @@ def _off_lung_items(outside_share: float) -> pd.DataFrame:
                 "lung_share": 1.0 - outside + rng.uniform(-0.02, 0.02),
             }
         )
-    return pd.DataFrame(rows)
+    return strategy_items(pd.DataFrame(rows))
 
 
 @pytest.mark.parametrize(("outside_share", "flagged"), [(0.8, True), (0.5, False)])

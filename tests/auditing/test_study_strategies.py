@@ -138,9 +138,10 @@ def test_honest_studies_raise_no_strategy_flag(seed):
 
 
 def test_outside_the_body_is_untested_without_the_uniform_reference():
-    """Tokens written before `outside_body_cells` was recorded: a diffuse map would pass for off-body."""
+    """Tokens written before `outside_body_cells` was recorded (read as null): a diffuse map would pass
+    for off-body."""
     answers, tokens = study_run(seed=0, off_body=25)
-    flags = aggregate(tokens.drop(columns=["outside_body_cells"]), answers, CONFIG).flags
+    flags = aggregate(tokens.assign(outside_body_cells=None), answers, CONFIG).flags
     assert flags.empty or not (flags["rule"] == STRATEGY_RULE).any()
 
 
