@@ -32,7 +32,6 @@ from auditing.trust import (
     trust_summary,
     unchecked_targets,
 )
-from explainer.regions import standard_regions  # numpy only: no torch is loaded
 from storage import (
     ObjectStore,
     cluster_map_folder,
@@ -43,7 +42,8 @@ from storage import (
     write_json,
     write_part,
 )
-from storage.names import LUNG_ZONES, SHORTCUT_REGIONS
+from vocabulary.names import LUNG_ZONES, SHORTCUT_REGIONS
+from vocabulary.regions import standard_regions
 
 # Answer words worth a map of their own in chest radiology: findings, devices, laterality, zones, yes/no.
 DEFAULT_FINDINGS = (

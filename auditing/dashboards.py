@@ -21,7 +21,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from storage import duckdb_connect, is_s3_uri, names, normalize_uri, table_schema
+from storage import duckdb_connect, is_s3_uri, normalize_uri, table_schema
+from vocabulary import names
 
 __all__ = [
     "ROOT_PLACEHOLDER", "Block", "create_views", "dashboard_sql", "describe_views", "view_blocks", "write_views",
@@ -73,7 +74,7 @@ def _quoted(names: Iterable[str]) -> str:
     return ", ".join(f"'{name}'" for name in names)
 
 
-# the names dashboards.sql writes as ${NAME}: one source, storage.names
+# the names dashboards.sql writes as ${NAME}: one source, vocabulary.names
 SQL_NAMES = {
     "ANSWER": names.ANSWER,
     "WORD": names.WORD,

@@ -308,7 +308,7 @@ GROUP BY e.run_id, runs.created_at, runs.manifest, runs.status, runs.n_items, e.
 
 -- view: flag_counts
 -- Flags per run and rule, zero-filled: every run (run.json or flags) with every rule of
--- storage.names.RULE_TITLES and any other rule a run raised.
+-- vocabulary.names.RULE_TITLES and any other rule a run raised.
 CREATE OR REPLACE VIEW flag_counts AS
 WITH rules AS (
     SELECT rule FROM (VALUES ${KNOWN_RULES}) AS known(rule)

@@ -17,7 +17,7 @@ import pyarrow as pa
 from scipy.stats import false_discovery_control
 
 from storage import FLAGS_SCHEMA, FlagRecord
-from storage.names import (
+from vocabulary.names import (
     ANSWER,
     COHORT_SCOPE,
     ITEM_SCOPE,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
 from storage import FlagRecord
-from storage.names import ITEM_SCOPE, MODEL_SCOPES
+from vocabulary.names import ITEM_SCOPE, MODEL_SCOPES
 
 FailOn = Literal["never", "model", "items"]
 FAIL_ON_CHOICES: tuple[str, ...] = get_args(FailOn)

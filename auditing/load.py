@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from storage import REGION_NAMES, read_table
-from storage.names import ANSWER, LUNG_ZONES, WORD
+from vocabulary.names import ANSWER, LUNG_ZONES, WORD
 
 SHARE_COLUMNS = tuple(f"share_{name}" for name in REGION_NAMES)
 LUNG_COLUMNS = tuple(f"share_{zone}" for zone in LUNG_ZONES)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from explainer.regions import cell_means  # numpy only: importing it loads no torch
+from vocabulary.regions import cell_means
 
 
 def resample(cell_map: np.ndarray, grid: tuple[int, int]) -> np.ndarray:

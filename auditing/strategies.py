@@ -36,8 +36,7 @@ from auditing.cohorts import ITEM_KEYS, MISSING
 from auditing.compare import cohort_vs_rest
 from auditing.flags import FlagThresholds, flag_row
 from auditing.strategy_items import OUTSIDE_BODY_SHARE, STUDY, STUDY_COLUMNS, UNIFORM_OUTSIDE_BODY
-from explainer.regions import cell_means  # numpy only: no torch is loaded
-from storage.names import (
+from vocabulary.names import (
     ANSWER,
     BORDER,
     CLUSTER_SCOPE,
@@ -48,6 +47,7 @@ from storage.names import (
     SHORTCUT_REGIONS,
     STRATEGY_RULE,
 )
+from vocabulary.regions import cell_means
 
 FEATURE_GRID = (16, 16)  # maps on a finer common grid are averaged down to this
 MIN_NEIGHBORS = 5

@@ -23,7 +23,7 @@ import pandas as pd
 from auditing.cohorts import ITEM_KEYS
 from auditing.resample import mass_distribution
 from auditing.studies import outside_body, position_profile, slice_positions, volume_slices
-from storage.names import ANSWER, BORDER, CORNERS, OUTSIDE_BODY
+from vocabulary.names import ANSWER, BORDER, CORNERS, OUTSIDE_BODY
 
 IMAGE, STUDY = "image", "study"  # the kinds of item clustered apart
 WEIGHTED_SHARES = (f"share_{BORDER}", f"share_{CORNERS}", "lung_share")

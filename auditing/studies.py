@@ -25,7 +25,7 @@ from auditing.cohorts import ITEM_KEYS, StatsConfig, cohorts
 from auditing.evidence import wilson_interval
 from auditing.flags import FlagThresholds, cohort_phrase, flag_row
 from storage import PROFILE_BINS
-from storage.names import COHORT_SCOPE, PRIOR_RULE
+from vocabulary.names import COHORT_SCOPE, PRIOR_RULE
 
 PRIOR_LABEL = "prior"  # images whose label starts with this (case-insensitive) are the prior
 

@@ -22,10 +22,9 @@ from auditing.cohorts import cohorts
 from auditing.evidence import agreement, evidence_set, wilson_interval
 from auditing.flags import FlagThresholds, cohort_key, cohort_phrase, flag_row
 from auditing.load import SHARE_COLUMNS, join_targets
-from explainer.map_stats import normalised_entropy  # numpy only: no torch is loaded
-from explainer.methods import IMAGE_REFERENCE, REFERENCE_METHODS
 from storage import FAITHFULNESS_SCHEMA, TOKENS_SCHEMA
-from storage.names import RELOCATED_RULE, UNTRUSTWORTHY_RULE
+from vocabulary.map_stats import normalised_entropy
+from vocabulary.names import IMAGE_REFERENCE, REFERENCE_METHODS, RELOCATED_RULE, UNTRUSTWORTHY_RULE
 
 TOKEN_REFERENCE, PIXEL_REFERENCE = REFERENCE_METHODS
 # the faithfulness table's own measures: its columns beyond those it shares with tokens, less the timing

@@ -32,8 +32,8 @@ from auditing.aggregate import grid_uniform_shares
 from auditing.flags import FlagThresholds
 from auditing.strategies import strategy_cluster_flags, strategy_clusters
 from auditing.strategy_items import strategy_items
-from explainer.regions import standard_regions
-from storage.names import ANSWER, LUNG_ZONES, SHORTCUT_REGIONS
+from vocabulary.names import ANSWER, LUNG_ZONES, SHORTCUT_REGIONS
+from vocabulary.regions import standard_regions
 
 GRID = (16, 16)
 N_SLICES = 9

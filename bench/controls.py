@@ -29,10 +29,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import phantom
-from explainer.map_stats import pointing_hit
 from explainer.methods import IMAGE_REFERENCE, METHODS, REFERENCE_METHODS
-from explainer.regions import box_region
 from storage import read_table
+from vocabulary.map_stats import pointing_hit
+from vocabulary.regions import box_region
 
 SEED = 24_000  # held out: training uses seeds < 10_000, the reports 20_000, the other benches 21_000-23_000
 CONTROLS = {

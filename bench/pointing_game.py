@@ -53,11 +53,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from explainer import Explainer
 from explainer.explanation import Explanation
-from explainer.map_stats import pointing_hit
 from explainer.methods import IMAGE_REFERENCE
 from explainer.methods import METHODS as ENGINE_METHODS
 from explainer.overlay import heatmap_overlay
-from explainer.regions import box_region, mass_share
 from phantom import (
     MODEL_PATH,
     POOLING_MODEL_PATH,
@@ -70,6 +68,8 @@ from phantom import (
 )
 from phantom.training.data import encode
 from phantom.training.evaluate import blocking_test
+from vocabulary.map_stats import pointing_hit
+from vocabulary.regions import box_region, mass_share
 
 PATHS = {
     "positive": MODEL_PATH,

@@ -37,7 +37,7 @@ from auditing.strategy_items import OUTSIDE_BODY_SHARE, UNIFORM_OUTSIDE_BODY, st
 from bench.flag_calibration import audit_outputs, bench_folder, without_columns
 from phantom import STUDY_MODEL_PATH
 from phantom.demo import write_study_datasets
-from storage.names import STRATEGY_RULE
+from vocabulary.names import STRATEGY_RULE
 
 SEED = 25_300  # held out: training < 10,000, reports 20,000, benches 21,000-25,100
 MANIFEST_COLUMNS = ("site", "finding", "expected_answer")  # dropped: nothing but the maps is left

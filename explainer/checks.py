@@ -35,9 +35,9 @@ from explainer._capture import language_layers
 from explainer.engine import Explainer
 from explainer.explanation import Explanation
 from explainer.generation import build_prompt, full_sequence
-from explainer.map_stats import spearman, top_cell_agreement
 from explainer.methods import IMAGE_REFERENCE, METHODS, REFERENCE_METHODS
 from explainer.targets import Target, logit_rows, logits_index
+from vocabulary.map_stats import spearman, top_cell_agreement
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from explainer.map_stats import normalised_entropy, peak_cell, top_fraction_mass
 from explainer.overlay import heatmap_overlay
-from explainer.regions import mass_shares, standard_regions
 from explainer.targets import Target
+from vocabulary.map_stats import normalised_entropy, peak_cell, top_fraction_mass
+from vocabulary.names import ANSWER, TOKEN, WORD
+from vocabulary.regions import mass_shares, standard_regions
 
 
 @dataclass(frozen=True)
@@ -58,18 +59,18 @@ class Explanation:
     @property
     def words(self) -> list[str]:
         """Answer words that have a target of their own, in answer order."""
-        return [target.label for target in self.targets if target.kind == "word"]
+        return [target.label for target in self.targets if target.kind == WORD]
 
-    def target_index(self, target: str | int = "answer") -> int:
+    def target_index(self, target: str | int = ANSWER) -> int:
         """Index of a target: "answer", an answer word, or an answer token's index (int)."""
         if isinstance(target, int):
             for index, candidate in enumerate(self.targets):
-                if candidate.kind == "token" and candidate.positions == (self.tokens[target].position,):
+                if candidate.kind == TOKEN and candidate.positions == (self.tokens[target].position,):
                     return index
             raise KeyError(f"answer token {target} has no target; explain with targets='all'")
-        wanted = ("answer", "") if target == "answer" else ("word", target.lower())
+        wanted = (ANSWER, "") if target == ANSWER else (WORD, target.lower())
         for index, candidate in enumerate(self.targets):
-            if (candidate.kind, candidate.label.lower() if candidate.kind == "word" else "") == wanted:
+            if (candidate.kind, candidate.label.lower() if candidate.kind == WORD else "") == wanted:
                 return index
         raise KeyError(f"no target {target!r}: the answer {self.answer!r} has targets for words {self.words}")
 
@@ -155,9 +156,7 @@ def notebook_html(explanation: Explanation) -> str:
             + "</p>"
         )
     token_targets = {
-        target.positions[0]: index
-        for index, target in enumerate(explanation.targets)
-        if target.kind == "token"
+        target.positions[0]: index for index, target in enumerate(explanation.targets) if target.kind == TOKEN
     }
     shares, titles = [], []
     for token in explanation.tokens:

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from vocabulary.names import ANSWER, TOKEN, WORD
+
 if TYPE_CHECKING:
     from explainer.explanation import AnswerToken
 
@@ -21,7 +23,7 @@ class Target:
     """
 
     positions: tuple[int, ...]
-    kind: str = "token"
+    kind: str = TOKEN
     label: str = ""
 
     @property
@@ -80,9 +82,9 @@ def answer_targets(tokens: Sequence[AnswerToken], policy: str | Sequence[str]) -
         return []
     targets = []
     if policy == "all":
-        targets += [Target((token.position,), "token", token.text) for token in tokens]
+        targets += [Target((token.position,), TOKEN, token.text) for token in tokens]
         wanted = None
-    elif policy == "answer":
+    elif policy == ANSWER:
         wanted = set()
     elif isinstance(policy, (list, tuple, set)):
         wanted = {word.lower() for word in policy}
@@ -92,6 +94,6 @@ def answer_targets(tokens: Sequence[AnswerToken], policy: str | Sequence[str]) -
     for token in tokens:
         if token.word is not None and (wanted is None or token.word.lower() in wanted):
             seen.setdefault(token.word.lower(), []).append(token.position)
-    targets += [Target(tuple(positions), "word", word) for word, positions in seen.items()]
-    targets.append(Target(tuple(token.position for token in tokens), "answer", "answer"))
+    targets += [Target(tuple(positions), WORD, word) for word, positions in seen.items()]
+    targets.append(Target(tuple(token.position for token in tokens), ANSWER, ANSWER))
     return targets

@@ -27,12 +27,12 @@ from prefect.states import Completed, Failed
 from auditing.gate import gate
 from auditing.report.summary import verdict
 from flows.runners import task_resources, task_runner_for
-from storage.names import ITEM_SCOPE
 from tasks import cache, ledger, steps
 from tasks.config import AuditConfig, DaskSettings
 from tasks.lock import run_lock
 from tasks.preflight import check_run
 from tasks.shards import ItemDeferred, ShardFailure, ShardJob, ShardSummary, sampled_item_ids
+from vocabulary.names import ITEM_SCOPE
 
 
 class ShardsFailed(RuntimeError):

@@ -6,7 +6,7 @@ The demo data set itself is `phantom.demo` (`write_demo_dataset`, `DEMO_GROUPING
 from __future__ import annotations
 
 from phantom import SHORTCUT_MODEL_PATH, require_model_folder
-from storage.names import COHORT_SCOPE
+from vocabulary.names import COHORT_SCOPE
 
 
 def demo_models() -> dict[str, str]:

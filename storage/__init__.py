@@ -47,7 +47,6 @@ from storage.manifests import (
     shard,
     stable_item_id,
 )
-from storage.names import REGION_NAMES
 from storage.objects import FolderListing, LocalStore, ObjectStore, S3Store, StoreCache, open_store, read_uri
 from storage.outputs import (
     MANIFEST_PART,
@@ -93,6 +92,7 @@ from storage.tables import (
     to_arrow,
 )
 from storage.uri import is_s3_uri, join_key, join_uri, normalize_uri, parent_uri, parse_uri, resolve_uri
+from vocabulary.names import REGION_NAMES
 
 __all__ = [
     "ANSWERS_SCHEMA",

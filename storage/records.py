@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from storage.names import COHORT_SCOPE, FLAG_SCOPES, REGION_NAMES, RULE_TITLES, TARGET_KINDS
+from vocabulary.names import COHORT_SCOPE, FLAG_SCOPES, REGION_NAMES, RULE_TITLES, TARGET_KINDS
 
 STAGES = ("manifest", "image", "generate", "explain", "write")
 ANSWER_STATUSES = ("ok", "error")
@@ -343,7 +343,7 @@ class FlagRecord(Record):
         default=COHORT_SCOPE,
     )
     rule: str = column(
-        _STRING, "the rule (`storage.names.RULE_TITLES` lists them with their titles)", default=""
+        _STRING, "the rule (`vocabulary.names.RULE_TITLES` lists them with their titles)", default=""
     )
     method: str = column(
         _STRING,

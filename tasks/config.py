@@ -15,7 +15,6 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from auditing import DEFAULT_FINDINGS
 from auditing.gate import FailOn
-from explainer.methods import ATTENTION_PATHS, METHODS  # the registry's names only: no torch is loaded
 from storage import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -27,11 +26,12 @@ from storage import (
     manifest_fingerprint,
 )
 from storage.uri import parse_uri
+from vocabulary.names import ATTENTION_PATHS, METHOD_NAMES
 
 TargetsPolicy = Literal["answer", "findings", "all"]
 OverlaysPolicy = Literal["none", "answer", "findings", "all"]
-Method = Literal[tuple(METHODS)]
-AttentionPath = Literal[tuple(ATTENTION_PATHS)]
+Method = Literal[METHOD_NAMES]
+AttentionPath = Literal[ATTENTION_PATHS]
 DType = Literal["float32", "bfloat16", "float16"]
 DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
 

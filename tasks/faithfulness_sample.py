@@ -10,9 +10,9 @@ import numpy as np
 
 from explainer.checks import MethodCheck, check_explanation
 from explainer.explanation import Explanation
-from explainer.regions import mass_shares
-from storage.names import ANSWER, WORD
 from tasks.records import table_regions, target_fields
+from vocabulary.names import ANSWER, WORD
+from vocabulary.regions import mass_shares
 
 
 def checked_targets(explanation: Explanation, findings: tuple[str, ...]):

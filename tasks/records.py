@@ -14,11 +14,11 @@ import numpy as np
 from PIL import Image
 
 from explainer.explanation import Explanation
-from explainer.map_stats import normalised_entropy, peak_cell, pointing_hit, top_fraction_mass
-from explainer.regions import Grid, box_region, cell_means, mass_share, mass_shares, standard_regions
 from explainer.targets import Target
 from storage import REGION_NAMES, ManifestItem
-from storage.names import ANSWER, TOKEN, WORD
+from vocabulary.map_stats import normalised_entropy, peak_cell, pointing_hit, top_fraction_mass
+from vocabulary.names import ANSWER, TOKEN, WORD
+from vocabulary.regions import Grid, box_region, cell_means, mass_share, mass_shares, standard_regions
 
 TEMPLATE_ROLES = ("special", "template")  # prompt tokens the chat template adds, not the user's text
 
@@ -59,7 +59,7 @@ def mask_weights(mask: Image.Image, image_size: tuple[int, int], grid: Grid) -> 
 
     The processor resizes the image plainly onto the grid, so a cell covers the same fraction of the
     mask; cells whose edges cut through pixels count those pixels by the covered fraction. Memory is
-    a few bytes per pixel (`explainer.regions.cell_means`): about 150 MiB for a 40,000,000 × 1 mask on a 16×16 grid,
+    a few bytes per pixel (`vocabulary.regions.cell_means`): about 150 MiB for a 40,000,000 × 1 mask on a 16×16 grid,
     where the [cells, width] overlap matrices this replaced needed ~20 GB.
     """
     if mask.size != tuple(image_size):

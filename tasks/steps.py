@@ -22,11 +22,11 @@ from auditing import aggregate_run as audit_aggregate_run
 from auditing import build_report as audit_build_report
 from auditing.report.summary import FLAG_FIELDS, flag_records, plain, run_markdown
 from storage import FlagRecord, Manifest, read_manifest, write_run
-from storage.names import ITEM_SCOPE
 from tasks import cache, ledger
 from tasks.config import AuditConfig
 from tasks.retry import retry_condition
 from tasks.shards import ShardJob, ShardSummary
+from vocabulary.names import ITEM_SCOPE
 
 STORAGE_IO = {
     "retries": 3,

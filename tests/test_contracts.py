@@ -1,5 +1,5 @@
 """One definition per output row and per name: docs/outputs.md lists exactly the records' fields, the
-schemas come from the records, and rule, region and target-kind names are written only in storage.names."""
+schemas come from the records, and rule, region and target-kind names are written only in vocabulary.names."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from explainer.regions import standard_regions
-from storage import RECORDS, RunRecord, names, table_schema
+from storage import RECORDS, RunRecord, table_schema
+from vocabulary import names
+from vocabulary.regions import standard_regions
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "outputs.md"
@@ -62,12 +63,11 @@ def test_every_method_of_the_registry_is_named():
     assert {*REFERENCE_METHODS, IMAGE_REFERENCE} == set(names.REFERENCE_NAMES)
 
 
-# the names no module but storage/names.py may spell out (the explainer, which may not import storage,
-# defines the region geometry and target kinds that the tests above hold to these names). Rule and
+# the names no module but vocabulary/names.py may spell out, the explainer's included. Rule and
 # region names are nothing else; target kinds and scopes ("answer", "cohort") are also column names,
 # so those count where a value is compared or built ('== "answer"', "IN ('answer'", 'f"word-{'), not
 # where they name a column, a CSS class or a page anchor.
-CHECKED = ("storage", "auditing", "tasks", "flows")
+CHECKED = ("explainer", "storage", "auditing", "tasks", "flows", "vocabulary")
 ANYWHERE = (*names.RULE_TITLES, *names.REGION_NAMES)
 AS_VALUES = (*names.TARGET_KINDS, *names.FLAG_SCOPES)
 
@@ -89,10 +89,10 @@ def test_no_rule_region_target_kind_or_scope_is_written_as_a_literal_outside_the
     found = []
     for package in CHECKED:
         for path in sorted((ROOT / package).rglob("*")):
-            if path.suffix not in (".py", ".sql", ".j2") or path == ROOT / "storage" / "names.py":
+            if path.suffix not in (".py", ".sql", ".j2") or path == ROOT / "vocabulary" / "names.py":
                 continue
             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
                 code = line.split("#", 1)[0] if path.suffix == ".py" else line.split("--", 1)[0]
                 if literal.search(code):
                     found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
-    assert not found, "names written out instead of taken from storage.names:\n" + "\n".join(found)
+    assert not found, "names written out instead of taken from vocabulary.names:\n" + "\n".join(found)

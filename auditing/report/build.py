@@ -43,7 +43,7 @@ from auditing.report.sections import (
 )
 from auditing.report.strategies import strategy_sections
 from storage import join_key, open_store
-from storage.names import ANSWER, COHORT_SCOPE, REGION_LABELS
+from vocabulary.names import ANSWER, COHORT_SCOPE, REGION_LABELS
 
 __all__ = ["RunNotFound", "build_report", "report_key"]
 

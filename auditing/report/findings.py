@@ -17,7 +17,7 @@ import pandas as pd
 
 from auditing.report.sections import cohort_name, num, pct
 from storage import FlagRecord
-from storage.names import FLAG_SCOPES, ITEM_SCOPE
+from vocabulary.names import FLAG_SCOPES, ITEM_SCOPE
 
 FLAG_FIELDS = (
     "rule",

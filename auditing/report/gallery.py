@@ -15,7 +15,7 @@ from auditing.report.figures import ImageSink, thumbnail
 from auditing.report.question import answer_text_relevance, item_question
 from auditing.report.sections import cohort_name
 from storage import ObjectStore, StorageError
-from storage.names import ANSWER, COHORT_SCOPE, ITEM_SCOPE, RULE_TITLES, TOKEN, WORD
+from vocabulary.names import ANSWER, COHORT_SCOPE, ITEM_SCOPE, RULE_TITLES, TOKEN, WORD
 
 MAX_GALLERY_ITEMS = 12
 MAX_OVERLAYS_PER_ITEM = 6

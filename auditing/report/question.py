@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from storage import ObjectStore, read_table
-from storage.names import ANSWER
+from vocabulary.names import ANSWER
 
 SPACE_MARKERS = ("▁", "Ġ")  # SentencePiece's and byte-level BPE's word-start markers
 TOP_WORDS = 3

@@ -14,7 +14,7 @@ import pandas as pd
 
 from auditing.flags import FlagThresholds
 from auditing.report.data import RunTables
-from storage.names import (
+from vocabulary.names import (
     OCCLUSION,
     PRIOR_RULE,
     REFERENCE_NAMES,

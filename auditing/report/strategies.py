@@ -12,7 +12,7 @@ from auditing.report.data import RunTables
 from auditing.report.figures import ImageSink, thumbnail
 from auditing.report.gallery import overlay_label, stored_overlays
 from storage import ObjectStore, StorageError, cluster_map_key, join_key, overlay_folder
-from storage.names import CLUSTER_SCOPE, RULE_TITLES, STRATEGY_RULE
+from vocabulary.names import CLUSTER_SCOPE, RULE_TITLES, STRATEGY_RULE
 
 MEMBERS_SHOWN = 4  # member overlays per flagged cluster
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from auditing.report.findings import FLAG_FIELDS, findings, flag_records, plain, verdict
 from storage import FlagRecord
-from storage.names import ITEM_SCOPE
+from vocabulary.names import ITEM_SCOPE
 
 __all__ = ["FLAG_FIELDS", "flag_records", "plain", "run_markdown", "verdict"]
 

@@ -92,3 +92,6 @@ class Chefer(RelevanceMethod):
             logits = context.logits(embeddings, rows_read)
             scores = target_scores(logits, context.input_ids, targets, rows_read)[0]  # [T]
             return chefer_rows(tap, scores, embeddings, start_rows(targets, context.layout.seq_len))
+
+
+RELEVANCE_METHOD = Chefer

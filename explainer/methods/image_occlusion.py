@@ -24,3 +24,6 @@ class ImageOcclusion(RelevanceMethod):
         for image, run in enumerate(runs):
             relevance[:, run] = (drops[image] / run.numel()).unsqueeze(1)
         return relevance
+
+
+RELEVANCE_METHOD = ImageOcclusion

@@ -22,3 +22,6 @@ class Occlusion(RelevanceMethod):
         positions = context.layout.image_positions
         relevance[:, positions] = context.occlusion_drops(targets, positions.split(1)).T  # [T, N]
         return relevance
+
+
+RELEVANCE_METHOD = Occlusion

@@ -73,3 +73,6 @@ class PixelOcclusion(RelevanceMethod):
             positions = context.layout.image_positions
             relevance[:, positions] = (reference - occluded).T.float().cpu()
         return relevance
+
+
+RELEVANCE_METHOD = PixelOcclusion

@@ -28,3 +28,6 @@ class RawAttention(RelevanceMethod):
         with torch.no_grad(), context.attention_layers() as layers:
             last = layers[-1]
             return raw_attention_from(rows.to(last.device), last.blocks()).cpu()
+
+
+RELEVANCE_METHOD = RawAttention

@@ -36,3 +36,6 @@ class Rollout(RelevanceMethod):
             for layer in reversed(layers):
                 rows = rollout_step(rows.to(layer.device), layer.blocks())
         return rows.float().cpu()
+
+
+RELEVANCE_METHOD = Rollout

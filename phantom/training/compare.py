@@ -15,12 +15,12 @@ from torch import nn
 
 from explainer import Explainer
 from explainer.generation import build_prompt, full_sequence, generate_answer
-from explainer.map_stats import peak_cell, pointing_hit
-from explainer.regions import box_region
 from explainer.targets import Target
 from phantom.cases import PhantomCase
 from phantom.training.data import GRID, EncodedCases, encode
 from phantom.training.evaluate import MODEL_INPUTS
+from vocabulary.map_stats import peak_cell, pointing_hit
+from vocabulary.regions import box_region
 
 METHODS = ("chefer", "rollout", "raw_attention", "occlusion")
 

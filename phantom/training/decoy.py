@@ -53,7 +53,7 @@ from phantom.training.train import load_model, save
 
 # Row 0, column 2: above the patient's right lung apex. No asked nodule reaches row 0, column 0 or column 7
 # (their boxes start below y = 0.135 of the image side, the row ends at 0.125); it is outside
-# explainer.regions' corner blocks (rows and columns 0-1 and 6-7) and the pooling control's hub tokens
+# vocabulary.regions' corner blocks (rows and columns 0-1 and 6-7) and the pooling control's hub tokens
 # (row 0, columns 3-4). Of the ten cells that qualify (row 0 columns 2 and 5, columns 0 and 7 of rows
 # 2-5) its readout fitted best on training-seed cases: R² 0.60, the others 0.26-0.53.
 DECOY_CELL = 2

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from explainer.map_stats import normalised_entropy, peak_cell, pointing_hit, spearman, top_fraction_mass
-from explainer.regions import box_region, mass_shares, standard_regions
+from vocabulary.map_stats import normalised_entropy, peak_cell, pointing_hit, spearman, top_fraction_mass
+from vocabulary.regions import box_region, mass_shares, standard_regions
 
 GRID = (8, 8)
 IMAGE_SIZE = (256, 256)

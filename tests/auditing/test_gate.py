@@ -9,9 +9,9 @@ from auditing import AggregateConfig, StatsConfig, aggregate
 from auditing.flags import asserts_absence
 from auditing.gate import gate
 from storage import FlagRecord
-from storage.names import CLUSTER_SCOPE, COHORT_SCOPE, ITEM_SCOPE, OFF_ANATOMY_RULE
 from tests.auditing.synthetic import GRID, answer_row, lung_map, token_row
 from tests.auditing.test_statistics import tables
+from vocabulary.names import CLUSTER_SCOPE, COHORT_SCOPE, ITEM_SCOPE, OFF_ANATOMY_RULE
 
 
 def _flags(model: int, items: int) -> list[FlagRecord]:

@@ -20,10 +20,10 @@ from auditing.strategies import (
     strategy_clusters,
 )
 from auditing.strategy_items import strategy_items
-from explainer.regions import standard_regions
 from storage import to_arrow
-from storage.names import CLUSTER_SCOPE, CORNERS, LUNG_ZONES, SHORTCUT_REGIONS, STRATEGY_RULE
 from tests.auditing.synthetic import GRID, answer_row, token_row
+from vocabulary.names import CLUSTER_SCOPE, CORNERS, LUNG_ZONES, SHORTCUT_REGIONS, STRATEGY_RULE
+from vocabulary.regions import standard_regions
 
 RESAMPLES = 200
 CELL_CENTRES = np.mgrid[0 : GRID[0], 0 : GRID[1]] + 0.5

@@ -79,9 +79,9 @@ def test_whole_run_flags_name_the_whole_run_not_all_equals_all():
 def test_study_maps_are_checked_slice_by_slice_against_image_occlusion():
     """At site north chefer's top slice is the one whose occlusion drops the answer; at site south
     its mass sits on the first slice, which the answer does not need: only south is flagged."""
-    from explainer.regions import mass_shares, standard_regions
     from storage import to_arrow
     from tests.auditing.synthetic import GRID
+    from vocabulary.regions import mass_shares, standard_regions
 
     drops = [0.01, -0.01, 0.02, 1.5, 0.0]  # only slice 3 (index 3) changes the answer
     items, sample = [], []

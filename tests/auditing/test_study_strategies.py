@@ -12,8 +12,8 @@ from auditing.cohorts import item_level
 from auditing.load import join_targets
 from auditing.strategy_items import IMAGE, OUTSIDE_BODY_SHARE, STUDY, UNIFORM_OUTSIDE_BODY, strategy_items
 from storage import PROFILE_BINS, to_arrow
-from storage.names import STRATEGY_RULE
 from tests.auditing.synthetic import GRID, answer_row, lung_map, token_row
+from vocabulary.names import STRATEGY_RULE
 
 N_SLICES = 9
 BODY_OUTSIDE = 0.4  # a slice with anatomy: the share of its cells outside the body

@@ -10,8 +10,8 @@ from explainer import Explainer, Target
 from explainer._forward import embed_inputs, forward_embeddings
 from explainer._sequence import sequence_layout
 from explainer.checks import randomized_top_layers, removal_curves, target_log_probability
-from explainer.map_stats import average_ranks, spearman, top_cell_agreement
 from tests.models import random_image
+from vocabulary.map_stats import average_ranks, spearman, top_cell_agreement
 
 
 def test_removal_curves_match_a_direct_computation(tiny_grid4):

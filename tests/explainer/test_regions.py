@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from explainer.map_stats import normalised_entropy, peak_cell, pointing_hit, top_fraction_mass
-from explainer.regions import (
+from vocabulary.map_stats import normalised_entropy, peak_cell, pointing_hit, top_fraction_mass
+from vocabulary.regions import (
     border_band,
     box_region,
     corners,

@@ -11,13 +11,13 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 from explainer import Explainer
-from explainer.map_stats import peak_cell, pointing_hit
-from explainer.regions import box_region, corners
 from phantom import DECOY_MODEL_PATH, MODEL_PATH, sample
 from phantom.training.data import GRID, encode, footprint
 from phantom.training.decoy import DECOY_CELL
 from phantom.training.evaluate import MODEL_INPUTS, generate_answers
 from phantom.training.recipes import HELDOUT_SEED, HUB_ROUTING
+from vocabulary.map_stats import peak_cell, pointing_hit
+from vocabulary.regions import box_region, corners
 
 CASES = sample(12, HELDOUT_SEED + 41)  # locate and presence, the asked nodule absent in some
 METHODS = ("chefer", "rollout", "raw_attention", "occlusion")

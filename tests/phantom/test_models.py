@@ -10,12 +10,12 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from explainer import Explainer
-from explainer.map_stats import pointing_hit
-from explainer.regions import box_region
 from phantom import MODEL_PATH, POOLING_MODEL_PATH, SHORTCUT_MODEL_PATH, sample
 from phantom.training.data import encode
 from phantom.training.evaluate import answer_attention_mass, generate_answers
 from phantom.training.recipes import HELDOUT_SEED
+from vocabulary.map_stats import pointing_hit
+from vocabulary.regions import box_region
 
 # the training command's module: today's, and the one the shipped reports were made with
 TRAIN_MODULES = ("phantom.training.train", "explainer.phantom.train")

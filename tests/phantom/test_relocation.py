@@ -16,8 +16,6 @@ import pytest
 import torch
 
 from explainer import Explainer
-from explainer.map_stats import pointing_hit
-from explainer.regions import box_region
 from explainer.targets import Target
 from phantom import MODEL_PATH, RELOCATION_MODEL_PATH, sample
 from phantom.training.data import GRID, build_phantom_processor, encode, footprint, mirror_index, prompt_text
@@ -25,6 +23,8 @@ from phantom.training.evaluate import generate_answers
 from phantom.training.recipes import HELDOUT_SEED, RECIPES
 from phantom.training.routing import RoutingWeights, routing_loss
 from phantom.training.train import load_model, mirror_distillation_loss
+from vocabulary.map_stats import pointing_hit
+from vocabulary.regions import box_region
 
 LM_METHODS = ("chefer", "rollout", "raw_attention", "occlusion")
 POINTING_CASES = 20  # nodule present in each; locate and presence questions

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from explainer import Explainer
-from explainer.map_stats import pointing_hit
-from explainer.regions import box_region
 from phantom import STUDY_MODEL_PATH, sample_studies
 from phantom.cases import render
 from phantom.studies import GROWN, N_SLICES, STABLE, render_slice, volume_third
 from phantom.training.recipes import HELDOUT_SEED
 from phantom.training.study import build_study_processor, encode_studies
+from vocabulary.map_stats import pointing_hit
+from vocabulary.regions import box_region
 
 
 def _changed_box(a, b):

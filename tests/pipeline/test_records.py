@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from explainer.explanation import AnswerToken, Explanation
-from explainer.regions import cell_overlap
 from explainer.targets import Target
 from storage import REGION_NAMES, ManifestItem, to_arrow
 from tasks.records import RoiError, answer_row, mask_weights, overlay_targets, roi_weights, token_rows
+from vocabulary.regions import cell_overlap
 
 
 def _item(**overrides) -> ManifestItem:

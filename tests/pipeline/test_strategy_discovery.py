@@ -15,7 +15,7 @@ from flows import cli
 from phantom import MODEL_PATH, SHORTCUT_MODEL_PATH
 from phantom.demo import write_demo_dataset
 from storage import read_table
-from storage.names import CLUSTER_SCOPE, STRATEGY_RULE
+from vocabulary.names import CLUSTER_SCOPE, STRATEGY_RULE
 
 pytestmark = pytest.mark.integration
 SEED = 24_800  # held out: training < 10,000, reports 20,000, benches 21,000-24,700

@@ -25,9 +25,9 @@ from storage import (
     write_part,
     write_run,
 )
-from storage.names import RULE_TITLES
 from tests.auditing.synthetic import answer_row, study_item, token_row
 from tests.report.fixtures import CONFIG, write_synthetic_run
+from vocabulary.names import RULE_TITLES
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs" / "dashboards.md"

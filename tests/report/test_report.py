@@ -16,9 +16,9 @@ from auditing.report.data import ImageReader
 from auditing.report.gallery import MAX_GALLERY_ITEMS, overlay_label
 from auditing.report.sections import timing_rows, trust_verdict
 from storage import open_store, write_part
-from storage.names import OFF_ANATOMY_RULE
 from tests.report.fixtures import phantom_png, write_synthetic_run
 from tests.report.pages import parse_page, squash
+from vocabulary.names import OFF_ANATOMY_RULE
 
 
 def test_report_names_the_run_its_cohorts_and_a_how_to_read_note(built_report):

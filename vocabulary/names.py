@@ -1,7 +1,8 @@
 """The names every layer shares: regions, target kinds, methods, flag scopes and rules.
 
-One source: storage's schemas, auditing's rules, the report and the SQL views take these names from
-here, so a new region, rule or method is named once. A leaf module: it imports nothing.
+One source: the explainer's methods and regions, storage's schemas, auditing's rules, the report and
+the SQL views take these names from here, so a new region, rule or method is named once. A leaf
+module: it imports nothing.
 """
 
 from __future__ import annotations
@@ -15,13 +16,18 @@ LUNG_ZONES = (
     "lung_left_middle",
     "lung_left_lower",
 )
+QUADRANTS = ("q_top_left", "q_top_right", "q_bottom_left", "q_bottom_right")
+
+
+def grid3_cell(row: int, col: int) -> str:
+    """The name of one cell of the 3×3 grid of image thirds."""
+    return f"g_r{row}c{col}"
+
+
 BORDER, CORNERS = "border", "corners"
 REGION_NAMES = (
-    "q_top_left",
-    "q_top_right",
-    "q_bottom_left",
-    "q_bottom_right",
-    *(f"g_r{row}c{col}" for row in range(3) for col in range(3)),
+    *QUADRANTS,
+    *(grid3_cell(row, col) for row in range(3) for col in range(3)),
     *LUNG_ZONES,
     BORDER,
     CORNERS,
@@ -53,7 +59,7 @@ OUTSIDE_BODY = "outside_body"  # volumes: the share on cells outside the body, o
 TOKEN, WORD, ANSWER = "token", "word", "answer"
 TARGET_KINDS = (TOKEN, WORD, ANSWER)
 
-# relevance methods (explainer.methods registers one class per name) and the perturbation references
+# relevance methods (each is the module `explainer.methods.<name>`) and the perturbation references
 CHEFER, ROLLOUT, RAW_ATTENTION = "chefer", "rollout", "raw_attention"
 OCCLUSION, PIXEL_OCCLUSION, IMAGE_OCCLUSION = "occlusion", "pixel_occlusion", "image_occlusion"
 METHOD_NAMES = (CHEFER, ROLLOUT, RAW_ATTENTION, OCCLUSION, PIXEL_OCCLUSION, IMAGE_OCCLUSION)
@@ -62,6 +68,14 @@ REFERENCE_NAMES = {
     PIXEL_OCCLUSION: "pixel occlusion",
     IMAGE_OCCLUSION: "image occlusion",
 }
+# the references other maps are checked against cell by cell: the language model's own (token
+# occlusion) first, then one that also sees the vision tower (pixel occlusion)
+REFERENCE_METHODS = (OCCLUSION, PIXEL_OCCLUSION)
+# the reference for prompts of several images, image by image: which images the answer needs
+IMAGE_REFERENCE = IMAGE_OCCLUSION
+# how the language model's attention is run while explaining: "eager" keeps every layer's maps (fast
+# for short prompts), "blockwise" keeps none (memory linear in length), "auto" picks by a memory estimate
+ATTENTION_PATHS = ("auto", "eager", "blockwise")
 
 # a flag is about one item (a worklist entry for a reviewer), or about the model: a cohort of a
 # manifest column, a cluster of maps, or the trustworthiness of the maps themselves

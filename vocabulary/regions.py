@@ -13,6 +13,8 @@ from itertools import pairwise
 
 import numpy as np
 
+from vocabulary.names import BORDER, CORNERS, LUNG_ZONES, QUADRANTS, grid3_cell
+
 Grid = tuple[int, int]
 
 
@@ -60,17 +62,17 @@ def rect_weights(grid: Grid, x0: float, y0: float, x1: float, y1: float) -> np.n
 
 
 def quadrants(grid: Grid) -> dict[str, np.ndarray]:
+    """The image's quarters, top row first (`QUADRANTS` order)."""
+    corners = ((0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (0.5, 0.5))  # (x0, y0) of each quarter
     return {
-        "q_top_left": rect_weights(grid, 0.0, 0.0, 0.5, 0.5),
-        "q_top_right": rect_weights(grid, 0.5, 0.0, 1.0, 0.5),
-        "q_bottom_left": rect_weights(grid, 0.0, 0.5, 0.5, 1.0),
-        "q_bottom_right": rect_weights(grid, 0.5, 0.5, 1.0, 1.0),
+        name: rect_weights(grid, x, y, x + 0.5, y + 0.5)
+        for name, (x, y) in zip(QUADRANTS, corners, strict=True)
     }
 
 
 def grid3(grid: Grid) -> dict[str, np.ndarray]:
     return {
-        f"g_r{row}c{col}": rect_weights(grid, col / 3, row / 3, (col + 1) / 3, (row + 1) / 3)
+        grid3_cell(row, col): rect_weights(grid, col / 3, row / 3, (col + 1) / 3, (row + 1) / 3)
         for row in range(3)
         for col in range(3)
     }
@@ -92,26 +94,26 @@ class LungFieldLayout:
 def lung_zones(grid: Grid, layout: LungFieldLayout = LungFieldLayout()) -> dict[str, np.ndarray]:
     """Upper/middle/lower zone of each lung, named by the PATIENT's side."""
     height = (layout.bottom - layout.top) / 3
-    zones = {}
-    for side, (x0, x1) in (("right", layout.right_lung), ("left", layout.left_lung)):
-        for index, level in enumerate(("upper", "middle", "lower")):
-            y0 = layout.top + index * height
-            zones[f"lung_{side}_{level}"] = rect_weights(grid, x0, y0, x1, y0 + height)
-    return zones
+    boxes = [  # LUNG_ZONES order: the right lung's zones top down, then the left's
+        (x0, layout.top + level * height, x1, layout.top + (level + 1) * height)
+        for x0, x1 in (layout.right_lung, layout.left_lung)
+        for level in range(3)
+    ]
+    return {name: rect_weights(grid, *box) for name, box in zip(LUNG_ZONES, boxes, strict=True)}
 
 
 def border_band(grid: Grid) -> dict[str, np.ndarray]:
     """The outermost ring of cells, where burned-in text and laterality markers live."""
     band = np.ones(grid, dtype=np.float32)
     band[1:-1, 1:-1] = 0.0
-    return {"border": band}
+    return {BORDER: band}
 
 
 def corners(grid: Grid, size: float = 1 / 6) -> dict[str, np.ndarray]:
     """The four corner blocks (`size` of the width and height each): laterality markers, burned-in tags."""
     far = 1.0 - size
     blocks = [rect_weights(grid, x, y, x + size, y + size) for x in (0.0, far) for y in (0.0, far)]
-    return {"corners": np.clip(sum(blocks), 0.0, 1.0)}
+    return {CORNERS: np.clip(sum(blocks), 0.0, 1.0)}
 
 
 def standard_regions(grid: Grid) -> dict[str, np.ndarray]:
