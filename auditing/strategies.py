@@ -253,6 +253,9 @@ def cluster_mean_maps(items: pd.DataFrame, clusters: pd.DataFrame) -> pd.DataFra
     """Per (run, answer class, cluster): `n_items` and the mean of its items' mass maps on the common
     grid (`grid_h`, `grid_w`, `mean_map` flattened, float32, as cohort_stats stores them; a study's
     map is its peak image's)."""
+    columns = ["run_id", "answer_class", "cluster", "n_items", "grid_h", "grid_w", "mean_map"]
+    if clusters.empty:  # nothing clustered (a run without answers): its empty key columns hold no type
+        return pd.DataFrame(columns=columns)
     frame = clusters.merge(items[[*ITEM_KEYS, "mass_map"]], on=ITEM_KEYS)
     rows = []
     for (run_id, answer, cluster), group in frame.groupby(["run_id", "answer_class", "cluster"], sort=True):
@@ -268,7 +271,7 @@ def cluster_mean_maps(items: pd.DataFrame, clusters: pd.DataFrame) -> pd.DataFra
                 "mean_map": mean_map.ravel().astype(np.float32),
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=columns)
 
 
 def strategy_cluster_flags(

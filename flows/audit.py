@@ -39,6 +39,15 @@ class ShardsFailed(RuntimeError):
     """Some shards did not commit; rerunning the same run id redoes exactly those."""
 
 
+class NothingAnswered(RuntimeError):
+    """The run completed and no item was answered (every item and row failed): the message gives the
+    counts, the error types and the first error; `outputs` is the run's summary."""
+
+    def __init__(self, message: str, outputs: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.outputs = outputs
+
+
 class AuditFlagged(RuntimeError):
     """The run completed and its gate (`fail_on_flags`, `max_item_flag_rate`) failed; `outputs` is
     the run's summary, as a passing run returns it."""
@@ -132,7 +141,8 @@ def audit(
     Raises `ManifestError` (e.g. a missing required column), a storage error (e.g. wrong
     credentials, an unwritable output root) or `RunLocked` (another process computes this run id)
     before anything is written; `ShardsFailed` after run.json when shards did not commit;
-    `AuditFlagged` (the summary in its `outputs`) when the run's gate failed, its state "Flagged".
+    `AuditFlagged` (the summary in its `outputs`) when the run's gate failed, its state "Flagged";
+    `NothingAnswered` when every item failed, its state "NothingAnswered".
 
     Args:
         config: the run's settings (`tasks.config.AuditConfig`: manifest, output root, model, method,
@@ -166,6 +176,8 @@ def audit(
         "flow_run_id": str(get_run_context().flow_run.id),
         "groupings_from": inputs.groupings_from,
     }
+    if inputs.outside.items:  # said once here; each such item also becomes an error row
+        logger.warning("%s", inputs.outside.describe(len(audited.items)))
     if audited is not parsed:
         extra["selection"] = {"limit": config.limit, "sample": config.sample, "of_items": len(parsed.items)}
         logger.warning("a first look: %d of the manifest's %d items", len(audited.items), len(parsed.items))
@@ -228,10 +240,19 @@ def audit(
             "group_by": list(config.group_by),
             "groupings_from": inputs.groupings_from,
             "selection": extra.get("selection"),
+            "outside_inputs": inputs.outside,
             "run_json": run_json,
             "counts": counts,
             "timings": timings,
         }
+        if counts["ok"] == 0 and counts["items"] + counts["manifest_errors"] > 0:
+            # aggregated and reported all the same: the report tabulates the failures
+            if config.aggregate:
+                steps.aggregate_run(config, run_id)
+                if config.report:
+                    outputs["report"] = steps.build_report(config, run_id)
+            message = steps.describe_failures(config, run_id, counts)
+            return Failed(name="NothingAnswered", message=message, data=NothingAnswered(message, outputs))
         if not config.aggregate:
             return Completed(message="completed; cohort statistics and flags not computed", data=outputs)
         flags = steps.aggregate_run(config, run_id)
@@ -270,6 +291,7 @@ def _timings(
         "model_load_seconds": round(sum(s.model_load_seconds for s in summaries), 3),
         "generate_seconds": round(sum(s.generate_seconds for s in summaries), 3),
         "explain_seconds": round(sum(s.explain_seconds for s in summaries), 3),
+        "faithfulness_seconds": round(sum(s.faithfulness_seconds for s in summaries), 3),
         "write_seconds": round(sum(s.write_seconds for s in summaries), 3),
         "shard_seconds": round(sum(s.seconds for s in summaries), 3),
         "items_per_second": round(items / total_seconds, 4) if total_seconds > 0 else 0.0,

@@ -135,6 +135,8 @@ def format_summary(result: dict[str, Any]) -> str:
             else f"a random sample of {selection['sample']}"
         )
         lines.append(f"a first look: {how} of the manifest's {selection['of_items']} items")
+    if result.get("outside_inputs") and result["outside_inputs"].items:
+        lines.append(result["outside_inputs"].describe(counts["items"]))
     if "group_by" in result:
         lines.append(
             f"cohorts by {', '.join(result['group_by']) or 'nothing: whole-run statistics only'} "
@@ -194,13 +196,16 @@ def _run_flow(
     config: AuditConfig, run_id: str | None, dask: DaskSettings | None
 ) -> tuple[int, dict[str, Any] | None]:
     """Run the audit flow; the exit code and, when it completed, its summary."""
-    from flows.audit import AuditFlagged, ShardsFailed, audit
+    from flows.audit import AuditFlagged, NothingAnswered, ShardsFailed, audit
 
     state = audit(config, run_id=run_id, dask=dask, progress=True, return_state=True)
     result = state.result(raise_on_failure=False)
     if isinstance(result, ShardsFailed):
         print(f"vlm-audit: {result}", file=sys.stderr)
         return EXIT_UNFINISHED, None
+    if isinstance(result, NothingAnswered):  # the inputs or settings are wrong for every item
+        print(f"vlm-audit: {result}", file=sys.stderr)
+        return EXIT_USAGE, None
     if isinstance(result, AuditFlagged):
         print(format_summary(result.outputs))
         return EXIT_FLAGGED, result.outputs

@@ -147,6 +147,51 @@ def count_outputs(store: ObjectStore, run_id: str) -> dict[str, int]:
     }
 
 
+@dataclass(frozen=True)
+class ErrorDigest:
+    """A run's error rows in brief: how many of each error type (and stage), and the first message."""
+
+    by_type: tuple[tuple[str, str, int], ...]  # (error type, stage, rows), the most frequent first
+    first_message: str | None
+
+    def describe(self) -> str:
+        return ", ".join(f"{rows} {error_type} ({stage})" for error_type, stage, rows in self.by_type)
+
+
+def error_digest(store: ObjectStore, run_id: str) -> ErrorDigest:
+    """The committed error rows of a run in brief (`ErrorDigest`); read only when nothing was answered."""
+    errors = _committed_dataset(store, "errors", run_id, completed_shards(store, run_id))
+    if errors is None:
+        return ErrorDigest((), None)
+    table = errors.to_table(columns=["error_type", "stage", "message"])
+    counted = table.group_by(["error_type", "stage"]).aggregate([("message", "count")])
+    by_type = sorted(
+        zip(
+            *(counted.column(name).to_pylist() for name in ("error_type", "stage", "message_count")),
+            strict=True,
+        ),
+        key=lambda row: (-row[2], row[0], row[1]),
+    )
+    first = table.column("message")[0].as_py() if table.num_rows else None
+    return ErrorDigest(tuple(by_type), first)
+
+
+def nothing_answered_message(
+    run_id: str, counts: dict[str, int], digest: ErrorDigest, errors_uri: str
+) -> str:
+    """What a run in which no item was answered says: the counts, the error types and the first error,
+    whose message says what to change."""
+    return "\n".join(
+        [
+            f"run {run_id}: no item was answered: {counts['failed']} of {counts['items']} items failed and "
+            f"{counts['manifest_errors']} manifest rows were rejected",
+            f"  errors: {digest.describe() or 'none recorded'} (every row in {errors_uri})",
+            f"  first: {digest.first_message}" if digest.first_message else "  first: -",
+            "  fix what the first error says and run again; the report shows the failures by stage and type",
+        ]
+    )
+
+
 def run_counts(
     manifest: Manifest,
     plan: RunPlan,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage import (
+    InputNotAllowed,
     Manifest,
     ObjectNotFound,
     completed_shards,
@@ -93,6 +94,35 @@ def check_model_available(model: str, revision: str | None, allow_download: bool
 
 
 @dataclass(frozen=True)
+class OutsideInputs:
+    """Audited items that name an image or mask outside the manifest's store and `allowed_inputs`: each
+    becomes an `InputNotAllowed` error row, so a run of nothing but these answers nothing."""
+
+    items: int
+    first_message: str | None = None
+
+    def describe(self, of_items: int) -> str:
+        return (
+            f"{self.items} of {of_items} items name inputs outside the manifest's store and allowed_inputs "
+            f"(InputNotAllowed error rows); the first: {self.first_message}"
+        )
+
+
+def outside_inputs(config: AuditConfig, manifest: Manifest) -> OutsideInputs:
+    """The audited items whose images or masks the run's input scope does not cover (paths only: no
+    object is read; local links are followed as the read would follow them)."""
+    scope, items, first = config.input_scope(), 0, None
+    for item in manifest.items:
+        for uri in (*item.image_uris, *([item.roi_mask_uri] if item.roi_mask_uri else [])):
+            try:
+                scope.check(uri)
+            except InputNotAllowed as exc:
+                items, first = items + 1, first or str(exc)
+                break
+    return OutsideInputs(items, first)
+
+
+@dataclass(frozen=True)
 class CheckedRun:
     """A run's inputs once the pre-flight checks passed."""
 
@@ -101,6 +131,7 @@ class CheckedRun:
     fingerprint: str  # the whole manifest's (`storage.manifest_fingerprint`)
     run_id: str
     audited: Manifest  # the items the run audits: the manifest, or its limit/sample selection
+    outside: OutsideInputs  # audited items naming inputs outside the allowed prefixes
 
 
 def check_run(config: AuditConfig, manifest: Manifest, run_id: str | None = None) -> CheckedRun:
@@ -113,12 +144,14 @@ def check_run(config: AuditConfig, manifest: Manifest, run_id: str | None = None
         config = config.model_copy(update={"group_by": automatic_groupings(manifest)})
         groupings_from = "manifest columns with few values" if config.group_by else "none found"
     fingerprint = manifest_fingerprint(manifest)
+    audited = select_items(manifest, config.limit, config.sample, seed=fingerprint)
     return CheckedRun(
         config=config,
         groupings_from=groupings_from,
         fingerprint=fingerprint,
         run_id=run_id or derive_run_id(manifest, config),
-        audited=select_items(manifest, config.limit, config.sample, seed=fingerprint),
+        audited=audited,
+        outside=outside_inputs(config, audited),
     )
 
 
@@ -138,6 +171,7 @@ class RunPreview:
     groupings_from: str
     faithfulness_items: int
     shard_size: int
+    outside: OutsideInputs
 
     def describe(self, limit: int = 5) -> str:
         """The plan in a few lines for the terminal."""
@@ -160,6 +194,7 @@ class RunPreview:
                 if len(self.manifest_errors) > limit
                 else []
             ),
+            *([f"  inputs     {self.outside.describe(self.items)}"] if self.outside.items else []),
             f"  shards     {self.shards} (up to {self.shard_size} items each): {pending} to run, "
             f"{len(self.shards_done)} already done (skipped)",
             f"  cohorts    {', '.join(self.group_by) or 'none: whole-run statistics only'} ({self.groupings_from})",
@@ -199,4 +234,5 @@ def preview_run(config: AuditConfig, run_id: str | None = None) -> RunPreview:
         groupings_from=checked.groupings_from,
         faithfulness_items=min(config.faithfulness_sample, len(checked.audited.items)),
         shard_size=config.shard_size,
+        outside=checked.outside,
     )

@@ -75,6 +75,7 @@ class ShardSummary:
     model_load_seconds: float
     generate_seconds: float
     explain_seconds: float
+    faithfulness_seconds: float  # the faithfulness sample's references and checks
     write_seconds: float
     started_at: float
     finished_at: float

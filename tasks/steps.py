@@ -21,7 +21,7 @@ from auditing import AggregateConfig
 from auditing import aggregate_run as audit_aggregate_run
 from auditing import build_report as audit_build_report
 from auditing.report.summary import FLAG_FIELDS, flag_records, plain, run_markdown
-from storage import FlagRecord, Manifest, read_manifest, write_run
+from storage import FlagRecord, Manifest, join_uri, read_manifest, write_run
 from tasks import cache, ledger
 from tasks.config import AuditConfig
 from tasks.retry import retry_condition
@@ -75,6 +75,14 @@ def count_outputs(config: AuditConfig, run_id: str) -> dict[str, int]:
 @task(name="write-run-json", **STORAGE_IO)
 def write_run_json(config: AuditConfig, run_id: str, record: dict[str, Any]) -> str:
     return write_run(cache.output_store(config.out, config.endpoint_url, config.region), run_id, record)
+
+
+@task(name="describe-failures", **STORAGE_IO)
+def describe_failures(config: AuditConfig, run_id: str, counts: dict[str, int]) -> str:
+    """A few lines for a run in which no item was answered (`ledger.nothing_answered_message`)."""
+    store = cache.output_store(config.out, config.endpoint_url, config.region)
+    errors_uri = join_uri(config.out, "errors", f"run_id={run_id}")
+    return ledger.nothing_answered_message(run_id, counts, ledger.error_digest(store, run_id), errors_uri)
 
 
 @task(name="aggregate-run", **STORAGE_IO)

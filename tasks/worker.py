@@ -66,12 +66,14 @@ __all__ = ["ItemOutcome", "ShardJob", "explain_item", "explain_items", "explain_
 
 @dataclass
 class ItemOutcome:
-    """What one item produced: its answers row, tokens rows, error rows and faithfulness rows."""
+    """What one item produced: its answers row, tokens rows, error rows and faithfulness rows (and the
+    seconds its faithfulness check took: a stage of its own in the run's timings)."""
 
     answer: dict[str, Any]
     tokens: list[dict[str, Any]] = field(default_factory=list)
     errors: list[ErrorRecord] = field(default_factory=list)
     faithfulness: list[dict[str, Any]] = field(default_factory=list)
+    faithfulness_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -250,6 +252,7 @@ def explain_items(
             outcomes[index] = failed(item, "image" if isinstance(exc, RoiError) else "explain", exc, size)
             continue
         if item.item_id in checked_items:
+            checking = time.perf_counter()
             try:
                 with model_lock or nullcontext():
                     outcome.faithfulness = check_item(
@@ -261,6 +264,7 @@ def explain_items(
                     )
             except Exception as exc:  # the item keeps its explanation; the failed check is recorded
                 outcome.errors.append(ErrorRecord.from_exception(exc, stage="explain", item=item))
+            outcome.faithfulness_seconds = time.perf_counter() - checking
         sink = overlay_sinks.get(item.item_id) if overlay_sinks is not None else None
         if sink is not None:
             _write_overlays(outcome, explanation, roles, item, config, sink)
@@ -393,7 +397,7 @@ def explain_shard(job: ShardJob) -> ShardSummary:
     load_seconds = loaded.load_seconds if cache.model_load_count() > loads_before else 0.0
 
     answers, tokens, errors, faithfulness = [], [], [], []
-    generate_seconds = explain_seconds = 0.0
+    generate_seconds = explain_seconds = faithfulness_seconds = 0.0
     with OverlayWriter(store, job.run_id) as overlay_writer:
         for first in range(0, len(items), config.batch_size):
             batch = items[first : first + config.batch_size]
@@ -418,6 +422,7 @@ def explain_shard(job: ShardJob) -> ShardSummary:
                 errors.extend(record.to_row() for record in outcome.errors)
                 generate_seconds += outcome.answer.get("generate_seconds") or 0.0
                 explain_seconds += outcome.answer.get("explain_seconds") or 0.0
+                faithfulness_seconds += outcome.faithfulness_seconds
         writing = time.perf_counter()
         overlays, overlay_errors = overlay_writer.results()
         overlay_writer.remove_stale(items)  # before the commit: a committed shard keeps no older overlays
@@ -447,6 +452,7 @@ def explain_shard(job: ShardJob) -> ShardSummary:
         model_load_seconds=load_seconds,
         generate_seconds=generate_seconds,
         explain_seconds=explain_seconds,
+        faithfulness_seconds=faithfulness_seconds,
         write_seconds=finished - writing,
         started_at=started_wall,
         finished_at=time.time(),

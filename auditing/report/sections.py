@@ -91,6 +91,7 @@ STAGES = {  # per-shard stage sums in run.json timings, in the order they happen
     "model_load_seconds": "Model loading",
     "generate_seconds": "Answer generation",
     "explain_seconds": "Relevance maps",
+    "faithfulness_seconds": "Faithfulness sample: perturbation references and checks",
     "write_seconds": "Writing outputs",
 }
 

@@ -106,6 +106,7 @@ def test_recorded_timings_split_the_total_into_wall_clock_parts():
             model_load_seconds=0.5 if index == 0 else 0.0,
             generate_seconds=1.0,
             explain_seconds=2.0,
+            faithfulness_seconds=0.5,
             write_seconds=0.25,
             started_at=start,
             finished_at=end,
@@ -124,6 +125,7 @@ def test_recorded_timings_split_the_total_into_wall_clock_parts():
         3.0,
     )
     assert timings["workers"] == 1 and timings["shard_seconds"] == 13.0 and timings["explain_seconds"] == 4.0
+    assert timings["faithfulness_seconds"] == 1.0  # the sample's checks: a stage of their own
     # two workers in parallel, one with a clock 30 s ahead: the parts never exceed the total
     skewed = _timings([shard(0, 104.0, 110.0, 1), shard(1, 135.0, 147.0, 2)], 20.0, now=120.0)
     parts = skewed["before_shards_seconds"] + skewed["shards_wall_seconds"] + skewed["after_shards_seconds"]

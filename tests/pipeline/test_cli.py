@@ -14,7 +14,7 @@ from explainer.methods import METHODS
 from flows import cli
 from storage import CredentialsError, StorageConnectionError
 from tasks import config
-from tests.pipeline.conftest import local_dataset
+from tests.pipeline.conftest import local_dataset, png_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -205,7 +205,8 @@ def test_demo_writes_the_mixed_cohort_and_audits_it(tmp_path, model_dir, capsys)
 def test_demo_studies_audits_dicom_volumes_and_prior_current_pairs_with_the_study_model(tmp_path, capsys):
     import pandas as pd
 
-    from storage import read_table
+    from auditing.report.sections import timing_rows
+    from storage import open_store, read_run, read_table
 
     assert (
         cli.main(
@@ -249,6 +250,13 @@ def test_demo_studies_audits_dicom_volumes_and_prior_current_pairs_with_the_stud
     ):
         trust = read_table(out, "cohort_trust", run_id=run).to_pandas()
         assert set(trust["reference"]) == references and (trust["n_items"] >= 1).all()
+        # the sample's checks are a stage of their own in the timings, not "the rest of the shards"
+        timings = read_run(open_store(out), run)["timings"]
+        assert timings["faithfulness_seconds"] > 0
+        rows = {row.label: row.seconds for row in timing_rows(timings)}
+        assert (
+            rows["Faithfulness sample: perturbation references and checks"] == timings["faithfulness_seconds"]
+        )
 
 
 def test_aggregate_and_report_rebuild_from_the_parquet_outputs(tmp_path, capsys):
@@ -311,3 +319,38 @@ def test_version_names_the_installed_package(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"vlm-audit {code_version()}"
+
+
+@pytest.mark.usefixtures("cli_on_test_server")
+def test_a_run_in_which_every_item_failed_says_why_in_a_few_lines(tmp_path, model_dir, capsys):
+    """Absolute image paths outside the manifest's folder and `--allowed-inputs`: the dry run says so
+    once, and the run ends with the counts, the error types and the first error with its fix."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    rows = ["image,question,site"]
+    for index in range(3):
+        (elsewhere / f"{index}.png").write_bytes(png_bytes(index))
+        rows.append(f"{elsewhere / f'{index}.png'},Is there a nodule?,s{index % 2}")
+    (tmp_path / "data").mkdir()
+    manifest = tmp_path / "data" / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    options = ["--out", str(tmp_path / "out"), "--model", model_dir, "--max-new-tokens", "2"]
+
+    assert cli.main(["run", str(manifest), *options, "--dry-run"]) == cli.EXIT_OK
+    printed = capsys.readouterr().out
+    assert printed.count("3 of 3 items name inputs outside the manifest's store and allowed_inputs") == 1
+    assert "--allowed-inputs" in printed
+
+    assert cli.main(["run", str(manifest), *options, "--shard-size", "2"]) == cli.EXIT_USAGE
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()  # Prefect's own log lines too, in this process
+    start = next(index for index, line in enumerate(lines) if line.startswith("vlm-audit: "))
+    said = [lines[start], *(line for line in lines[start + 1 :] if line.startswith("  "))]
+    assert "no item was answered: 3 of 3 items failed and 0 manifest rows were rejected" in said[0]
+    assert "3 InputNotAllowed (image)" in said[1]
+    assert said[2].startswith("  first: ") and "--allowed-inputs" in said[2]
+    assert len(said) == 4 and "Traceback" not in captured.err and "Traceback" not in captured.out
+    run_id = said[0].split()[2].rstrip(":")
+    # the outputs stay readable: aggregation and the report work on a run without answers
+    assert cli.main(["aggregate", str(tmp_path / "out"), run_id]) == cli.EXIT_OK
+    assert "0 flags" in capsys.readouterr().out

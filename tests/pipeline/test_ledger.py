@@ -78,7 +78,10 @@ def test_refused_and_oversized_inputs_are_not_retried():
 
 def test_worker_report_counts_loads_and_concurrency():
     def summary(pid, start, end, loads=1):
-        timings = dict.fromkeys(("seconds", "model_load_seconds", "generate_seconds", "explain_seconds"), 0.0)
+        timings = dict.fromkeys(
+            ("seconds", "model_load_seconds", "generate_seconds", "explain_seconds", "faithfulness_seconds"),
+            0.0,
+        )
         return ShardSummary(
             **dict.fromkeys(("shard", "items", "ok", "failed", "token_rows", "error_rows", "overlays"), 0),
             **timings,

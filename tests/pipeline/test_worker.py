@@ -7,7 +7,6 @@ import os
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -29,6 +28,7 @@ from tasks.config import AuditConfig
 from tasks.shards import ItemDeferred, ShardJob
 from tasks.worker import OverlayWriter, explain_item, explain_shard
 from tests.pipeline.conftest import local_dataset, manifest_bytes, png_bytes
+from tests.rows import assert_same_rows
 
 
 def _item(tmp_path, name: str, data: bytes | None, **overrides) -> ManifestItem:
@@ -448,15 +448,4 @@ def test_batched_items_give_the_rows_of_one_item_at_a_time(tmp_path, monkeypatch
     assert one["answers"].answer.str.split().str.len().nunique() > 1  # answers of different lengths: padded
     for batch_size in (4, 8):
         for table, rows in tables[batch_size].items():
-            _assert_same_rows(rows, one[table], f"{table} at batch size {batch_size}")
-
-
-def _assert_same_rows(got, want, what: str) -> None:
-    """Equal tables, floats (relevance and what is computed from it) to float rounding."""
-    assert list(got.columns) == list(want.columns) and len(got) == len(want), what
-    for column in want.columns:
-        for a, b in zip(got[column], want[column], strict=True):
-            if isinstance(b, float | np.floating | np.ndarray) and np.asarray(b).dtype.kind == "f":
-                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=f"{what}: {column}")
-            else:
-                assert np.array_equal(a, b) or (a is None and b is None), f"{what}: {column}: {a!r} != {b!r}"
+            assert_same_rows(rows, one[table], f"{table} at batch size {batch_size}")

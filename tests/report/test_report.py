@@ -440,13 +440,15 @@ def test_the_timing_rows_add_up_to_the_total():
         "model_load_seconds": 3.1,
         "generate_seconds": 1.5,
         "explain_seconds": 1.2,
+        "faithfulness_seconds": 4.1,
         "write_seconds": 0.6,
     }
     rows = timing_rows(serial)
     _adds_up(rows)
     labels = {row.label: row.value for row in rows}
     assert labels["Total time"] == "132.8 s" and labels["Model loading"] == "3.1 s"
-    assert labels["Rest of the shards: reading images, overlays"] == "5.9 s"  # 12.3 − 6.4 in the stages
+    assert labels["Faithfulness sample: perturbation references and checks"] == "4.1 s"
+    assert labels["Rest of the shards: reading images, overlays"] == "1.8 s"  # 12.3 − 10.5 in the stages
     assert labels["Other (not attributed)"] == "2.1 s"  # 132.8 − 118.0 − 12.3 − 0.4
     assert all(row.kind != "aside" for row in rows)
 
