@@ -20,10 +20,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from auditing.gate import FAIL_ON_CHOICES
+from flows import api_watch
 from flows.options import add_field_options, given_fields, settings_error
 from tasks.config import AuditConfig, DaskSettings
 
-EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE, EXIT_FLAGGED = 0, 1, 2, 3
+EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE, EXIT_FLAGGED, EXIT_API_LOST = 0, 1, 2, 3, 4
 # every AuditConfig field is an option of `run` and `demo`, but for the manifest (positional, or the
 # demo's own),
 # the output root (`--out`), and the gate (`--fail-on-flags`, whose value may be left out)
@@ -195,11 +196,25 @@ def _prefect_api() -> Iterator[None]:
 def _run_flow(
     config: AuditConfig, run_id: str | None, dask: DaskSettings | None
 ) -> tuple[int, dict[str, Any] | None]:
-    """Run the audit flow; the exit code and, when it completed, its summary."""
+    """Run the audit flow; the exit code and, when it completed, its summary. A Prefect API that stops
+    answering for longer than `api_watch.wait_seconds()` ends the process with `EXIT_API_LOST`."""
+    from prefect.settings import PREFECT_API_URL
+
     from flows.audit import AuditFlagged, NothingAnswered, ShardsFailed, audit
 
-    state = audit(config, run_id=run_id, dask=dask, progress=True, return_state=True)
-    result = state.result(raise_on_failure=False)
+    api_url = PREFECT_API_URL.value()
+
+    def api_lost(silent_seconds: float) -> None:
+        api_watch.stop_process(api_watch.lost_message(api_url, silent_seconds, config.out), EXIT_API_LOST)
+
+    with api_watch.ApiWatch(api_url, api_watch.wait_seconds(), api_lost) as watch:
+        try:
+            state = audit(config, run_id=run_id, dask=dask, progress=True, return_state=True)
+            result = state.result(raise_on_failure=False)
+        except Exception:
+            if api_watch.api_healthy(api_url):
+                raise
+            api_lost(watch.silent_seconds)  # Prefect gave up on the API before the watch's wait was over
     if isinstance(result, ShardsFailed):
         print(f"vlm-audit: {result}", file=sys.stderr)
         return EXIT_UNFINISHED, None

@@ -17,8 +17,9 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
+
+from flows.api_watch import api_healthy
 
 _PR_SET_PDEATHSIG = 1
 
@@ -46,14 +47,6 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _healthy(api_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 @contextlib.contextmanager
 def temporary_server(startup_timeout: float = 180.0) -> Iterator[str]:
     """A Prefect server on a free loopback port for the block; yields its API URL."""
@@ -71,7 +64,7 @@ def temporary_server(startup_timeout: float = 180.0) -> Iterator[str]:
     )
     try:
         deadline = time.monotonic() + startup_timeout
-        while not _healthy(api_url):
+        while not api_healthy(api_url):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise ServerStartError(
                     f"the temporary Prefect server did not start within {startup_timeout:.0f} s "
