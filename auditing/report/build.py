@@ -30,7 +30,7 @@ from auditing.report.figures import (
     mean_image,
     region_bars_svg,
 )
-from auditing.report.findings import findings, flag_rows, verdict_box
+from auditing.report.findings import findings, flag_rows, rule_rows, verdict_box
 from auditing.report.gallery import gallery
 from auditing.report.sections import (
     cohort_name,
@@ -277,6 +277,7 @@ def build_report(out_uri: str, run_id: str, *, endpoint_url: str | None = None) 
         "timings": timing_rows((tables.run or {}).get("timings") or {}),
         "errors": error_rows(tables.errors),
         "flags": flag_rows(tables.flags),
+        "rules": rule_rows(tables.flags, tables.thresholds),
         "cohorts": cohorts,
         "verdict": verdict_box(tables.flags, {(c["grouping"], c["cohort"]): c["anchor"] for c in cohorts}),
         "cohorts_left_out": chosen_cohorts(tables)[1] if classes else 0,

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from auditing.flags import part_rows
+from auditing.flags import FlagThresholds, part_rows
 from auditing.report.sections import cohort_name, num, pct
-from auditing.rules import rule_title
+from auditing.rules import RULES, rule_title
 from storage import FlagRecord
 from vocabulary.names import FLAG_SCOPES, ITEM_SCOPE
 
@@ -145,3 +145,15 @@ def verdict_box(flags: Sequence[FlagRecord], anchors: dict[tuple[str, str], str]
         for finding in cohort
     ]
     return {"sentence": verdict(flags), "methods": methods, "rows": rows}
+
+
+def rule_rows(flags: Sequence[FlagRecord], thresholds: FlagThresholds | None) -> list[dict[str, Any]]:
+    """The rules that raised the run's flags, in registry order: the titles and names they raised and
+    what they flag, with the thresholds the aggregation recorded (none without an aggregation)."""
+    raised = {flag.rule for flag in flags}
+    rows = []
+    for rule in RULES if thresholds is not None else ():
+        names = [(name.title, name.name) for name in rule.names if name.name in raised]
+        if names:
+            rows.append({"names": names, "sentence": rule.describe(thresholds)})
+    return rows
