@@ -12,26 +12,15 @@ import pandas as pd
 
 from auditing.cohorts import StatsConfig, cohort_stats, item_level
 from auditing.compare import cohort_vs_rest
-from auditing.flags import (
-    FlagThresholds,
-    as_frame,
-    off_anatomy_flags,
-    roi_flags,
-    shortcut_flags,
-)
+from auditing.flags import FlagThresholds, RaisedFlag, flag_table, part_rows
 from auditing.load import join_targets
 from auditing.recorded import AGGREGATE_JSON
 from auditing.report.figures import heatmap, png_bytes
-from auditing.strategies import cluster_mean_maps, strategy_cluster_flags, strategy_clusters
+from auditing.rules import RuleInputs, evaluate_rules
+from auditing.strategies import cluster_mean_maps, strategy_clusters
 from auditing.strategy_items import strategy_items
-from auditing.studies import cohort_studies, prior_flags, study_items
-from auditing.trust import (
-    faithfulness_items,
-    reference_agreement,
-    trust_flags,
-    trust_summary,
-    unchecked_targets,
-)
+from auditing.studies import cohort_studies, study_items
+from auditing.trust import faithfulness_items, reference_agreement, trust_summary, unchecked_targets
 from storage import (
     ObjectStore,
     cluster_map_folder,
@@ -70,17 +59,22 @@ class AggregateConfig:
 
 @dataclass
 class Aggregate:
-    """Everything `aggregate` derives; each frame is one output table."""
+    """Everything `aggregate` derives; each frame is one output table, the flags are the rules' records."""
 
     items: pd.DataFrame
     cohort_stats: pd.DataFrame
     cohort_regions: pd.DataFrame
     comparisons: pd.DataFrame
-    flags: pd.DataFrame
+    flags: list[RaisedFlag]  # in `auditing.rules.RULES` order
     trust: pd.DataFrame
     studies: pd.DataFrame
     clusters: pd.DataFrame  # every whole-answer map's strategy cluster (CLUSTER_COLUMNS)
     cluster_maps: pd.DataFrame  # each cluster's mean map (`cluster_mean_maps`)
+
+    @property
+    def flag_table(self) -> pd.DataFrame:
+        """The flags as the flags table's frame, with run_id (for pandas and dashboards)."""
+        return flag_table(self.flags)
 
 
 def aggregate(
@@ -105,22 +99,18 @@ def aggregate(
         [cohort_vs_rest(items, g, resamples=stats_config.resamples) for g in config.group_by]
     )
     method = str(tokens["method"].iloc[0]) if len(tokens) else "unknown"
-    flags = roi_flags(stats, thresholds, method) if len(stats) else []
-    flags += off_anatomy_flags(items, thresholds, method, uniform_lung_shares(items))
     studies = cohort_studies(study_items(targets), stats_config, thresholds)
-    flags += prior_flags(studies, thresholds, method)
     trust, sample, no_evidence = pd.DataFrame(), pd.DataFrame(), set()
     if faithfulness is not None and len(faithfulness):
         sample = faithfulness_items(faithfulness, answers, config.findings)
         agreements = reference_agreement(sample, thresholds)
         trust = trust_summary(agreements, config.group_by)
-        flags += trust_flags(trust, thresholds)
         no_evidence = unchecked_targets(agreements)
     # the share rules: every method's maps that carry evidence, one family of tests for the whole run
     share_maps = [(method, items)]
     if len(sample):
         share_maps += [(f"{name} (faithfulness sample)", rows) for name, rows in sample.groupby("method")]
-    candidates = _concat(
+    share_comparisons = _concat(
         [
             cohort_vs_rest(
                 with_evidence(rows, thresholds.flat_entropy, no_evidence),
@@ -132,30 +122,31 @@ def aggregate(
             for grouping in config.group_by
         ]
     )
-    uniform = uniform_shares(items)
-    if len(candidates):
-        flags += shortcut_flags(candidates, thresholds, uniform)
     # strategies: clusters of the whole-answer maps, whatever the manifest's columns name
     answer_items = strategy_items(items, targets)
     clusters = strategy_clusters(
         answer_items, seed=_cluster_seed(items, config.cluster_seed), min_items=thresholds.min_cluster_items
     )
-    if len(clusters):
-        flags += strategy_cluster_flags(
-            answer_items,
-            clusters,
-            thresholds,
-            uniform,
-            method,
-            columns=metadata_columns(answers),
-            resamples=stats_config.resamples,
-        )
+    inputs = RuleInputs(
+        method=method,
+        items=items,
+        stats=stats,
+        studies=studies,
+        trust=trust,
+        share_comparisons=share_comparisons,
+        strategy_items=answer_items,
+        clusters=clusters,
+        uniform_shares=uniform_shares(items),
+        uniform_lung_shares=uniform_lung_shares(items),
+        metadata_columns=tuple(metadata_columns(answers)),
+        resamples=stats_config.resamples,
+    )
     return Aggregate(
         items,
         stats,
         regions,
         comparisons,
-        as_frame(flags),
+        evaluate_rules(inputs, thresholds),
         trust,
         studies,
         clusters,
@@ -234,9 +225,9 @@ def aggregate_run(
         ("cohort_trust", result.trust),
         ("cohort_studies", result.studies),
         ("clusters", result.clusters),
-        ("flags", result.flags),
     ):
         write_part(store, table, run_id, AGGREGATE_PART, _without_run_id(frame))
+    write_part(store, "flags", run_id, AGGREGATE_PART, part_rows(result.flags))
     write_cluster_maps(store, run_id, result.cluster_maps)
     return result
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.resources import files
 from string import Template
@@ -21,6 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from auditing.rules import RULES
 from storage import duckdb_connect, is_s3_uri, normalize_uri, table_schema
 from vocabulary import names
 
@@ -70,11 +70,27 @@ class Block:
         return match.group(1) if match else None
 
 
-def _quoted(names: Iterable[str]) -> str:
-    return ", ".join(f"'{name}'" for name in names)
+def _sql_string(value: str) -> str:
+    """`value` as it may appear inside a single-quoted SQL string."""
+    return value.replace("'", "''")
 
 
-# the names dashboards.sql writes as ${NAME}: one source, vocabulary.names
+def _literal(value: str | None) -> str:
+    return "NULL" if value is None else f"'{_sql_string(value)}'"
+
+
+def rules_relation() -> str:
+    """The rule registry as an SQL relation `rules(rule, title, scope, marks, metric)`, one row per rule
+    name: the views join flags to the rows they mark through it, and count every known rule."""
+    rows = ", ".join(
+        f"({', '.join(map(_literal, (name.name, name.title, rule.scope, rule.marks, name.metric)))})"
+        for rule in RULES
+        for name in rule.names
+    )
+    return f"(VALUES {rows}) AS rules(rule, title, scope, marks, metric)"
+
+
+# the names dashboards.sql writes as ${NAME}: one source, vocabulary.names and the rule registry
 SQL_NAMES = {
     "ANSWER": names.ANSWER,
     "WORD": names.WORD,
@@ -86,11 +102,7 @@ SQL_NAMES = {
     "ITEM_SCOPE": names.ITEM_SCOPE,
     "COHORT_SCOPE": names.COHORT_SCOPE,
     "CLUSTER_SCOPE": names.CLUSTER_SCOPE,
-    "STRATEGY_RULE": names.STRATEGY_RULE,
-    "TRUST_RULES": _quoted(names.TRUST_RULES),
-    "PRIOR_RULE": names.PRIOR_RULE,
-    "SHARE_RULE_SUFFIX": names.SHARE_RULES[names.BORDER].removeprefix(names.BORDER),
-    "KNOWN_RULES": ", ".join(f"('{rule}')" for rule in names.RULE_TITLES),
+    "RULES": rules_relation(),
 }
 
 
@@ -109,11 +121,6 @@ def view_blocks(sql: str | None = None) -> list[Block]:
         body = sql[header.end() : following.start() if following else len(sql)].strip()
         blocks.append(Block(header.group(1), header.group(2), body))
     return blocks
-
-
-def _sql_string(value: str) -> str:
-    """`value` as it may appear inside a single-quoted SQL string."""
-    return value.replace("'", "''")
 
 
 def _has_files(con: Any, glob: str) -> bool:

@@ -151,7 +151,7 @@ SELECT t.run_id,
        t.randomization_spearman,
        EXISTS (
            SELECT 1 FROM flags AS f
-           WHERE f.rule IN (${TRUST_RULES}) AND f.run_id = t.run_id
+           WHERE f.rule IN (SELECT rule FROM ${RULES} WHERE marks = 'cohort_trust') AND f.run_id = t.run_id
              AND f.grouping = t.grouping AND f.cohort = t.cohort AND f.target_class = t.target_class
              AND f.method = t.method AND f.metric = 'peak_in_' || coalesce(t.reference, '${OCCLUSION}') || '_evidence'
        ) AS not_trustworthy
@@ -209,7 +209,8 @@ SELECT runs.manifest,
        c.n_rest,
        EXISTS (
            SELECT 1 FROM flags AS f
-           WHERE f.rule = c.metric || '${SHARE_RULE_SUFFIX}' AND f.run_id = c.run_id
+           WHERE f.rule IN (SELECT rule FROM ${RULES} WHERE marks = 'cohort_comparisons' AND metric = c.metric)
+             AND f.run_id = c.run_id
              AND f.grouping = c.grouping AND f.cohort = c.cohort AND f.target_class = c.target_class
              AND f.method NOT LIKE '%(faithfulness sample)'
        )                                                                   AS flagged
@@ -307,11 +308,11 @@ LEFT JOIN runs ON runs.run_id = e.run_id
 GROUP BY e.run_id, runs.created_at, runs.manifest, runs.status, runs.n_items, e.stage, e.error_type;
 
 -- view: flag_counts
--- Flags per run and rule, zero-filled: every run (run.json or flags) with every rule of
--- vocabulary.names.RULE_TITLES and any other rule a run raised.
+-- Flags per run and rule, zero-filled: every run (run.json or flags) with every rule of the registry
+-- (auditing.rules.RULES) and any other rule a run raised.
 CREATE OR REPLACE VIEW flag_counts AS
 WITH rules AS (
-    SELECT rule FROM (VALUES ${KNOWN_RULES}) AS known(rule)
+    SELECT rule FROM ${RULES}
     UNION
     SELECT DISTINCT rule FROM flags
 ), run_ids AS (
@@ -365,8 +366,8 @@ SELECT c.run_id,
            || '.png'                                                          AS mean_map_path
 FROM clusters AS c
 LEFT JOIN runs ON runs.run_id = c.run_id
-LEFT JOIN flags AS f ON f.run_id = c.run_id AND f.rule = '${STRATEGY_RULE}'
-                    AND f.scope = '${CLUSTER_SCOPE}' AND f.cohort = CAST(c.cluster AS VARCHAR)
+LEFT JOIN (SELECT flags.* FROM flags JOIN ${RULES} ON rules.rule = flags.rule AND rules.marks = 'clusters') AS f
+       ON f.run_id = c.run_id AND f.scope = '${CLUSTER_SCOPE}' AND f.cohort = CAST(c.cluster AS VARCHAR)
 GROUP BY ALL;
 
 -- view: study_summary
@@ -395,7 +396,8 @@ SELECT s.run_id,
        s.barely_prior_ci_high,
        EXISTS (
            SELECT 1 FROM flags AS f
-           WHERE f.rule = '${PRIOR_RULE}' AND f.run_id = s.run_id AND f.grouping = s.grouping
+           WHERE f.rule IN (SELECT rule FROM ${RULES} WHERE marks = 'cohort_studies') AND f.run_id = s.run_id
+             AND f.grouping = s.grouping
              AND f.cohort = s.cohort AND f.target_class = s.target_class
        ) AS change_ignores_prior
 FROM cohort_studies AS s

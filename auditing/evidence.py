@@ -51,3 +51,8 @@ def wilson_interval(successes: int, trials: int, level: float = 0.95) -> tuple[f
         return math.nan, math.nan
     interval = binomtest(int(successes), int(trials)).proportion_ci(confidence_level=level, method="wilson")
     return float(interval.low), float(interval.high)
+
+
+def is_number(value: object) -> bool:
+    """A finite int or float (not a bool, not NaN): a recorded number a verdict can rest on."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

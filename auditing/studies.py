@@ -10,9 +10,8 @@ position in the ordered volume. From those, per (item, target class):
 - `slice_profile`: the relevance per tenth of the volume (`PROFILE_BINS` bins);
 - `prior_share`: the share on images labelled "prior…" (longitudinal items only).
 
-Cohort rows summarise them with bootstrap intervals; `change_ignores_prior` flags a cohort whose
-longitudinal answers mostly barely look at the prior (prior share below `prior_floor`, the rate's
-Wilson interval above one half).
+Cohort rows summarise them with bootstrap intervals and count the longitudinal items that barely look
+at the prior (prior share below `prior_floor`), which the `auditing.rules.prior` rule reads.
 """
 
 from __future__ import annotations
@@ -23,9 +22,8 @@ import pandas as pd
 from auditing.bootstrap import mean_ci
 from auditing.cohorts import ITEM_KEYS, StatsConfig, cohorts
 from auditing.evidence import wilson_interval
-from auditing.flags import FlagThresholds, cohort_phrase, flag_row
+from auditing.flags import FlagThresholds
 from storage import PROFILE_BINS
-from vocabulary.names import COHORT_SCOPE, PRIOR_RULE
 
 PRIOR_LABEL = "prior"  # images whose label starts with this (case-insensitive) are the prior
 
@@ -126,37 +124,3 @@ def cohort_studies(items: pd.DataFrame, config: StatsConfig, thresholds: FlagThr
             }
             summaries.append(summary)
     return pd.DataFrame(summaries)
-
-
-def prior_flags(studies: pd.DataFrame, thresholds: FlagThresholds, method: str) -> list[dict]:
-    """`change_ignores_prior`: a cohort's longitudinal answers mostly barely look at the prior."""
-    if studies.empty:
-        return []
-    rows = studies[
-        (studies["n_longitudinal_items"] >= thresholds.min_items) & (studies["barely_prior_ci_low"] > 0.5)
-    ]
-    return [
-        flag_row(
-            run_id=row.run_id,
-            scope=COHORT_SCOPE,
-            rule=PRIOR_RULE,
-            method=method,
-            grouping=row.grouping,
-            cohort=row.cohort,
-            target_class=row.target_class,
-            metric="barely_prior_rate",
-            value=row.barely_prior_rate,
-            threshold=thresholds.prior_floor,
-            ci_low=row.barely_prior_ci_low,
-            ci_high=row.barely_prior_ci_high,
-            n_items=row.n_longitudinal_items,
-            message=(
-                f"{row.n_barely_prior} of {row.n_longitudinal_items} longitudinal items of "
-                f"{cohort_phrase(row.grouping, row.cohort)} put less than {thresholds.prior_floor:.0%} of the '{row.target_class}' {method} "
-                f"relevance on the prior (95% CI {row.barely_prior_ci_low:.0%}–{row.barely_prior_ci_high:.0%}"
-                f"; mean prior share {row.prior_share_mean:.0%}): answers about change that barely look "
-                "at the prior"
-            ),
-        )
-        for row in rows.itertuples(index=False)
-    ]

@@ -20,11 +20,11 @@ from scipy.stats import spearmanr
 
 from auditing.cohorts import cohorts
 from auditing.evidence import agreement, evidence_set, wilson_interval
-from auditing.flags import FlagThresholds, cohort_key, cohort_phrase, flag_row
+from auditing.flags import FlagThresholds
 from auditing.load import SHARE_COLUMNS, join_targets
 from storage import FAITHFULNESS_SCHEMA, TOKENS_SCHEMA
 from vocabulary.map_stats import normalised_entropy
-from vocabulary.names import IMAGE_REFERENCE, REFERENCE_METHODS, RELOCATED_RULE, UNTRUSTWORTHY_RULE
+from vocabulary.names import IMAGE_REFERENCE, REFERENCE_METHODS
 
 TOKEN_REFERENCE, PIXEL_REFERENCE = REFERENCE_METHODS
 # the faithfulness table's own measures: its columns beyond those it shares with tokens, less the timing
@@ -148,63 +148,3 @@ def trust_summary(agreements: pd.DataFrame, group_by: Sequence[str]) -> pd.DataF
                     }
                 )
     return pd.DataFrame(rows)
-
-
-def _evidence_text(row) -> str:
-    return (
-        f"in {row.peak_in_evidence_rate:.0%} of {row.n_checkable} sampled items where the reference has "
-        f"evidence (95% CI {row.peak_in_evidence_ci_low:.0%}–{row.peak_in_evidence_ci_high:.0%}; mean mass "
-        f"there {row.evidence_mass_mean:.0%})"
-    )
-
-
-def trust_flags(trust: pd.DataFrame, thresholds: FlagThresholds) -> list[dict]:
-    """Cohorts whose maps confidently disagree with a reference (the upper end of the 95% interval of
-    the peak-in-evidence rate below `trust_peak_rate`, at least `min_items` checkable items):
-
-    - `explanations_not_trustworthy` for chefer, rollout or raw attention against either reference;
-    - `evidence_relocated` when token occlusion disagrees with pixel occlusion: the vision tower moved
-      the evidence before the language model, so no map computed at the language model can be trusted
-      to show where the evidence is in the image (the method checked against pixel occlusion then
-      is flagged too).
-    """
-    if trust.empty:
-        return []
-    confident = trust[
-        (trust["n_checkable"] >= thresholds.min_items)
-        & (trust["peak_in_evidence_ci_high"] < thresholds.trust_peak_rate)
-        & (trust["method"] != PIXEL_REFERENCE)
-    ]
-    flags = []
-    for row in confident.itertuples(index=False):
-        evidence = _evidence_text(row)
-        if row.method == TOKEN_REFERENCE:
-            rule = RELOCATED_RULE
-            message = (
-                f"evidence relocated before the language model for {cohort_phrase(row.grouping, row.cohort)} "
-                f"('{row.target_class}'): the token-occlusion peak lies in the pixel-occlusion evidence {evidence}. "
-                "The vision tower moves the evidence between image positions, so chefer, rollout, raw attention "
-                "and token occlusion all point where the evidence arrived, not where it is in the image"
-            )
-        else:
-            rule = UNTRUSTWORTHY_RULE
-            message = (
-                f"explanations not trustworthy for {cohort_phrase(row.grouping, row.cohort)} ('{row.target_class}'): the peak "
-                f"of {row.method} maps lies in the {row.reference} reference's evidence {evidence}; "
-                "the evidence does not travel where this map shows"
-            )
-        flags.append(
-            flag_row(
-                **cohort_key(row),
-                rule=rule,
-                method=row.method,
-                metric=f"peak_in_{row.reference}_evidence",
-                value=row.peak_in_evidence_rate,
-                threshold=thresholds.trust_peak_rate,
-                ci_low=row.peak_in_evidence_ci_low,
-                ci_high=row.peak_in_evidence_ci_high,
-                n_items=row.n_checkable,
-                message=message,
-            )
-        )
-    return flags

@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from auditing.aggregate import grid_uniform_shares
 from auditing.flags import FlagThresholds
-from auditing.strategies import strategy_cluster_flags, strategy_clusters
+from auditing.rules.strategy_cluster import strategy_cluster_flags
+from auditing.strategies import strategy_clusters
 from auditing.strategy_items import strategy_items
 from vocabulary.names import ANSWER, LUNG_ZONES, SHORTCUT_REGIONS
 from vocabulary.regions import standard_regions

@@ -40,10 +40,12 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from auditing import AggregateConfig, StatsConfig, aggregate
+from auditing.rules.shortcut_shares import BORDER_SHARE_RULE, CORNERS_SHARE_RULE
+from auditing.rules.strategy_cluster import STRATEGY_RULE
 from phantom import MODEL_PATH, SHORTCUT_MODEL_PATH
 from phantom.demo import write_demo_dataset
 from storage import read_table
-from vocabulary.names import BORDER_SHARE_RULE, CORNERS_SHARE_RULE, ITEM_SCOPE, STRATEGY_RULE
+from vocabulary.names import ITEM_SCOPE
 
 SEED = 23_000  # held out: training uses seeds < 10_000, the reports 20_000, the other benches 21_000-22_000
 SHORTCUT_RULES = (CORNERS_SHARE_RULE, BORDER_SHARE_RULE)
@@ -90,7 +92,7 @@ def with_sites(answers: pd.DataFrame, sites: np.ndarray) -> pd.DataFrame:
 
 
 def cohort_flags(answers: pd.DataFrame, tokens: pd.DataFrame, config: AggregateConfig) -> pd.DataFrame:
-    flags = aggregate(tokens, answers, config).flags
+    flags = aggregate(tokens, answers, config).flag_table
     return flags[flags["scope"] == "cohort"]
 
 
@@ -124,7 +126,7 @@ def subset_detection(answers, tokens, config, subsets: int, size: int, rng) -> f
 
 def item_flag_rate(answers, tokens, config) -> dict:
     """Items with an item flag, by rule: the reviewers' worklist of a whole run."""
-    flags = aggregate(tokens, answers, config).flags
+    flags = aggregate(tokens, answers, config).flag_table
     items = flags[flags["scope"] == ITEM_SCOPE]
     return {
         "items": len(answers),
@@ -159,7 +161,7 @@ def strategy_check(answers, tokens, config, reseeds: int, rng) -> dict:
             without_columns(answers[answers["item_id"].isin(chosen)], UNNAMED),
             dataclasses.replace(config, group_by=(), cluster_seed=seed),
         )
-        flagged = result.flags[result.flags["rule"] == STRATEGY_RULE]
+        flagged = result.flag_table[result.flag_table["rule"] == STRATEGY_RULE]
         raised += not flagged.empty
         tagged = tagged_ids & chosen
         best = (0.0, 0.0)

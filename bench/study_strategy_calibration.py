@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from auditing import AggregateConfig, StatsConfig, aggregate
 from auditing.cohorts import item_level
 from auditing.load import join_targets
+from auditing.rules.strategy_cluster import STRATEGY_RULE
 from auditing.strategy_items import OUTSIDE_BODY_SHARE, UNIFORM_OUTSIDE_BODY, strategy_items
 from bench.flag_calibration import audit_outputs, bench_folder, without_columns
 from phantom import STUDY_MODEL_PATH
 from phantom.demo import write_study_datasets
-from vocabulary.names import STRATEGY_RULE
 
 SEED = 25_300  # held out: training < 10,000, reports 20,000, benches 21,000-25,100
 MANIFEST_COLUMNS = ("site", "finding", "expected_answer")  # dropped: nothing but the maps is left
@@ -53,7 +53,7 @@ def reseeded_runs(answers: pd.DataFrame, tokens: pd.DataFrame, config, reseeds: 
             without_columns(answers[answers["item_id"].isin(chosen)], MANIFEST_COLUMNS),
             dataclasses.replace(config, cluster_seed=seed),
         )
-        raised += bool(len(result.flags)) and bool((result.flags["rule"] == STRATEGY_RULE).any())
+        raised += bool(len(result.flags)) and bool((result.flag_table["rule"] == STRATEGY_RULE).any())
         clusters_per_class.append(result.clusters.groupby("answer_class")["cluster"].nunique())
     per_class = pd.concat(clusters_per_class, axis=1)
     return {

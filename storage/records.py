@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from vocabulary.names import COHORT_SCOPE, FLAG_SCOPES, REGION_NAMES, RULE_TITLES, TARGET_KINDS
+from vocabulary.names import COHORT_SCOPE, FLAG_SCOPES, REGION_NAMES, TARGET_KINDS
 
 STAGES = ("manifest", "image", "generate", "explain", "write")
 ANSWER_STATUSES = ("ok", "error")
@@ -342,9 +342,7 @@ class FlagRecord(Record):
         allowed=FLAG_SCOPES,
         default=COHORT_SCOPE,
     )
-    rule: str = column(
-        _STRING, "the rule (`vocabulary.names.RULE_TITLES` lists them with their titles)", default=""
-    )
+    rule: str = column(_STRING, "the rule (`auditing.rules.RULES` lists them with their titles)", default="")
     method: str = column(
         _STRING,
         "the method whose maps raised it; `<method> (faithfulness sample)` for the sample's maps",
@@ -368,10 +366,6 @@ class FlagRecord(Record):
     ci_high: float | None = column(_F64, "high end of that CI")
     n_items: int | None = column(pa.int32(), "items behind the flag")
     message: str | None = column(_STRING, "the finding in words, with the numbers")
-
-    @property
-    def title(self) -> str:
-        return RULE_TITLES.get(self.rule, self.rule)
 
 
 @dataclass(frozen=True)

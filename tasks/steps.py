@@ -20,7 +20,7 @@ from prefect.tasks import exponential_backoff
 from auditing import AggregateConfig
 from auditing import aggregate_run as audit_aggregate_run
 from auditing import build_report as audit_build_report
-from auditing.report.summary import FLAG_FIELDS, flag_records, plain, run_markdown
+from auditing.report.summary import FLAG_FIELDS, plain, run_markdown
 from storage import FlagRecord, Manifest, join_uri, read_manifest, write_run
 from tasks import cache, ledger
 from tasks.config import AuditConfig
@@ -95,7 +95,7 @@ def aggregate_run(config: AuditConfig, run_id: str) -> list[FlagRecord]:
         endpoint_url=config.endpoint_url,
     )
     get_run_logger().info("run %s: %d flags raised", run_id, len(result.flags))
-    return flag_records(result.flags)
+    return result.flags
 
 
 def artifact_key(run_id: str) -> str:

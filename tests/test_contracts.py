@@ -1,14 +1,17 @@
 """One definition per output row and per name: docs/outputs.md lists exactly the records' fields, the
-schemas come from the records, and rule, region and target-kind names are written only in vocabulary.names."""
+schemas come from the records, region and target-kind names are written only in vocabulary.names, and
+each rule's names only in its own rule module."""
 
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
+from auditing.rules import RULES
 from storage import RECORDS, RunRecord, table_schema
 from vocabulary import names
 from vocabulary.regions import standard_regions
@@ -63,13 +66,18 @@ def test_every_method_of_the_registry_is_named():
     assert {*REFERENCE_METHODS, IMAGE_REFERENCE} == set(names.REFERENCE_NAMES)
 
 
-# the names no module but vocabulary/names.py may spell out, the explainer's included. Rule and
-# region names are nothing else; target kinds and scopes ("answer", "cohort") are also column names,
-# so those count where a value is compared or built ('== "answer"', "IN ('answer'", 'f"word-{'), not
-# where they name a column, a CSS class or a page anchor.
+# the names no module but vocabulary/names.py may spell out, the explainer's included. Region names are
+# nothing else; target kinds and scopes ("answer", "cohort") are also column names, so those count where
+# a value is compared or built ('== "answer"', "IN ('answer'", 'f"word-{'), not where they name a
+# column, a CSS class or a page anchor. A rule's names are written only in its own rule module.
 CHECKED = ("explainer", "storage", "auditing", "tasks", "flows", "vocabulary")
-ANYWHERE = (*names.RULE_TITLES, *names.REGION_NAMES)
+NAMES_MODULE = ROOT / "vocabulary" / "names.py"
+ANYWHERE = names.REGION_NAMES
 AS_VALUES = (*names.TARGET_KINDS, *names.FLAG_SCOPES)
+RULE_MODULES = {
+    Path(sys.modules[type(rule).__module__].__file__).resolve(): tuple(name.name for name in rule.names)
+    for rule in RULES
+}
 
 
 def _pattern() -> re.Pattern:
@@ -84,15 +92,30 @@ def _pattern() -> re.Pattern:
     )
 
 
-def test_no_rule_region_target_kind_or_scope_is_written_as_a_literal_outside_the_names_module():
-    literal = _pattern()
+def _quoted(words) -> re.Pattern:
+    return re.compile(rf"""["'](?:{"|".join(map(re.escape, words))})["']""")
+
+
+def _literals(allowed: dict[Path, re.Pattern]) -> list[str]:
+    """Lines of the checked packages that write a name as a literal outside the file allowed to."""
     found = []
     for package in CHECKED:
         for path in sorted((ROOT / package).rglob("*")):
-            if path.suffix not in (".py", ".sql", ".j2") or path == ROOT / "vocabulary" / "names.py":
+            if path.suffix not in (".py", ".sql", ".j2"):
                 continue
+            patterns = [pattern for owner, pattern in allowed.items() if owner != path.resolve()]
             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
                 code = line.split("#", 1)[0] if path.suffix == ".py" else line.split("--", 1)[0]
-                if literal.search(code):
+                if any(pattern.search(code) for pattern in patterns):
                     found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    return found
+
+
+def test_no_region_target_kind_or_scope_is_written_as_a_literal_outside_the_names_module():
+    found = _literals({NAMES_MODULE.resolve(): _pattern()})
     assert not found, "names written out instead of taken from vocabulary.names:\n" + "\n".join(found)
+
+
+def test_no_rule_name_is_written_as_a_literal_outside_its_rule_module():
+    found = _literals({module: _quoted(rule_names) for module, rule_names in RULE_MODULES.items()})
+    assert not found, "rule names written out instead of taken from their rule module:\n" + "\n".join(found)

@@ -1,8 +1,8 @@
-"""The names every layer shares: regions, target kinds, methods, flag scopes and rules.
+"""The names every layer shares: regions, target kinds, methods and flag scopes.
 
 One source: the explainer's methods and regions, storage's schemas, auditing's rules, the report and
-the SQL views take these names from here, so a new region, rule or method is named once. A leaf
-module: it imports nothing.
+the SQL views take these names from here, so a new region or method is named once. A leaf module: it
+imports nothing. Rule names and titles live with their rules (`auditing.rules`).
 """
 
 from __future__ import annotations
@@ -82,26 +82,3 @@ ATTENTION_PATHS = ("auto", "eager", "blockwise")
 ITEM_SCOPE, COHORT_SCOPE, CLUSTER_SCOPE = "item", "cohort", "cluster"
 FLAG_SCOPES = (COHORT_SCOPE, CLUSTER_SCOPE, ITEM_SCOPE)
 MODEL_SCOPES = (COHORT_SCOPE, CLUSTER_SCOPE)
-
-BORDER_SHARE_RULE = f"{BORDER}_share_above_baseline"
-CORNERS_SHARE_RULE = f"{CORNERS}_share_above_baseline"
-ROI_RULE = "roi_hit_rate_low"
-OFF_ANATOMY_RULE = "off_anatomy"
-UNTRUSTWORTHY_RULE = "explanations_not_trustworthy"
-RELOCATED_RULE = "evidence_relocated"
-PRIOR_RULE = "change_ignores_prior"
-STRATEGY_RULE = "strategy_cluster"
-TRUST_RULES = (UNTRUSTWORTHY_RULE, RELOCATED_RULE)
-SHARE_RULES = {BORDER: BORDER_SHARE_RULE, CORNERS: CORNERS_SHARE_RULE}
-# every rule with its plain-language title (the report shows both: a clinician reads the title, an
-# engineer greps for the rule)
-RULE_TITLES = {
-    BORDER_SHARE_RULE: "Looks at the image border",
-    CORNERS_SHARE_RULE: "Looks at the image corners (markers, burned-in tags)",
-    ROI_RULE: "Misses the marked region of interest",
-    OFF_ANATOMY_RULE: "Looks outside the lungs",
-    UNTRUSTWORTHY_RULE: "Heatmaps not trustworthy",
-    RELOCATED_RULE: "Evidence moved by the vision tower",
-    PRIOR_RULE: "Answers about change barely look at the prior",
-    STRATEGY_RULE: "A cluster of answers rests on the same wrong place",
-}

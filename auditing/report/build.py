@@ -30,7 +30,7 @@ from auditing.report.figures import (
     mean_image,
     region_bars_svg,
 )
-from auditing.report.findings import findings, flag_records, flag_rows, verdict_box
+from auditing.report.findings import findings, flag_rows, rule_rows, verdict_box
 from auditing.report.gallery import gallery
 from auditing.report.sections import (
     cohort_name,
@@ -42,7 +42,7 @@ from auditing.report.sections import (
     trust_tables,
 )
 from auditing.report.strategies import strategy_sections
-from storage import join_key, open_store
+from storage import FlagRecord, join_key, open_store
 from vocabulary.names import ANSWER, COHORT_SCOPE, REGION_LABELS
 
 __all__ = ["RunNotFound", "build_report", "report_key"]
@@ -61,7 +61,7 @@ def chosen_classes(tables: RunTables) -> list[str]:
     """'answer' and up to MAX_FINDING_CLASSES finding words: flagged ones first, then the most explained."""
     stats = tables.stats
     whole = stats[stats["grouping"] == "all"]
-    flagged = set(tables.flags["target_class"].dropna()) if not tables.flags.empty else set()
+    flagged = {flag.target_class for flag in tables.flags if flag.target_class is not None}
     words = whole[whole["target_class"] != ANSWER]
     words = words.assign(flagged=words["target_class"].isin(flagged)).sort_values(
         ["flagged", "n_targets", "target_class"], ascending=[False, False, True]
@@ -73,8 +73,7 @@ def chosen_classes(tables: RunTables) -> list[str]:
 def chosen_cohorts(tables: RunTables) -> tuple[list[tuple[str, str]], int]:
     """(grouping, cohort) pairs to draw, the whole run first, flagged ones next; and how many were left out."""
     keys = list(dict.fromkeys(zip(tables.stats["grouping"], tables.stats["cohort"], strict=True)))
-    flags = tables.flags[tables.flags["scope"] == COHORT_SCOPE] if not tables.flags.empty else tables.flags
-    flagged = set(zip(flags["grouping"], flags["cohort"], strict=True)) if not flags.empty else set()
+    flagged = {(flag.grouping, flag.cohort) for flag in cohort_flags(tables)}
     ordered = sorted(keys, key=lambda key: (key[0] != "all", key not in flagged))
     return ordered[:MAX_COHORTS], max(0, len(ordered) - MAX_COHORTS)
 
@@ -95,13 +94,26 @@ def region_bars(tables: RunTables, grouping: str, cohort: str, target: str) -> l
 
 
 def matching(frame: pd.DataFrame, grouping: str, cohort: str, target: str | None = None) -> pd.DataFrame:
-    """Rows of a cohort table (or of flags) for one cohort, and one target class when given."""
+    """Rows of a cohort table for one cohort, and one target class when given."""
     if frame.empty:
         return frame
     mask = (frame["grouping"] == grouping) & (frame["cohort"] == cohort)
     if target is not None:
         mask &= frame["target_class"] == target
     return frame[mask]
+
+
+def cohort_flags(
+    tables: RunTables, grouping: str | None = None, cohort: str | None = None, target: str | None = None
+) -> list[FlagRecord]:
+    """The run's cohort flags: all of them, or one cohort's, and one target class's when given."""
+    return [
+        flag
+        for flag in tables.flags
+        if flag.scope == COHORT_SCOPE
+        and (grouping is None or (flag.grouping, flag.cohort) == (grouping, cohort))
+        and (target is None or flag.target_class == target)
+    ]
 
 
 @dataclass(frozen=True)
@@ -182,7 +194,6 @@ def cohort_panel(
     row = match.iloc[0]
     cell_map = np.asarray(row["mean_map"], dtype=np.float32).reshape(int(row["grid_h"]), int(row["grid_w"]))
     title = f"Where the model looked for '{target}' in {cohort_name(grouping, cohort)}"
-    flags = tables.flags[tables.flags["scope"] == COHORT_SCOPE] if not tables.flags.empty else tables.flags
     bars = region_bars(tables, grouping, cohort, target)
     return {
         "target_class": target,
@@ -191,7 +202,7 @@ def cohort_panel(
         "heatmap": sink.add(name, heatmap(cell_map, background, vmax=scales.heat_max[target])),
         "scale_max": pct(scales.heat_max[target], 1),
         "bars": Markup(region_bars_svg(bars, title=title, axis_max=scales.bar_axis)),
-        "flagged": not matching(flags, grouping, cohort, target).empty,
+        "flagged": bool(cohort_flags(tables, grouping, cohort, target)),
     }
 
 
@@ -201,7 +212,6 @@ def cohort_sections(
     """Per cohort: its findings, and per target class a heatmap over the cohort's mean image and region
     bars, on the scales all cohorts share."""
     sections = []
-    flags = tables.flags[tables.flags["scope"] == COHORT_SCOPE] if not tables.flags.empty else tables.flags
     cohorts = chosen_cohorts(tables)[0]
     scales = family_scales(tables, cohorts, classes)
     for index, (grouping, cohort) in enumerate(cohorts):
@@ -228,7 +238,7 @@ def cohort_sections(
                 "cohort": cohort,
                 "n_items": panels[0]["n_items"] if panels else len(members),
                 "background": background,
-                "flags": findings(flag_records(matching(flags, grouping, cohort)))[1],
+                "flags": findings(cohort_flags(tables, grouping, cohort))[1],
                 "panels": panels,
             }
         )
@@ -267,6 +277,7 @@ def build_report(out_uri: str, run_id: str, *, endpoint_url: str | None = None) 
         "timings": timing_rows((tables.run or {}).get("timings") or {}),
         "errors": error_rows(tables.errors),
         "flags": flag_rows(tables.flags),
+        "rules": rule_rows(tables.flags, tables.thresholds),
         "cohorts": cohorts,
         "verdict": verdict_box(tables.flags, {(c["grouping"], c["cohort"]): c["anchor"] for c in cohorts}),
         "cohorts_left_out": chosen_cohorts(tables)[1] if classes else 0,

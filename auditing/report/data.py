@@ -15,6 +15,7 @@ from auditing.recorded import recorded_thresholds
 from auditing.report.figures import HEATMAP_SIZE, THUMBNAIL_SIZE, thumbnail
 from storage import (
     DEFAULT_MAX_IMAGE_BYTES,
+    FlagRecord,
     InputScope,
     ObjectNotFound,
     ObjectStore,
@@ -43,7 +44,7 @@ class RunTables:
     errors: pd.DataFrame
     stats: pd.DataFrame  # cohort_stats
     regions: pd.DataFrame  # cohort_regions
-    flags: pd.DataFrame
+    flags: list[FlagRecord]  # the flags table's rows, in the order the aggregation wrote them
     trust: pd.DataFrame  # cohort_trust
     studies: pd.DataFrame  # cohort_studies
     clusters: pd.DataFrame  # every whole-answer map's strategy cluster
@@ -52,6 +53,11 @@ class RunTables:
 
 def _read(store: ObjectStore, table: str, run_id: str) -> pd.DataFrame:
     return read_table(store, table, run_id=run_id).to_pandas()
+
+
+def flag_records(flags: pd.DataFrame) -> list[FlagRecord]:
+    """The flags table's rows as `FlagRecord`s (NaN read as None; `auditing.rules.rule_title` words the rule)."""
+    return [FlagRecord.from_row(row) for row in flags.to_dict("records")]
 
 
 def load_run(store: ObjectStore, run_id: str) -> RunTables:
@@ -79,7 +85,7 @@ def load_run(store: ObjectStore, run_id: str) -> RunTables:
         errors=_read(store, "errors", run_id),
         stats=stats,
         regions=regions,
-        flags=flags,
+        flags=flag_records(flags),
         trust=trust,
         studies=_read(store, "cohort_studies", run_id),
         clusters=_read(store, "clusters", run_id),

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import pandas as pd
-
+from auditing.flags import FlagThresholds, part_rows
 from auditing.report.sections import cohort_name, num, pct
+from auditing.rules import RULES, rule_title
 from storage import FlagRecord
 from vocabulary.names import FLAG_SCOPES, ITEM_SCOPE
 
@@ -34,14 +34,9 @@ ITEM_FLAG_ROWS = 50  # item-level flags listed in the table; the flags table hol
 NOT_RAISED = "–"
 
 
-def flag_records(flags: pd.DataFrame) -> list[FlagRecord]:
-    """The flags table's rows as `FlagRecord`s (NaN read as None; the title in words is `.title`)."""
-    return [FlagRecord.from_row(row) for row in flags.to_dict("records")]
-
-
 def plain(flag: FlagRecord) -> dict[str, Any]:
     """A flag as JSON-ready fields with its title (Prefect's table artifact and events)."""
-    return {"title": flag.title, **flag.to_row()}
+    return {"title": rule_title(flag.rule), **part_rows([flag])[0]}
 
 
 def verdict(flags: Sequence[FlagRecord]) -> str:
@@ -101,7 +96,7 @@ def findings(records: Sequence[FlagRecord]) -> tuple[list[str], list[Finding]]:
     grouped: dict[tuple, Finding] = {}
     for flag in (record for record in records if record.scope != ITEM_SCOPE):
         key = (flag.rule, flag.grouping, flag.cohort, flag.target_class)
-        finding = grouped.setdefault(key, Finding(flag.rule, flag.title, *key[1:]))
+        finding = grouped.setdefault(key, Finding(flag.rule, rule_title(flag.rule), *key[1:]))
         method = str(flag.method)
         finding.evidence.setdefault(method, []).append(_metric_label(flag.metric) + evidence(flag))
         finding.messages.append((method, str(flag.message)))
@@ -111,7 +106,7 @@ def findings(records: Sequence[FlagRecord]) -> tuple[list[str], list[Finding]]:
 
 def _item_row(flag: FlagRecord) -> dict[str, Any]:
     return {
-        "title": flag.title,
+        "title": rule_title(flag.rule),
         "rule": flag.rule,
         "method": flag.method,
         "where": f"item {flag.item_id}",
@@ -121,13 +116,12 @@ def _item_row(flag: FlagRecord) -> dict[str, Any]:
     }
 
 
-def flag_rows(flags: pd.DataFrame) -> dict[str, Any]:
+def flag_rows(flags: Sequence[FlagRecord]) -> dict[str, Any]:
     """The flags table: cohort findings (one row each, a column per method), item flag rows (capped at
     ITEM_FLAG_ROWS), item flag counts per rule title, and how many item flags the table leaves out."""
-    records = flag_records(flags)
-    methods, cohort = findings(records)
-    items = [record for record in records if record.scope == ITEM_SCOPE]
-    counts = Counter(record.title for record in items)
+    methods, cohort = findings(flags)
+    items = [flag for flag in flags if flag.scope == ITEM_SCOPE]
+    counts = Counter(rule_title(flag.rule) for flag in items)
     return {
         "methods": methods,
         "cohort": [{"finding": finding, "cells": finding.cells(methods)} for finding in cohort],
@@ -137,12 +131,11 @@ def flag_rows(flags: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def verdict_box(flags: pd.DataFrame, anchors: dict[tuple[str, str], str]) -> dict[str, Any]:
+def verdict_box(flags: Sequence[FlagRecord], anchors: dict[tuple[str, str], str]) -> dict[str, Any]:
     """The report's first words: one sentence for the run, then one row per finding with a tick under
     each method that raised it, linked to its cohort section (`anchors`: (grouping, cohort) → id) or
     to the flags table."""
-    records = flag_records(flags)
-    methods, cohort = findings(records)
+    methods, cohort = findings(flags)
     rows = [
         {
             "sentence": f"{finding.where}: {finding.title.lower()} ('{finding.target_class}').",
@@ -151,4 +144,16 @@ def verdict_box(flags: pd.DataFrame, anchors: dict[tuple[str, str], str]) -> dic
         }
         for finding in cohort
     ]
-    return {"sentence": verdict(records), "methods": methods, "rows": rows}
+    return {"sentence": verdict(flags), "methods": methods, "rows": rows}
+
+
+def rule_rows(flags: Sequence[FlagRecord], thresholds: FlagThresholds | None) -> list[dict[str, Any]]:
+    """The rules that raised the run's flags, in registry order: the titles and names they raised and
+    what they flag, with the thresholds the aggregation recorded (none without an aggregation)."""
+    raised = {flag.rule for flag in flags}
+    rows = []
+    for rule in RULES if thresholds is not None else ():
+        names = [(name.title, name.name) for name in rule.names if name.name in raised]
+        if names:
+            rows.append({"names": names, "sentence": rule.describe(thresholds)})
+    return rows

@@ -14,8 +14,9 @@ from auditing.report.data import ImageReader, RunTables, cohort_members
 from auditing.report.figures import ImageSink, thumbnail
 from auditing.report.question import answer_text_relevance, item_question
 from auditing.report.sections import cohort_name
+from auditing.rules import rule_title
 from storage import ObjectStore, StorageError
-from vocabulary.names import ANSWER, COHORT_SCOPE, ITEM_SCOPE, RULE_TITLES, TOKEN, WORD
+from vocabulary.names import ANSWER, COHORT_SCOPE, ITEM_SCOPE, TOKEN, WORD
 
 MAX_GALLERY_ITEMS = 12
 MAX_OVERLAYS_PER_ITEM = 6
@@ -29,18 +30,21 @@ def _interleave(*sequences: list[str]) -> list[str]:
 def gallery_choice(tables: RunTables) -> list[tuple[str, list[str]]]:
     """(item id, reasons) of flagged items and of items in flagged cohorts, alternating, capped."""
     flags = tables.flags
-    if flags.empty:
+    if not flags:
         return []
     reasons: dict[str, list[str]] = {}
     item_ids = []
-    for flag in flags[flags["scope"] == ITEM_SCOPE].itertuples():
-        reasons.setdefault(flag.item_id, []).append(flag.message)
-        item_ids.append(flag.item_id)
+    for flag in flags:
+        if flag.scope == ITEM_SCOPE:
+            reasons.setdefault(flag.item_id, []).append(flag.message)
+            item_ids.append(flag.item_id)
+    rules_by_cohort: dict[tuple, list[str]] = {}  # (grouping, cohort) → its rules, in the order raised
+    for flag in flags:
+        if flag.scope == COHORT_SCOPE:
+            rules_by_cohort.setdefault((flag.grouping, flag.cohort), []).append(flag.rule)
     member_lists = []
-    for (grouping, cohort), rows in flags[flags["scope"] == COHORT_SCOPE].groupby(
-        ["grouping", "cohort"], sort=False
-    ):
-        titles = ", ".join(dict.fromkeys(RULE_TITLES.get(rule, rule) for rule in rows["rule"]))
+    for (grouping, cohort), rules in rules_by_cohort.items():
+        titles = ", ".join(dict.fromkeys(rule_title(rule) for rule in rules))
         members = list(cohort_members(tables.ok_answers, grouping, cohort)["item_id"])
         for item_id in members:
             reasons.setdefault(item_id, []).append(

@@ -12,22 +12,16 @@ from typing import Any
 
 import pandas as pd
 
+from auditing.evidence import is_number
 from auditing.flags import FlagThresholds
 from auditing.report.data import RunTables
-from vocabulary.names import (
-    OCCLUSION,
-    PRIOR_RULE,
-    REFERENCE_NAMES,
-    RELOCATED_RULE,
-    TRUST_RULES,
-)
+from auditing.rules import rules_marking
+from auditing.rules.trust import Standing, trust_standing
+from vocabulary.names import IMAGE_REFERENCE, OCCLUSION, REFERENCE_NAMES
 
-LOW_RANK_CORRELATION = 0.3  # below it the trust row says why the ranks do not decide
-RANDOMIZATION_DOUBT = 0.5  # maps this similar after scrambling the model barely depend on it (Adebayo et al.)
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+# below it the trust row's sentence says why the ranks do not decide (wording only: the verdict rests on
+# the peak, never on the ranks)
+LOW_RANK_CORRELATION = 0.3
 
 
 def pct(value: Any, digits: int = 0) -> str:
@@ -214,21 +208,24 @@ def _ranks(row: pd.Series, reference: str) -> str:
 
 
 def trust_verdict(row: pd.Series, flag_rule: str | None, thresholds: FlagThresholds) -> TrustVerdict:
-    """The plain-language verdict of one cohort × method × reference trust row, derived from its numbers."""
+    """The plain-language verdict of one cohort × method × reference trust row: its standing as the trust
+    rule decides it (`auditing.rules.trust.trust_standing`) from the flag the aggregation raised on it
+    (`flag_rule`), the row and the thresholds the aggregation recorded, in words."""
     reference = REFERENCE_NAMES[row.get("reference") or OCCLUSION]
     # what the reference removes at a time: a whole image (studies) or a region of one
     part, removed = (
-        ("image", "image") if row.get("reference") == "image_occlusion" else ("image region", "region")
+        ("image", "image") if row.get("reference") == IMAGE_REFERENCE else ("image region", "region")
     )
     min_items, rate = thresholds.min_items, pct(thresholds.trust_peak_rate)
-    if row["method"] == "pixel_occlusion":
+    standing = trust_standing(row, flag_rule, thresholds)
+    if standing is Standing.REFERENCE:
         return TrustVerdict(
             "Reference: pixel occlusion itself (token occlusion is checked against it)",
             "neutral",
             "Pixel occlusion reruns the whole model on the image with a region removed, so it sees the "
             "evidence wherever the model keeps it; the other maps are checked against it.",
         )
-    if flag_rule == RELOCATED_RULE:
+    if standing is Standing.RELOCATED:
         return TrustVerdict(
             "Evidence relocated: the vision tower moves it, so no map taken at the language model shows "
             "where it is in the image",
@@ -236,22 +233,22 @@ def trust_verdict(row: pd.Series, flag_rule: str | None, thresholds: FlagThresho
             f"{_agreement(row, reference)}: even removing image tokens at the language model misses where "
             "removing pixels changes the answer.",
         )
-    if flag_rule is not None:
+    if standing is Standing.NOT_TRUSTWORTHY:
         return TrustVerdict(
             f"Not trustworthy: its peak misses the {reference} evidence",
             "bad",
             f"{_agreement(row, reference)}; even the interval's upper end is below the {rate} a trustworthy "
             "map needs.",
         )
-    if not is_number(row["n_items"]) or row["n_items"] < min_items:
+    if standing is Standing.TOO_FEW:
         return TrustVerdict(
             f"Too few sampled items to judge (fewer than {min_items})",
             "neutral",
             f"{_count(row['n_items'])} items of this cohort were sampled; at least {min_items} are needed for "
             "an interval worth reading.",
         )
-    checkable = row.get("n_checkable", row["n_items"])  # tables aggregated before it existed: all
-    if is_number(checkable) and checkable < min_items:
+    if standing is Standing.NOT_CHECKABLE:
+        checkable = row.get("n_checkable", row["n_items"])
         return TrustVerdict(
             f"Not checkable: in fewer than {min_items} items does one {part} change the answer, "
             f"so {reference} has no evidence to compare with",
@@ -260,8 +257,8 @@ def trust_verdict(row: pd.Series, flag_rule: str | None, thresholds: FlagThresho
             f"answer's score by at least {thresholds.trust_min_reference_drop} logits; at least {min_items} "
             "are needed.",
         )
-    low = row.get("peak_in_evidence_ci_low")
-    if is_number(low) and low < thresholds.trust_peak_rate:
+    if standing is Standing.UNDECIDED:
+        low = row.get("peak_in_evidence_ci_low")
         return TrustVerdict(
             f"Undecided: the 95% interval of its agreement ({pct(low)}–{pct(row['peak_in_evidence_ci_high'])}) "
             f"includes {rate}; sample more items",
@@ -269,13 +266,13 @@ def trust_verdict(row: pd.Series, flag_rule: str | None, thresholds: FlagThresho
             f"{_agreement(row, reference)}; the interval reaches below {rate}, so more sampled items are "
             "needed to tell.",
         )
-    randomization = row.get("randomization_spearman")
-    if is_number(randomization) and randomization >= RANDOMIZATION_DOUBT:
+    if standing is Standing.DOUBTFUL:
         return TrustVerdict(
             "Doubtful: the map barely changes when the model is scrambled",
             "warn",
             f"{_agreement(row, reference)}, but maps from a model with scrambled top layers are still "
-            f"{num(randomization)} rank-correlated with it, so it depends little on what the model learned.",
+            f"{num(row.get('randomization_spearman'))} rank-correlated with it, so it depends little on what "
+            "the model learned.",
         )
     return TrustVerdict(
         f"Trustworthy: agrees with {reference}",
@@ -289,10 +286,12 @@ def trust_tables(tables: RunTables, classes: list[str]) -> list[dict[str, Any]]:
     trust, flags, thresholds = tables.trust, tables.flags, tables.thresholds
     if trust.empty or thresholds is None:
         return []
-    raised: dict[tuple, str] = {}
-    if not flags.empty:
-        for flag in flags[flags["rule"].isin(TRUST_RULES)].itertuples(index=False):
-            raised[(flag.grouping, flag.cohort, flag.target_class, flag.method, flag.metric)] = flag.rule
+    marking = rules_marking("cohort_trust")
+    raised = {
+        (flag.grouping, flag.cohort, flag.target_class, flag.method, flag.metric): flag.rule
+        for flag in flags
+        if flag.rule in marking
+    }
     result = []
     for target in [c for c in classes if c in set(trust["target_class"])]:
         rows = []
@@ -337,10 +336,10 @@ def study_rows(tables: RunTables) -> dict[str, list[dict[str, Any]]]:
     studies = tables.studies
     if studies.empty:
         return {"volumes": [], "longitudinal": []}
-    flagged = set()
-    if not tables.flags.empty:
-        raised = tables.flags[tables.flags["rule"] == PRIOR_RULE]
-        flagged = set(zip(raised["grouping"], raised["cohort"], raised["target_class"], strict=True))
+    marking = rules_marking("cohort_studies")
+    flagged = {
+        (flag.grouping, flag.cohort, flag.target_class) for flag in tables.flags if flag.rule in marking
+    }
     volumes, longitudinal = [], []
     for row in studies.itertuples(index=False):
         where = {"cohort": cohort_name(row.grouping, row.cohort), "target_class": row.target_class}

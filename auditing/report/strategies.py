@@ -11,8 +11,9 @@ from PIL import Image, UnidentifiedImageError
 from auditing.report.data import RunTables
 from auditing.report.figures import ImageSink, thumbnail
 from auditing.report.gallery import overlay_label, stored_overlays
+from auditing.rules import rule_title, rules_marking
 from storage import ObjectStore, StorageError, cluster_map_key, join_key, overlay_folder
-from vocabulary.names import CLUSTER_SCOPE, RULE_TITLES, STRATEGY_RULE
+from vocabulary.names import CLUSTER_SCOPE
 
 MEMBERS_SHOWN = 4  # member overlays per flagged cluster
 
@@ -25,13 +26,12 @@ def _image(store: ObjectStore, key: str) -> Image.Image | None:
 
 
 def strategy_sections(tables: RunTables, store: ObjectStore, sink: ImageSink) -> list[dict[str, Any]]:
-    """One entry per `strategy_cluster` flag, strongest first as the aggregation wrote them."""
-    flags = tables.flags
-    if flags.empty:
-        return []
-    raised = flags[(flags["scope"] == CLUSTER_SCOPE) & (flags["rule"] == STRATEGY_RULE)]
+    """One entry per flag of a rule that marks clusters (`strategy_cluster`), strongest first as the
+    aggregation wrote them."""
+    marking = rules_marking("clusters")
+    raised = [flag for flag in tables.flags if flag.scope == CLUSTER_SCOPE and flag.rule in marking]
     sections = []
-    for flag in raised.itertuples(index=False):
+    for flag in raised:
         cluster = int(flag.cohort)
         members = tables.clusters.loc[tables.clusters["cluster"] == cluster, "item_id"].tolist()
         mean_map = _image(store, cluster_map_key(tables.run_id, cluster))
@@ -50,7 +50,7 @@ def strategy_sections(tables: RunTables, store: ObjectStore, sink: ImageSink) ->
                 break
         sections.append(
             {
-                "title": RULE_TITLES[STRATEGY_RULE],
+                "title": rule_title(flag.rule),
                 "cluster": cluster,
                 "answer_class": flag.target_class,
                 "n_items": len(members),

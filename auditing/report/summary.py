@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from auditing.report.findings import FLAG_FIELDS, findings, flag_records, plain, verdict
+from auditing.report.data import flag_records
+from auditing.report.findings import FLAG_FIELDS, findings, plain, verdict
 from storage import FlagRecord
 from vocabulary.names import ITEM_SCOPE
 

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 
 from auditing import aggregate
-from auditing.flags import FlagThresholds, shortcut_flags
+from auditing.flags import FlagThresholds, RaisedFlag
+from auditing.rules import RuleInputs, shortcut_shares
 from storage import to_arrow
 from tests.auditing.synthetic import GRID, faithfulness_rows, synthetic_run, token_row
 from tests.auditing.test_statistics import CONFIG, tables
@@ -39,7 +40,7 @@ def test_near_uniform_maps_are_not_flagged_for_sitting_on_the_border():
         ("east", "answer", "border")
     ]
     assert east["cohort_mean"] > 0.35 and east["rest_mean"] < 0.01 and east["p_above"] < 1e-6
-    assert "border_share_above_baseline" not in set(result.flags["rule"])  # 40% is what uniform gives
+    assert "border_share_above_baseline" not in set(result.flag_table["rule"])  # 40% is what uniform gives
 
 
 def test_flat_maps_carry_no_evidence_and_are_left_out_of_the_share_rules():
@@ -54,14 +55,14 @@ def test_flat_maps_carry_no_evidence_and_are_left_out_of_the_share_rules():
         (result.items["item_id"].str.startswith("east")) & (result.items["target_class"] == "answer")
     ]
     assert (east["entropy"] >= CONFIG.thresholds.flat_entropy).all()
-    assert "border_share_above_baseline" not in set(result.flags["rule"])
+    assert "border_share_above_baseline" not in set(result.flag_table["rule"])
     # with the flatness rule off, the same maps would raise the flag: the rule is what keeps it quiet
     loose = CONFIG.__class__(
         group_by=CONFIG.group_by,
         stats=CONFIG.stats,
         thresholds=FlagThresholds(flat_entropy=1.01, share_ratio=0.1),
     )
-    assert "border_share_above_baseline" in set(aggregate(tokens, answers, loose).flags["rule"])
+    assert "border_share_above_baseline" in set(aggregate(tokens, answers, loose).flag_table["rule"])
 
 
 def test_sampled_items_whose_references_found_no_evidence_are_left_out_of_the_share_rules():
@@ -77,9 +78,9 @@ def test_sampled_items_whose_references_found_no_evidence_are_left_out_of_the_sh
     def answer_rules(flags: pd.DataFrame) -> set[str]:
         return set(flags.loc[flags["target_class"] == "answer", "rule"])
 
-    flags = aggregate(tokens, answers, CONFIG, faithfulness).flags
+    flags = aggregate(tokens, answers, CONFIG, faithfulness).flag_table
     assert "border_share_above_baseline" not in answer_rules(flags)  # nothing to say where they looked
-    assert "border_share_above_baseline" in answer_rules(aggregate(tokens, answers, CONFIG).flags)
+    assert "border_share_above_baseline" in answer_rules(aggregate(tokens, answers, CONFIG).flag_table)
     # the word target 'nodule' was not in the sample: its rule still speaks
     assert "border_share_above_baseline" in set(flags.loc[flags["target_class"] == "nodule", "rule"])
 
@@ -92,6 +93,13 @@ def _comparison(cohort: str, p_above: float, *, cohort_mean: float = 0.6, metric
     }  # fmt: skip
 
 
+def shortcut_flags(
+    comparisons: pd.DataFrame, thresholds: FlagThresholds, uniform: dict[str, float]
+) -> list[RaisedFlag]:
+    inputs = RuleInputs(method="chefer", share_comparisons=comparisons, uniform_shares=uniform)
+    return shortcut_shares.RULE.evaluate(inputs, thresholds)
+
+
 def test_one_false_discovery_control_over_every_share_test_of_the_run():
     uniform = {"border": 0.4375, "corners": 0.111}
     alone = pd.DataFrame([_comparison("a", 0.02)])
@@ -101,7 +109,7 @@ def test_one_false_discovery_control_over_every_share_test_of_the_run():
     assert shortcut_flags(family, FlagThresholds(), uniform) == []
     strong = pd.DataFrame([_comparison("a", 1e-5)] + [_comparison(f"n{k}", 0.5 + k / 100) for k in range(19)])
     [flag] = shortcut_flags(strong, FlagThresholds(), uniform)
-    assert flag["cohort"] == "a" and "q 0.0002 over the run's 20 share tests" in flag["message"]
+    assert flag.cohort == "a" and "q 0.0002 over the run's 20 share tests" in flag.message
     # a share that is no more than 1.5× what a uniform map puts there is not flagged, however significant
     weak = pd.DataFrame([_comparison("a", 1e-9, cohort_mean=0.6, metric="border")])
     assert shortcut_flags(weak, FlagThresholds(), uniform) == []

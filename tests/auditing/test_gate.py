@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from auditing import AggregateConfig, StatsConfig, aggregate
-from auditing.flags import asserts_absence
 from auditing.gate import gate
+from auditing.rules.off_anatomy import OFF_ANATOMY_RULE, asserts_absence
 from storage import FlagRecord
 from tests.auditing.synthetic import GRID, answer_row, lung_map, token_row
 from tests.auditing.test_statistics import tables
-from vocabulary.names import CLUSTER_SCOPE, COHORT_SCOPE, ITEM_SCOPE, OFF_ANATOMY_RULE
+from vocabulary.names import CLUSTER_SCOPE, COHORT_SCOPE, ITEM_SCOPE
 
 
 def _flags(model: int, items: int) -> list[FlagRecord]:
@@ -77,7 +77,7 @@ def test_off_anatomy_leaves_diffuse_answers_of_absence_alone_but_not_those_that_
             answers.append(answer_row(item, "east", answer=answer))
             tokens.append(token_row(item, make_map(rng)))
     answers, tokens = tables(answers, tokens)
-    flags = aggregate(tokens, answers, AggregateConfig(stats=StatsConfig(resamples=50))).flags
+    flags = aggregate(tokens, answers, AggregateConfig(stats=StatsConfig(resamples=50))).flag_table
     off = flags[flags["rule"] == OFF_ANATOMY_RULE]
     flagged = {item.rsplit("-", 1)[0] for item in off["item_id"]}
     # a diffuse "yes" holds about 59% in the lungs of an 8×8 grid: above 35%, not flagged either

@@ -60,7 +60,7 @@ def test_cohort_statistics_have_known_values():
 
 def test_a_cohort_looking_at_the_border_is_flagged_and_the_others_are_not():
     answers, tokens = tables(*synthetic_run())
-    flags = aggregate(tokens, answers, CONFIG).flags
+    flags = aggregate(tokens, answers, CONFIG).flag_table
     border = flags[flags["rule"] == "border_share_above_baseline"]
     assert set(border["cohort"]) == {"east"} and set(border["target_class"]) == {"answer", "nodule"}
     row = border[border["target_class"] == "answer"].iloc[0]
@@ -74,7 +74,7 @@ def test_a_cohort_looking_at_the_border_is_flagged_and_the_others_are_not():
 
 def test_no_flags_when_every_site_looks_at_the_lungs():
     answers, tokens = tables(*synthetic_run(border_site="none"))
-    flags = aggregate(tokens, answers, CONFIG).flags
+    flags = aggregate(tokens, answers, CONFIG).flag_table
     assert flags.empty
 
 
@@ -114,15 +114,15 @@ def _sample(tokens: pd.DataFrame) -> pd.DataFrame:
 def test_trust_flags_come_from_agreement_with_each_references_evidence_set():
     answers, tokens = tables(*synthetic_run())
     result = aggregate(tokens, answers, CONFIG, _sample(tokens))
-    trust = result.flags[result.flags["rule"] == "explanations_not_trustworthy"]
+    trust = result.flag_table[result.flag_table["rule"] == "explanations_not_trustworthy"]
     assert set(zip(trust["grouping"], trust["cohort"], trust["metric"], strict=True)) == {
         ("site", "east", "peak_in_occlusion_evidence"),
         ("site", "east", "peak_in_pixel_occlusion_evidence"),
     }  # chefer looks at the border at site east, where neither reference finds evidence
     assert set(trust["method"]) == {"chefer"} and "not trustworthy" in trust["message"].iloc[0]
     assert (trust["ci_high"] < 0.5).all() and "95% CI 0%–16%" in trust["message"].iloc[0]  # 0 of 20
-    assert "evidence_relocated" not in set(result.flags["rule"])  # the references agree
-    by_method = result.flags[result.flags["rule"] == "border_share_above_baseline"]["method"]
+    assert "evidence_relocated" not in set(result.flag_table["rule"])  # the references agree
+    by_method = result.flag_table[result.flag_table["rule"] == "border_share_above_baseline"]["method"]
     assert "chefer (faithfulness sample)" in set(by_method)
     assert "occlusion (faithfulness sample)" not in set(by_method)
     summary = result.trust.set_index(["grouping", "cohort", "target_class", "method", "reference"])
@@ -149,7 +149,7 @@ def test_items_whose_reference_has_no_evidence_are_not_counted_for_trust():
         index=faithfulness.index[east],
     )
     result = aggregate(tokens, answers, CONFIG, faithfulness)
-    assert "explanations_not_trustworthy" not in set(result.flags["rule"])
+    assert "explanations_not_trustworthy" not in set(result.flag_table["rule"])
     summary = result.trust.set_index(["grouping", "cohort", "target_class", "method", "reference"])
     east, north = (
         summary.loc[("site", "east", "answer", "chefer", "occlusion")],
@@ -167,7 +167,7 @@ def test_aggregate_without_groupings_gives_the_whole_run():
     result = aggregate(tokens, answers, AggregateConfig(stats=StatsConfig(resamples=100)))
     assert set(result.cohort_stats["grouping"]) == {"all"} and result.comparisons.empty
     # without a site column, the east site's border maps are still found: as a strategy cluster
-    assert set(result.flags["rule"]) == {"off_anatomy", "strategy_cluster"}
-    [cluster] = result.flags.loc[result.flags["rule"] == "strategy_cluster", "cohort"].astype(int)
+    assert set(result.flag_table["rule"]) == {"off_anatomy", "strategy_cluster"}
+    [cluster] = result.flag_table.loc[result.flag_table["rule"] == "strategy_cluster", "cohort"].astype(int)
     members = result.clusters.loc[result.clusters["cluster"] == cluster, "item_id"]
     assert set(members) == {f"east-{i}" for i in range(20)}

@@ -8,21 +8,20 @@ import pytest
 
 from auditing.aggregate import uniform_shares
 from auditing.cohorts import item_level
-from auditing.flags import FlagThresholds
+from auditing.flags import FlagThresholds, RaisedFlag
 from auditing.load import join_targets
+from auditing.rules.strategy_cluster import STRATEGY_GROUPING, STRATEGY_RULE, strategy_cluster_flags
 from auditing.strategies import (
     CLUSTER_COLUMNS,
-    STRATEGY_GROUPING,
     cluster_maps,
     cluster_mean_maps,
     map_features,
-    strategy_cluster_flags,
     strategy_clusters,
 )
 from auditing.strategy_items import strategy_items
 from storage import to_arrow
 from tests.auditing.synthetic import GRID, answer_row, token_row
-from vocabulary.names import CLUSTER_SCOPE, CORNERS, LUNG_ZONES, SHORTCUT_REGIONS, STRATEGY_RULE
+from vocabulary.names import CLUSTER_SCOPE, CORNERS, LUNG_ZONES, SHORTCUT_REGIONS
 from vocabulary.regions import standard_regions
 
 RESAMPLES = 200
@@ -78,7 +77,7 @@ def honest_run(seed: int) -> pd.DataFrame:
     )
 
 
-def flags_of(items: pd.DataFrame, clusters: pd.DataFrame) -> list[dict]:
+def flags_of(items: pd.DataFrame, clusters: pd.DataFrame) -> list[RaisedFlag]:
     return strategy_cluster_flags(
         items, clusters, FlagThresholds(), uniform_shares(items), "chefer", resamples=RESAMPLES
     )
@@ -100,15 +99,15 @@ def test_a_corner_tag_strategy_is_one_cluster_and_is_flagged():
     assert clusters[["embedding_x", "embedding_y"]].notna().all().all()
 
     [flag] = flags_of(items, clusters)
-    assert (flag["scope"], flag["rule"], flag["grouping"]) == (
+    assert (flag.scope, flag.rule, flag.grouping) == (
         CLUSTER_SCOPE,
         STRATEGY_RULE,
         STRATEGY_GROUPING,
     )
-    assert flag["cohort"] == str(corner_cluster) and flag["target_class"] == "yes"
-    assert flag["metric"] == f"{CORNERS}_share" and flag["value"] >= 1.5 * flag["baseline"]
-    assert SHORTCUT_REGIONS[CORNERS] in flag["message"]
-    assert f"{in_cluster.sum()} of 120 'yes' answers" in flag["message"]
+    assert flag.cohort == str(corner_cluster) and flag.target_class == "yes"
+    assert flag.metric == f"{CORNERS}_share" and flag.value >= 1.5 * flag.baseline
+    assert SHORTCUT_REGIONS[CORNERS] in flag.message
+    assert f"{in_cluster.sum()} of 120 'yes' answers" in flag.message
 
     means = cluster_mean_maps(items, clusters).set_index("cluster")
     mean_map = means.loc[corner_cluster, "mean_map"].reshape(16, 16)
@@ -181,9 +180,9 @@ def test_off_the_lungs_is_measured_against_what_a_uniform_map_puts_there(outside
     uniform = {name: float(weights.mean()) for name, weights in standard_regions((16, 16)).items()}
     assert 1 - sum(uniform[zone] for zone in LUNG_ZONES) == pytest.approx(0.407, abs=1e-3)
     flags = strategy_cluster_flags(items, clusters, FlagThresholds(), uniform, "chefer", resamples=RESAMPLES)
-    assert [flag["metric"] for flag in flags] == (["outside_lungs_share"] if flagged else [])
+    assert [flag.metric for flag in flags] == (["outside_lungs_share"] if flagged else [])
     if flagged:
-        assert "outside the lungs" in flags[0]["message"] and flags[0]["n_items"] == 15
+        assert "outside the lungs" in flags[0].message and flags[0].n_items == 15
 
 
 def test_separate_parts_of_the_graph_are_never_lumped_together_whatever_their_number():

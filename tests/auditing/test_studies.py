@@ -48,7 +48,7 @@ def _longitudinal(prior_share_of, n=8):
 def test_answers_about_change_that_barely_look_at_the_prior_are_flagged():
     answers, tokens = _longitudinal({"north": 0.01, "south": 0.4, "east": 0.45})
     result = aggregate(tokens, answers, CONFIG)
-    flags = result.flags[result.flags["rule"] == "change_ignores_prior"]
+    flags = result.flag_table[result.flag_table["rule"] == "change_ignores_prior"]
     assert list(zip(flags["grouping"], flags["cohort"], strict=True)) == [("site", "north")]
     [north] = result.studies[(result.studies["cohort"] == "north")].itertuples()
     assert north.n_barely_prior == 8 and north.barely_prior_ci_low > 0.5
@@ -57,9 +57,9 @@ def test_answers_about_change_that_barely_look_at_the_prior_are_flagged():
 
 def test_looking_at_both_images_or_too_few_items_raise_no_prior_flag():
     answers, tokens = _longitudinal({"north": 0.3, "south": 0.5})
-    assert not (aggregate(tokens, answers, CONFIG).flags["rule"] == "change_ignores_prior").any()
+    assert not (aggregate(tokens, answers, CONFIG).flag_table["rule"] == "change_ignores_prior").any()
     answers, tokens = _longitudinal({"north": 0.01}, n=3)  # below min_items
-    assert not (aggregate(tokens, answers, CONFIG).flags["rule"] == "change_ignores_prior").any()
+    assert not (aggregate(tokens, answers, CONFIG).flag_table["rule"] == "change_ignores_prior").any()
 
 
 def test_single_image_runs_have_no_study_rows():
@@ -70,7 +70,7 @@ def test_single_image_runs_have_no_study_rows():
 
 def test_whole_run_flags_name_the_whole_run_not_all_equals_all():
     answers, tokens = _longitudinal({"north": 0.01, "south": 0.02})
-    flags = aggregate(tokens, answers, CONFIG).flags
+    flags = aggregate(tokens, answers, CONFIG).flag_table
     whole = flags[(flags["rule"] == "change_ignores_prior") & (flags["grouping"] == "all")]
     assert len(whole) == 1 and "the whole run" in whole["message"].iloc[0]
     assert not flags["message"].str.contains("all=all").any()
@@ -130,7 +130,7 @@ def test_study_maps_are_checked_slice_by_slice_against_image_occlusion():
         and trust.loc["south", "peak_in_evidence_rate"] == 0.0
     )
     assert trust.loc["north", "evidence_mass_mean"] == pytest.approx(0.9, abs=1e-6)
-    flagged = result.flags[result.flags["rule"] == "explanations_not_trustworthy"]
+    flagged = result.flag_table[result.flag_table["rule"] == "explanations_not_trustworthy"]
     assert set(flagged["cohort"]) == {"south"} and set(flagged["metric"]) == {
         "peak_in_image_occlusion_evidence"
     }

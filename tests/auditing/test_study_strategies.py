@@ -10,10 +10,10 @@ import pytest
 from auditing import AggregateConfig, StatsConfig, aggregate
 from auditing.cohorts import item_level
 from auditing.load import join_targets
+from auditing.rules.strategy_cluster import STRATEGY_RULE
 from auditing.strategy_items import IMAGE, OUTSIDE_BODY_SHARE, STUDY, UNIFORM_OUTSIDE_BODY, strategy_items
 from storage import PROFILE_BINS, to_arrow
 from tests.auditing.synthetic import GRID, answer_row, lung_map, token_row
-from vocabulary.names import STRATEGY_RULE
 
 N_SLICES = 9
 BODY_OUTSIDE = 0.4  # a slice with anatomy: the share of its cells outside the body
@@ -115,7 +115,7 @@ def test_studies_resting_off_the_body_are_one_cluster_and_flagged(seed):
     cluster = clusters.loc[shortcut, "cluster"].mode()[0]
     inside = clusters["cluster"] == cluster
     assert (shortcut & inside).sum() / inside.sum() >= 0.9 and (shortcut & inside).sum() / 25 >= 0.9
-    [flag] = [flag for flag in result.flags.itertuples() if flag.rule == STRATEGY_RULE]
+    [flag] = [flag for flag in result.flag_table.itertuples() if flag.rule == STRATEGY_RULE]
     assert flag.cohort == str(cluster) and flag.metric == f"{OUTSIDE_BODY_SHARE.removeprefix('share_')}_share"
     assert flag.value > 0.5 and flag.baseline < 0.15
     assert "outside the body" in flag.message and "'yes' answers on studies" in flag.message
@@ -132,8 +132,8 @@ def test_honest_studies_raise_no_strategy_flag(seed):
     answers, tokens = study_run(seed)
     result = aggregate(tokens, answers, CONFIG)
     assert len(result.clusters) == 130
-    assert result.flags.empty or not (result.flags["rule"] == STRATEGY_RULE).any()
-    unreferenced = aggregate(tokens.assign(outside_body_cells=0.0), answers, CONFIG).flags
+    assert result.flag_table.empty or not (result.flag_table["rule"] == STRATEGY_RULE).any()
+    unreferenced = aggregate(tokens.assign(outside_body_cells=0.0), answers, CONFIG).flag_table
     assert unreferenced.loc[unreferenced["rule"] == STRATEGY_RULE, "target_class"].tolist() == ["no"]
 
 
@@ -141,7 +141,7 @@ def test_outside_the_body_is_untested_without_the_uniform_reference():
     """Tokens written before `outside_body_cells` was recorded (read as null): a diffuse map would pass
     for off-body."""
     answers, tokens = study_run(seed=0, off_body=25)
-    flags = aggregate(tokens.assign(outside_body_cells=None), answers, CONFIG).flags
+    flags = aggregate(tokens.assign(outside_body_cells=None), answers, CONFIG).flag_table
     assert flags.empty or not (flags["rule"] == STRATEGY_RULE).any()
 
 

@@ -11,11 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from auditing.rules.strategy_cluster import STRATEGY_RULE
 from flows import cli
 from phantom import MODEL_PATH, SHORTCUT_MODEL_PATH
 from phantom.demo import write_demo_dataset
 from storage import read_table
-from vocabulary.names import CLUSTER_SCOPE, STRATEGY_RULE
+from vocabulary.names import CLUSTER_SCOPE
 
 pytestmark = pytest.mark.integration
 SEED = 24_800  # held out: training < 10,000, reports 20,000, benches 21,000-24,700

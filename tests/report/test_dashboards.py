@@ -15,6 +15,7 @@ import pytest
 
 from auditing import aggregate_run
 from auditing.dashboards import RUNS_COLUMNS, create_views, view_blocks
+from auditing.rules import RULE_TITLES
 from flows import cli
 from storage import (
     REGION_NAMES,
@@ -27,7 +28,6 @@ from storage import (
 )
 from tests.auditing.synthetic import answer_row, study_item, token_row
 from tests.report.fixtures import CONFIG, write_synthetic_run
-from vocabulary.names import RULE_TITLES
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs" / "dashboards.md"
@@ -126,7 +126,7 @@ def test_flags_per_run(two_runs):
     assert counted[("r1", "explanations_not_trustworthy", "chefer")] == 2  # east: against both references
     assert ("r2", "explanations_not_trustworthy", "chefer") not in counted
     for run, result in results.items():
-        expected = result.flags.groupby(["rule", "method"]).size()
+        expected = result.flag_table.groupby(["rule", "method"]).size()
         assert {
             (rule, method): n for (r, rule, method), n in counted.items() if r == run
         } == expected.to_dict()
@@ -521,7 +521,7 @@ def test_flag_counts_have_a_zero_row_for_every_rule_a_run_did_not_raise(schedule
         assert set(per_rule) == set(RULE_TITLES), run  # the known rules, zero-filled
         raised = {"w4": {}, "s1": {"change_ignores_prior": 1}}.get(run)
         if raised is None:
-            raised = results[run].flags.groupby("rule").size().to_dict()
+            raised = results[run].flag_table.groupby("rule").size().to_dict()
         assert {rule: n for rule, n in per_rule.items() if n} == raised, run
     assert {(rule, n) for r, rule, n, _ in counts if r == "w3"} == {(rule, 0) for rule in RULE_TITLES}
     assert {(run, aggregated) for run, _, _, aggregated in counts} == {

@@ -15,10 +15,10 @@ from auditing.report import RunNotFound, build_report
 from auditing.report.data import ImageReader
 from auditing.report.gallery import MAX_GALLERY_ITEMS, overlay_label
 from auditing.report.sections import timing_rows, trust_verdict
+from auditing.rules.off_anatomy import OFF_ANATOMY_RULE
 from storage import open_store, write_part
 from tests.report.fixtures import phantom_png, write_synthetic_run
 from tests.report.pages import parse_page, squash
-from vocabulary.names import OFF_ANATOMY_RULE
 
 
 def test_report_names_the_run_its_cohorts_and_a_how_to_read_note(built_report):
@@ -200,7 +200,7 @@ def test_the_report_shows_the_flags_and_thresholds_the_aggregation_recorded(tmp_
         stats=StatsConfig(resamples=100),
         thresholds=FlagThresholds(off_anatomy_lung_share=0.0, trust_min_reference_drop=0.25),
     )
-    written = aggregate_run(str(tmp_path), "r1", strict).flags
+    written = aggregate_run(str(tmp_path), "r1", strict).flag_table
     assert OFF_ANATOMY_RULE not in set(written["rule"])  # a threshold no map falls below
     text = parse_page(Path(build_report(str(tmp_path), "r1")).read_text(encoding="utf-8")).text
     assert all(message in text for message in written["message"])
