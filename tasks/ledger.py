@@ -94,8 +94,9 @@ def plan_run(
         check_compatible(previous, config, fingerprint, run_id)
     n_shards = len(shard(manifest.items, config.shard_size))
     attempt = (previous or {}).get("attempt", 0) + 1
-    rows = [record.to_row() for record in manifest.errors]
-    write_part(store, "errors", run_id, MANIFEST_PART, rows or table_schema("errors").empty_table())
+    write_part(
+        store, "errors", run_id, MANIFEST_PART, manifest.errors or table_schema("errors").empty_table()
+    )
     record = run_record(
         run_id,
         config,
