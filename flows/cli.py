@@ -211,11 +211,9 @@ def _run_flow(
 
 def _audit_hook(name: str, args: argparse.Namespace) -> int:
     """`vlm-audit aggregate` / `report` / `views`: from the Parquet outputs alone."""
-    from pydantic import TypeAdapter
-
-    from auditing import AggregateConfig, aggregate_run, build_report
+    from auditing import aggregate_run, build_report
     from auditing.dashboards import describe_views, write_views
-    from tasks.config import Findings, Groupings
+    from tasks.config import DEFAULT_FINDINGS, aggregate_config
 
     endpoint_url = getattr(args, "endpoint_url", None)
     if name == "views":
@@ -225,12 +223,7 @@ def _audit_hook(name: str, args: argparse.Namespace) -> int:
         group_by = getattr(args, "group_by", None)
         if group_by is None:  # the run's own grouping, as its audit stored it in run.json
             group_by = stored_grouping(args.out, args.run_id, endpoint_url)
-        config = AggregateConfig(
-            group_by=TypeAdapter(Groupings).validate_python(group_by),
-            findings=TypeAdapter(Findings).validate_python(
-                getattr(args, "findings", AuditConfig.model_fields["findings"].default)
-            ),
-        )
+        config = aggregate_config(group_by, getattr(args, "findings", DEFAULT_FINDINGS))
         result = aggregate_run(args.out, args.run_id, config, endpoint_url=endpoint_url)
         print(f"run {args.run_id}: {len(result.cohort_stats)} cohort rows, {len(result.flags)} flags")
         for message in result.flags["message"]:

@@ -11,9 +11,17 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
-from auditing import DEFAULT_FINDINGS
+from auditing import DEFAULT_FINDINGS, AggregateConfig
 from auditing.gate import FailOn
 from storage import (
     DEFAULT_MAX_IMAGE_BYTES,
@@ -252,6 +260,10 @@ class AuditConfig(BaseModel):
         identity["allowed_inputs"] = sorted(self.allowed_inputs)
         return identity
 
+    def aggregate_config(self) -> AggregateConfig:
+        """What the run's aggregation groups by and which answer words are findings."""
+        return aggregate_config(self.group_by, self.findings)
+
     def input_scope(self) -> InputScope:
         """Where this run reads the manifest's images and masks from, and how large they may be."""
         return InputScope(self.manifest, self.allowed_inputs, self.max_image_bytes)
@@ -259,6 +271,19 @@ class AuditConfig(BaseModel):
     def explainer_targets(self) -> str | list[str]:
         """The `targets` argument of `Explainer.explain` for this policy."""
         return list(self.findings) if self.targets == "findings" else self.targets
+
+
+def aggregate_config(group_by: Any = (), findings: Any = DEFAULT_FINDINGS) -> AggregateConfig:
+    """`auditing.AggregateConfig` of a grouping and a findings vocabulary, parsed as `AuditConfig` parses
+    its `group_by` and `findings` (comma-separated strings too): the one place run settings become it.
+
+    >>> aggregate_config("site,site+scanner").group_by
+    ('site', 'site+scanner')
+    """
+    return AggregateConfig(
+        group_by=TypeAdapter(Groupings).validate_python(group_by),
+        findings=TypeAdapter(Findings).validate_python(findings),
+    )
 
 
 IDENTITY_FIELDS = tuple(

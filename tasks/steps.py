@@ -16,7 +16,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.tasks import exponential_backoff
 
-from auditing import AggregateConfig
 from auditing import aggregate_run as audit_aggregate_run
 from auditing import build_report as audit_build_report
 from auditing.report.summary import FLAG_FIELDS, flag_records, plain, run_markdown
@@ -87,7 +86,7 @@ def aggregate_run(config: AuditConfig, run_id: str) -> list[FlagRecord]:
     result = audit_aggregate_run(
         config.out,
         run_id,
-        AggregateConfig(group_by=config.group_by, findings=config.findings),
+        config.aggregate_config(),
         endpoint_url=config.endpoint_url,
     )
     get_run_logger().info("run %s: %d flags raised", run_id, len(result.flags))
