@@ -79,7 +79,7 @@ def audit_control(control: str, n: int, seed: int, work: Path) -> dict:
         overlays="none", max_new_tokens=8, faithfulness_sample=n, report=False,
     )  # fmt: skip
     started = time.perf_counter()
-    run_id = audit(config)["run_id"]
+    run_id = audit(config).run_id
     seconds = time.perf_counter() - started
     read = lambda table: read_table(str(out), table, run_id=run_id).to_pandas()  # noqa: E731
     answers, sample, trust, flags = read("answers"), read("faithfulness"), read("cohort_trust"), read("flags")

@@ -65,7 +65,7 @@ def audit_outputs(manifest: Path, out: Path, model: Path) -> tuple[pd.DataFrame,
         max_new_tokens=8,
         aggregate=False,
     )
-    run_id = audit(config)["run_id"]
+    run_id = audit(config).run_id
     answers = read_table(str(out), "answers", run_id=run_id).to_pandas().assign(run_id=run_id)
     tokens = read_table(str(out), "tokens", run_id=run_id).to_pandas().assign(run_id=run_id)
     return answers, tokens

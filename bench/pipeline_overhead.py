@@ -83,7 +83,7 @@ def flow_run(manifest: str, out: str, model: str, args: argparse.Namespace) -> d
     )
     started = time.perf_counter()
     result = audit(config)
-    return {"seconds": time.perf_counter() - started, "counts": result["counts"]}
+    return {"seconds": time.perf_counter() - started, "counts": result.counts}
 
 
 def rss_child(args: argparse.Namespace) -> None:

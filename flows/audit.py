@@ -13,10 +13,9 @@ it keeps loaded (`flows.runners.LOCAL_SHARD_THREADS`), or on Dask (`dask={"addre
 
 from __future__ import annotations
 
-import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
-from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.context import get_run_context
@@ -24,15 +23,13 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
-from auditing.gate import gate
-from auditing.report.summary import verdict
 from flows.runners import task_resources, task_runner_for
-from tasks import cache, ledger, steps
+from tasks import cache, steps
 from tasks.config import AuditConfig, DaskSettings
 from tasks.lock import run_lock
 from tasks.preflight import check_run
+from tasks.run_summary import RunStart, RunSummary, run_context
 from tasks.shards import ItemDeferred, ShardFailure, ShardJob, ShardSummary, sampled_item_ids
-from vocabulary.names import ITEM_SCOPE
 
 
 class ShardsFailed(RuntimeError):
@@ -41,20 +38,20 @@ class ShardsFailed(RuntimeError):
 
 class NothingAnswered(RuntimeError):
     """The run completed and no item was answered (every item and row failed): the message gives the
-    counts, the error types and the first error; `outputs` is the run's summary."""
+    counts, the error types and the first error; `summary` is the run's summary."""
 
-    def __init__(self, message: str, outputs: dict[str, Any]) -> None:
+    def __init__(self, message: str, summary: RunSummary) -> None:
         super().__init__(message)
-        self.outputs = outputs
+        self.summary = summary
 
 
 class AuditFlagged(RuntimeError):
-    """The run completed and its gate (`fail_on_flags`, `max_item_flag_rate`) failed; `outputs` is
+    """The run completed and its gate (`fail_on_flags`, `max_item_flag_rate`) failed; `summary` is
     the run's summary, as a passing run returns it."""
 
-    def __init__(self, message: str, outputs: dict[str, Any]) -> None:
+    def __init__(self, message: str, summary: RunSummary) -> None:
         super().__init__(message)
-        self.outputs = outputs
+        self.summary = summary
 
 
 def run_shards(
@@ -135,13 +132,14 @@ def audit(
     run_id: str | None = None,
     dask: DaskSettings | None = None,
     progress: bool = False,
-) -> dict[str, Any]:
-    """Audit every item of a manifest; returns the run's summary (run id, counts, where outputs are).
+) -> RunSummary:
+    """Audit every item of a manifest; returns the run's summary (`tasks.run_summary.RunSummary`: run
+    id, counts, timings, where the outputs are, the verdict and the gate).
 
     Raises `ManifestError` (e.g. a missing required column), a storage error (e.g. wrong
     credentials, an unwritable output root) or `RunLocked` (another process computes this run id)
     before anything is written; `ShardsFailed` after run.json when shards did not commit;
-    `AuditFlagged` (the summary in its `outputs`) when the run's gate failed, its state "Flagged";
+    `AuditFlagged` (the summary in its `summary`) when the run's gate failed, its state "Flagged";
     `NothingAnswered` when every item failed, its state "NothingAnswered".
 
     Args:
@@ -154,158 +152,74 @@ def audit(
         progress: show a progress bar over shards on the terminal.
     """
     logger = get_run_logger()
-    started, started_at = time.perf_counter(), ledger.now_iso()
+    started = RunStart.now()
     parsed = steps.load_manifest(config)
     # before anything runs: the cohort columns exist, the model is there (nothing downloads unasked)
-    inputs = check_run(config, parsed, run_id)
+    checked = check_run(config, parsed, run_id)
     config, run_id, fingerprint, audited = (
-        inputs.config,
-        inputs.run_id,
-        inputs.fingerprint,
-        inputs.audited,
+        checked.config,
+        checked.run_id,
+        checked.fingerprint,
+        checked.audited,
     )
-    if inputs.groupings_from != "settings":
+    context = run_context(checked, parsed, dask, str(get_run_context().flow_run.id))
+    if context.groupings_from != "settings":
         logger.warning(
             "no group_by given: cohorts by %s",
             ", ".join(config.group_by)
             if config.group_by
             else "nothing (no metadata column with 2-12 values); only whole-run statistics",
         )
-    extra = {
-        "dask": dask.describe() if dask else None,
-        "flow_run_id": str(get_run_context().flow_run.id),
-        "groupings_from": inputs.groupings_from,
-    }
-    if inputs.outside.items:  # said once here; each such item also becomes an error row
-        logger.warning("%s", inputs.outside.describe(len(audited.items)))
-    if audited is not parsed:
-        extra["selection"] = {"limit": config.limit, "sample": config.sample, "of_items": len(parsed.items)}
+    if checked.outside.items:  # said once here; each such item also becomes an error row
+        logger.warning("%s", checked.outside.describe(len(audited.items)))
+    if context.selection:
         logger.warning("a first look: %d of the manifest's %d items", len(audited.items), len(parsed.items))
     # one process at a time per run id: a second run of the same manifest and settings is refused
     with run_lock(
         cache.output_store(config.out, config.endpoint_url, config.region),
         run_id,
-        flow_run_id=extra["flow_run_id"],
+        flow_run_id=context.flow_run_id,
     ):
-        plan = steps.plan_run(config, run_id, audited, fingerprint, extra)
+        plan = steps.plan_run(config, run_id, audited, fingerprint, context)
         cache.remember_manifest(parsed, fingerprint)  # in-process shards reuse it instead of reading it again
         logger.info(
             "run %s: %d items, %d manifest errors, %d shards (%d done before, %d to do)",
             run_id, len(audited.items), len(parsed.errors), plan.n_shards, len(plan.done), len(plan.pending),
         )  # fmt: skip
-        checked = sorted(
+        checked_items = sorted(
             sampled_item_ids(
                 (item.item_id for item in audited.items), config.faithfulness_sample, seed=run_id
             )
         )
-        summaries = []
+        shards = []
         if plan.pending and dask is not None:  # a subflow, because only a flow can choose its task runner
-            summaries = explain_shards.with_options(task_runner=task_runner_for(dask))(
-                config, run_id, fingerprint, plan.pending, dask=dask, progress=progress, checked_items=checked
-            )
+            shards = explain_shards.with_options(task_runner=task_runner_for(dask))(
+                config, run_id, fingerprint, plan.pending, dask=dask, progress=progress,
+                checked_items=checked_items,
+            )  # fmt: skip
         elif plan.pending:  # this flow's runner: shard threads sharing the model this process keeps
-            summaries = run_shards(
-                config, run_id, fingerprint, plan.pending, progress=progress, checked_items=checked
+            shards = run_shards(
+                config, run_id, fingerprint, plan.pending, progress=progress, checked_items=checked_items
             )
-        failed = [summary for summary in summaries if isinstance(summary, ShardFailure)]
-        done = [summary for summary in summaries if isinstance(summary, ShardSummary)]
-        counts = ledger.run_counts(audited, plan, steps.count_outputs(config, run_id), done, failed)
-        timings = _timings(done, time.perf_counter() - started)
-        revision = next((summary.model_revision for summary in done if summary.model_revision), None)
-        record = ledger.run_record(
-            run_id,
-            config,
-            audited,
-            fingerprint,
-            status="failed" if failed else "completed",
-            attempt=plan.attempt,
-            started_at=started_at,
-            counts=counts,
-            timings=timings,
-            model_revision=revision,
-            finished_at=ledger.now_iso(),
-            workers=ledger.worker_report(done),
-            errors_of_failed_shards=[failure.error for failure in failed][:20],
-            **extra,
-        )
-        run_json = steps.write_run_json(config, run_id, record)
-        if failed:
+        summary = steps.record_attempt(config, plan, audited, context, started, shards)
+        if summary.shard_failures:
             raise ShardsFailed(
-                f"{len(failed)} of {plan.n_shards} shards of run {run_id} did not commit (first: {failed[0].error}); "
-                "rerun with the same run id to redo only those"
+                f"{len(summary.shard_failures)} of {plan.n_shards} shards of run {run_id} did not commit "
+                f"(first: {summary.shard_failures[0]}); rerun with the same run id to redo only those"
             )
-        outputs = {
-            "run_id": run_id,
-            "out": config.out,
-            "group_by": list(config.group_by),
-            "groupings_from": inputs.groupings_from,
-            "selection": extra.get("selection"),
-            "outside_inputs": inputs.outside,
-            "run_json": run_json,
-            "counts": counts,
-            "timings": timings,
-        }
-        if counts["ok"] == 0 and counts["items"] + counts["manifest_errors"] > 0:
-            # aggregated and reported all the same: the report tabulates the failures
-            if config.aggregate:
-                steps.aggregate_run(config, run_id)
-                if config.report:
-                    outputs["report"] = steps.build_report(config, run_id)
-            message = steps.describe_failures(config, run_id, counts)
-            return Failed(name="NothingAnswered", message=message, data=NothingAnswered(message, outputs))
+        summary = replace(summary, outside_inputs=checked.outside)
+        if config.aggregate:  # a run without answers too: its report tabulates the failures
+            flags = steps.aggregate_run(config, run_id)
+            summary = steps.judge_run(summary, flags, config)
+            if config.report:
+                summary = replace(summary, report=steps.build_report(config, run_id))
+            steps.publish_results(summary, flags)
+        if summary.nothing_answered:
+            message = steps.describe_failures(config, run_id, summary.counts)
+            return Failed(name="NothingAnswered", message=message, data=NothingAnswered(message, summary))
         if not config.aggregate:
-            return Completed(message="completed; cohort statistics and flags not computed", data=outputs)
-        flags = steps.aggregate_run(config, run_id)
-        outcome = gate(flags, counts["ok"], config.fail_on_flags, config.max_item_flag_rate)
-        outputs |= {
-            "flags": len(flags),
-            "verdict": verdict(flags),
-            "cohort_flags": [flag for flag in flags if flag.scope != ITEM_SCOPE],
-            "gate": outcome,
-        }
-        if config.report:
-            outputs["report"] = steps.build_report(config, run_id)
-        steps.publish_results(config, run_id, flags, counts, outputs.get("report"))
-        if outcome.failed:  # a Failed run that automations see; the CLI reads the summary from it
-            message = f"{outputs['verdict']} Gate failed: {outcome.reason}."
-            return Failed(name="Flagged", message=message, data=AuditFlagged(message, outputs))
-        return Completed(message=outputs["verdict"], data=outputs)  # the flow run's state says the verdict
-
-
-def _timings(
-    summaries: list[ShardSummary], total_seconds: float, *, now: float | None = None
-) -> dict[str, float]:
-    """Seconds of this attempt, from the flow's start to run.json (`total_seconds`, wall clock).
-
-    Wall-clock parts of the total, from the shards' wall-clock start and end (`now`: time.time()
-    at the call): `before_shards_seconds` (manifest, pre-flight, planning, scheduling, until the first
-    shard starts), `shards_wall_seconds` (first shard start to last shard end), `after_shards_seconds`
-    (counting outputs); clamped so that they never exceed the total (remote workers' clocks may
-    differ), the rest is not attributed. The stage figures are sums over shards, so over `workers`
-    processes in parallel they can exceed `shards_wall_seconds`; so can `shard_seconds`, their sum.
-    """
-    now = time.time() if now is None else now
-    items = sum(summary.items for summary in summaries)
-    timings = {
-        "total_seconds": round(total_seconds, 3),
-        "model_load_seconds": round(sum(s.model_load_seconds for s in summaries), 3),
-        "generate_seconds": round(sum(s.generate_seconds for s in summaries), 3),
-        "explain_seconds": round(sum(s.explain_seconds for s in summaries), 3),
-        "faithfulness_seconds": round(sum(s.faithfulness_seconds for s in summaries), 3),
-        "write_seconds": round(sum(s.write_seconds for s in summaries), 3),
-        "shard_seconds": round(sum(s.seconds for s in summaries), 3),
-        "items_per_second": round(items / total_seconds, 4) if total_seconds > 0 else 0.0,
-    }
-    if not summaries:
-        return timings
-    flow_started = now - total_seconds
-    first, last = min(s.started_at for s in summaries), max(s.finished_at for s in summaries)
-    before = min(max(first - flow_started, 0.0), total_seconds)
-    shards = min(max(last - first, 0.0), total_seconds - before)
-    after = min(max(now - last, 0.0), total_seconds - before - shards)
-    return timings | {
-        "before_shards_seconds": round(before, 3),
-        "shards_wall_seconds": round(shards, 3),
-        "after_shards_seconds": round(after, 3),
-        "workers": len({(s.worker.host, s.worker.pid) for s in summaries}),
-    }
+            return Completed(message="completed; cohort statistics and flags not computed", data=summary)
+        if summary.gate.failed:  # a Failed run that automations see; the CLI reads the summary from it
+            message = f"{summary.verdict} Gate failed: {summary.gate.reason}."
+            return Failed(name="Flagged", message=message, data=AuditFlagged(message, summary))
+        return Completed(message=summary.verdict, data=summary)  # the flow run's state says the verdict

@@ -15,7 +15,6 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -23,6 +22,7 @@ from auditing.gate import FAIL_ON_CHOICES
 from flows import api_watch
 from flows.options import add_field_options, given_fields, settings_error
 from tasks.config import AuditConfig, DaskSettings
+from tasks.run_summary import RunSummary
 
 EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE, EXIT_FLAGGED, EXIT_API_LOST = 0, 1, 2, 3, 4
 # every AuditConfig field is an option of `run` and `demo`, but for the manifest (positional, or the
@@ -110,46 +110,45 @@ def dask_settings(args: argparse.Namespace) -> DaskSettings | None:
     return DaskSettings(**given) if given else None
 
 
-def format_summary(result: dict[str, Any]) -> str:
+def format_summary(summary: RunSummary) -> str:
     """Counts and where the outputs are, for the terminal."""
     from storage import join_uri
 
-    counts, run_id, out = result["counts"], result["run_id"], result["out"]
+    counts, run_id, out = summary.counts, summary.run_id, summary.out
     where = lambda table: join_uri(out, table, f"run_id={run_id}")  # noqa: E731
     lines = [
         f"run {run_id}: {counts['items']} items ({counts['ok']} ok, {counts['failed']} failed), "
         f"{counts['targets']} token rows, {counts['errors']} error rows "
         f"({counts['manifest_errors']} from the manifest); {counts['shards_skipped']} of {counts['shards']} "
-        f"shards were already done; {result['timings']['total_seconds']:.1f} s",
+        f"shards were already done; {summary.timings['total_seconds']:.1f} s",
         f"  answers   {where('answers')}/*.parquet",
         f"  tokens    {where('tokens')}/*.parquet",
         f"  errors    {where('errors')}/*.parquet",
         f"  overlays  {where('overlays')}/<item_id>/<target>.png",
-        f"  run.json  {result['run_json']}",
+        f"  run.json  {summary.run_json}",
         f"  report    {where('report')}/index.html (vlm-audit report {out} {run_id})",
     ]
-    if result.get("selection"):
-        selection = result["selection"]
+    if summary.selection:
+        selection = summary.selection
         how = (
             f"the first {selection['limit']}"
             if selection["limit"]
             else f"a random sample of {selection['sample']}"
         )
         lines.append(f"a first look: {how} of the manifest's {selection['of_items']} items")
-    if result.get("outside_inputs") and result["outside_inputs"].items:
-        lines.append(result["outside_inputs"].describe(counts["items"]))
-    if "group_by" in result:
-        lines.append(
-            f"cohorts by {', '.join(result['group_by']) or 'nothing: whole-run statistics only'} "
-            f"({result['groupings_from']})"
-        )
-    if "verdict" in result:
-        lines.append(result["verdict"])
+    if summary.outside_inputs and summary.outside_inputs.items:
+        lines.append(summary.outside_inputs.describe(counts["items"]))
+    lines.append(
+        f"cohorts by {', '.join(summary.group_by) or 'nothing: whole-run statistics only'} "
+        f"({summary.groupings_from})"
+    )
+    if summary.verdict is not None:
+        lines.append(summary.verdict)
         lines += [
             f"  FLAG {flag.rule} [{flag.method}] {flag.grouping}={flag.cohort}, '{flag.target_class}'"
-            for flag in result["cohort_flags"]
+            for flag in summary.cohort_flags
         ]
-        gate = result["gate"]
+        gate = summary.gate
         if gate.item_flags:
             lines.append(
                 f"{gate.item_flags} item flags on {gate.flagged_items} of {gate.audited_items} answered items "
@@ -195,7 +194,7 @@ def _prefect_api() -> Iterator[None]:
 
 def _run_flow(
     config: AuditConfig, run_id: str | None, dask: DaskSettings | None
-) -> tuple[int, dict[str, Any] | None]:
+) -> tuple[int, RunSummary | None]:
     """Run the audit flow; the exit code and, when it completed, its summary. A Prefect API that stops
     answering for longer than `api_watch.wait_seconds()` ends the process with `EXIT_API_LOST`."""
     from prefect.settings import PREFECT_API_URL
@@ -222,8 +221,8 @@ def _run_flow(
         print(f"vlm-audit: {result}", file=sys.stderr)
         return EXIT_USAGE, None
     if isinstance(result, AuditFlagged):
-        print(format_summary(result.outputs))
-        return EXIT_FLAGGED, result.outputs
+        print(format_summary(result.summary))
+        return EXIT_FLAGGED, result.summary
     if isinstance(result, BaseException):
         raise result
     print(format_summary(result))
@@ -232,11 +231,9 @@ def _run_flow(
 
 def _audit_hook(name: str, args: argparse.Namespace) -> int:
     """`vlm-audit aggregate` / `report` / `views`: from the Parquet outputs alone."""
-    from pydantic import TypeAdapter
-
-    from auditing import AggregateConfig, aggregate_run, build_report
+    from auditing import aggregate_run, build_report
     from auditing.dashboards import describe_views, write_views
-    from tasks.config import Findings, Groupings
+    from tasks.config import DEFAULT_FINDINGS, aggregate_config
 
     endpoint_url = getattr(args, "endpoint_url", None)
     if name == "views":
@@ -246,16 +243,11 @@ def _audit_hook(name: str, args: argparse.Namespace) -> int:
         group_by = getattr(args, "group_by", None)
         if group_by is None:  # the run's own grouping, as its audit stored it in run.json
             group_by = stored_grouping(args.out, args.run_id, endpoint_url)
-        config = AggregateConfig(
-            group_by=TypeAdapter(Groupings).validate_python(group_by),
-            findings=TypeAdapter(Findings).validate_python(
-                getattr(args, "findings", AuditConfig.model_fields["findings"].default)
-            ),
-        )
+        config = aggregate_config(group_by, getattr(args, "findings", DEFAULT_FINDINGS))
         result = aggregate_run(args.out, args.run_id, config, endpoint_url=endpoint_url)
         print(f"run {args.run_id}: {len(result.cohort_stats)} cohort rows, {len(result.flags)} flags")
-        for flag in result.flags:
-            print(f"  FLAG {flag.message}")
+        for message in result.flags["message"]:
+            print(f"  FLAG {message}")
         return EXIT_OK
     print(build_report(args.out, args.run_id, endpoint_url=endpoint_url))
     return EXIT_OK

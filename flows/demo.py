@@ -6,6 +6,7 @@ The demo data set itself is `phantom.demo` (`write_demo_dataset`, `DEMO_GROUPING
 from __future__ import annotations
 
 from phantom import SHORTCUT_MODEL_PATH, require_model_folder
+from tasks.run_summary import RunSummary
 from vocabulary.names import COHORT_SCOPE
 
 
@@ -37,14 +38,14 @@ def behaviour(out: str, run_id: str) -> dict[str, float]:
     }
 
 
-def format_comparison(results: dict[str, dict]) -> str:
+def format_comparison(results: dict[str, RunSummary]) -> str:
     """The demo's verdict per model: behaviour, the flags the audit raised, where the report is."""
     from storage import read_table
 
     lines = ["", "What the audit found:"]
     for name, result in results.items():
-        stats = behaviour(result["out"], result["run_id"])
-        flags = read_table(result["out"], "flags", run_id=result["run_id"]).to_pandas()
+        stats = behaviour(result.out, result.run_id)
+        flags = read_table(result.out, "flags", run_id=result.run_id).to_pandas()
         cohort_flags = flags[flags["scope"] == COHORT_SCOPE]
         lines.append(
             f"- {name} model: {stats['correct']:.0%} correct; says yes for {stats['yes_with_tag_only']:.0%} of "
@@ -56,5 +57,5 @@ def format_comparison(results: dict[str, dict]) -> str:
             lines.append(
                 f"    FLAG {row.rule} [{row.method}] {row.grouping}={row.cohort}, '{row.target_class}'"
             )
-        lines.append(f"    report: {result.get('report', '(not built)')}")
+        lines.append(f"    report: {result.report or '(not built)'}")
     return "\n".join(lines)

@@ -139,7 +139,7 @@ def sweep(
             state = audit(AuditConfig(**common, manifest=manifest), return_state=True)
             result = state.result(raise_on_failure=False)
             entry.update(
-                {"status": "completed", "run_id": result["run_id"]}
+                {"status": "completed", "run_id": result.run_id}
                 if state.is_completed()
                 else {"status": "failed", "error": f"{type(result).__name__}: {result}"}
             )

@@ -29,6 +29,7 @@ from storage import _s3
 from storage.engines import arrow_filesystem
 from storage.errors import CredentialsError, InvalidURIError, SchemaVersionError, StorageError
 from storage.objects import ObjectStore, S3Store
+from storage.records import Record
 from storage.tables import SCHEMA_VERSION, table_schema, to_arrow
 from storage.uri import join_key, join_uri, normalize_uri
 
@@ -111,15 +112,17 @@ def write_part(
     table_name: str,
     run_id: str,
     part: int | str,
-    rows_or_table: pa.Table | Iterable[Mapping[str, Any]],
+    records_or_table: pa.Table | Iterable[Record],
 ) -> str:
-    """Validate rows against the table's schema and write one Parquet part atomically; return its URI.
+    """Write the table's records (or an Arrow table) as one Parquet part atomically; return its URI.
 
-    >>> write_part(store, "answers", "r1", 0, [{"item_id": "a1", "status": "ok", "answer": "left"}])
+    This is where records become rows (`Record.to_row`), validated against the table's schema.
+
+    >>> write_part(store, "answers", "r1", 0, [AnswerRecord("a1", status="ok", answer="left")])
     's3://audits/out/answers/run_id=r1/part-00000.parquet'
     """
     key = part_key(table_name, run_id, part)
-    table = to_arrow(table_name, rows_or_table)
+    table = to_arrow(table_name, records_or_table)
     table = table.replace_schema_metadata({**table.schema.metadata, b"vlm_audit.run_id": run_id.encode()})
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")

@@ -76,7 +76,7 @@ def table_schema(table_name: str) -> pa.Schema:
 def _columns_from_rows(
     table_name: str, rows: Iterable[Mapping[str, Any] | Record]
 ) -> tuple[dict[str, list[Any]], int]:
-    rows = [row.to_row() if isinstance(row, Record) else row for row in rows]
+    rows = [row.to_row() if isinstance(row, Record) else row for row in rows]  # a record becomes its row here
     for index, row in enumerate(rows):
         if not isinstance(row, Mapping):
             raise SchemaError(f"{table_name}: row {index} is a {type(row).__name__}, expected a mapping")

@@ -11,9 +11,17 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
-from auditing import DEFAULT_FINDINGS
+from auditing import DEFAULT_FINDINGS, AggregateConfig
 from auditing.gate import FailOn
 from storage import (
     DEFAULT_MAX_IMAGE_BYTES,
@@ -26,6 +34,7 @@ from storage import (
     manifest_fingerprint,
 )
 from storage.uri import parse_uri
+from vocabulary.defaults import DEFAULT_MAX_NEW_TOKENS
 from vocabulary.names import ATTENTION_PATHS, METHOD_NAMES
 
 TargetsPolicy = Literal["answer", "findings", "all"]
@@ -52,30 +61,9 @@ InputPrefixes = Annotated[
     tuple[str, ...], BeforeValidator(lambda value: list(dict.fromkeys(map(input_prefix, _words(value)))))
 ]
 
-# fields that change what a run computes (what a run may read decides which items fail); a rerun of a
-# run id must agree on all of them
-IDENTITY_FIELDS = (
-    "model",
-    "model_revision",
-    "dtype",
-    "method",
-    "targets",
-    "findings",
-    "overlays",
-    "shard_size",
-    "max_new_tokens",
-    "max_question_tokens",
-    "max_pixels",
-    "max_image_bytes",
-    "allowed_inputs",
-    "slices_per_volume",
-    "max_series_files",
-    "limit",
-    "sample",
-    "system_prompt",
-    "faithfulness_sample",
-    "faithfulness_max_image_tokens",
-)
+# marks a field that changes what a run computes (what a run may read decides which items fail): a
+# rerun of a run id must agree on all of them, and they make the run id (`IDENTITY_FIELDS`, below)
+IDENTITY = {"identity": True}
 DEFAULT_MAX_QUESTION_TOKENS = 1024
 DEFAULT_FAITHFULNESS_MAX_IMAGE_TOKENS = 512  # two MedGemma images (a radiograph and its prior)
 
@@ -99,21 +87,36 @@ class AuditConfig(BaseModel):
     model: str = Field(
         default_factory=default_model,
         description="hub id or local folder of a Gemma3 VLM (default: the bundled phantom model)",
+        json_schema_extra=IDENTITY,
     )
-    model_revision: str | None = Field(None, description="hub revision (commit, tag or branch) to pin")
-    method: Method = Field("chefer", description="relevance method")
+    model_revision: str | None = Field(
+        None, description="hub revision (commit, tag or branch) to pin", json_schema_extra=IDENTITY
+    )
+    method: Method = Field("chefer", description="relevance method", json_schema_extra=IDENTITY)
     attention: AttentionPath = Field(
         "auto",
         description="'eager' keeps every layer's attention maps (fast, memory grows with length²), "
         "'blockwise' keeps none (memory linear in length: long multi-image prompts), 'auto' picks by a "
         "memory estimate",
     )
-    targets: TargetsPolicy = Field("findings", description="which answer targets get relevance rows")
-    findings: Findings = Field(
-        DEFAULT_FINDINGS, description="answer words explained by 'findings' (comma-separated on the CLI)"
+    targets: TargetsPolicy = Field(
+        "findings", description="which answer targets get relevance rows", json_schema_extra=IDENTITY
     )
-    overlays: OverlaysPolicy = Field("answer", description="which explained targets get a PNG overlay")
-    shard_size: int = Field(16, ge=1, le=100_000, description="items per shard (one task, one part file)")
+    findings: Findings = Field(
+        DEFAULT_FINDINGS,
+        description="answer words explained by 'findings' (comma-separated on the CLI)",
+        json_schema_extra=IDENTITY,
+    )
+    overlays: OverlaysPolicy = Field(
+        "answer", description="which explained targets get a PNG overlay", json_schema_extra=IDENTITY
+    )
+    shard_size: int = Field(
+        16,
+        ge=1,
+        le=100_000,
+        description="items per shard (one task, one part file)",
+        json_schema_extra=IDENTITY,
+    )
     batch_size: int = Field(
         8,  # the fastest of 1, 2, 4, 8 on CPU (docs/performance.md); the GPU bench's batch rows decide there
         ge=1,
@@ -121,26 +124,35 @@ class AuditConfig(BaseModel):
         description="items of a shard generated and explained together (outputs do not depend on it: "
         "answers equal, maps to float rounding); batches are cut by length and the memory budget",
     )
-    max_new_tokens: int = Field(32, ge=1, le=4096, description="answer length limit")
+    max_new_tokens: int = Field(
+        DEFAULT_MAX_NEW_TOKENS, ge=1, le=4096, description="answer length limit", json_schema_extra=IDENTITY
+    )
     max_question_tokens: int = Field(
         DEFAULT_MAX_QUESTION_TOKENS,
         ge=1,
         le=100_000,
         description="longer questions become error rows before the model runs",
+        json_schema_extra=IDENTITY,
     )
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', 'mps', ...")
-    dtype: DType | None = Field(None, description="model dtype (unset: the checkpoint's)")
+    dtype: DType | None = Field(
+        None, description="model dtype (unset: the checkpoint's)", json_schema_extra=IDENTITY
+    )
     endpoint_url: str | None = Field(
         None, description="S3-compatible endpoint (unset: the AWS configuration)"
     )
     region: str | None = Field(None, description="S3 region (unset: the AWS configuration)")
     max_pixels: int = Field(
-        DEFAULT_MAX_PIXELS, ge=1, description="images announcing more pixels are rejected"
+        DEFAULT_MAX_PIXELS,
+        ge=1,
+        description="images announcing more pixels are rejected",
+        json_schema_extra=IDENTITY,
     )
     max_image_bytes: int = Field(
         DEFAULT_MAX_IMAGE_BYTES,
         ge=1,
         description="larger image or mask files are rejected before they are read (bytes)",
+        json_schema_extra=IDENTITY,
     )
     slices_per_volume: int = Field(
         DEFAULT_SLICES_PER_VOLUME,
@@ -148,11 +160,13 @@ class AuditConfig(BaseModel):
         le=1024,
         description="slices sampled uniformly along each CT/MRI volume (DICOM series or NIfTI) of an item, "
         "as MedGemma 1.5's CT recipe does",
+        json_schema_extra=IDENTITY,
     )
     max_series_files: int = Field(
         DEFAULT_MAX_SERIES_FILES,
         ge=1,
         description="a DICOM series with more files is refused before its pixels are read",
+        json_schema_extra=IDENTITY,
     )
     allow_download: bool = Field(
         False,
@@ -164,19 +178,29 @@ class AuditConfig(BaseModel):
         description="URI prefixes (s3://bucket/prefix, /folder, file:///folder) where manifest images and "
         "masks may also be read, comma-separated; unset: only the manifest's own bucket, or its folder "
         "and below",
+        json_schema_extra=IDENTITY,
     )
     limit: int | None = Field(
-        None, ge=1, description="audit only the manifest's first N items: a first look (a run id of its own)"
+        None,
+        ge=1,
+        description="audit only the manifest's first N items: a first look (a run id of its own)",
+        json_schema_extra=IDENTITY,
     )
     sample: int | None = Field(
         None,
         ge=1,
         description="audit N items drawn at random, the same N for the same manifest content: a first look "
         "across the whole manifest (a run id of its own)",
+        json_schema_extra=IDENTITY,
     )
-    system_prompt: str | None = Field(None, description="optional system turn before every question")
+    system_prompt: str | None = Field(
+        None, description="optional system turn before every question", json_schema_extra=IDENTITY
+    )
     faithfulness_sample: int = Field(
-        0, ge=0, description="items checked against occlusion, removal curves and randomisation (0: off)"
+        0,
+        ge=0,
+        description="items checked against occlusion, removal curves and randomisation (0: off)",
+        json_schema_extra=IDENTITY,
     )
     faithfulness_max_image_tokens: int = Field(
         DEFAULT_FAITHFULNESS_MAX_IMAGE_TOKENS,
@@ -185,6 +209,7 @@ class AuditConfig(BaseModel):
         "(one forward per image token) on prompts of at most this many image tokens; prompts of several "
         "images are also checked image by image against image occlusion (one forward per image), longer "
         "ones (CT and MRI studies) only so",
+        json_schema_extra=IDENTITY,
     )
     group_by: Groupings = Field(
         (), description="manifest metadata columns that form cohorts, comma-separated ('site+scanner': both)"
@@ -235,6 +260,10 @@ class AuditConfig(BaseModel):
         identity["allowed_inputs"] = sorted(self.allowed_inputs)
         return identity
 
+    def aggregate_config(self) -> AggregateConfig:
+        """What the run's aggregation groups by and which answer words are findings."""
+        return aggregate_config(self.group_by, self.findings)
+
     def input_scope(self) -> InputScope:
         """Where this run reads the manifest's images and masks from, and how large they may be."""
         return InputScope(self.manifest, self.allowed_inputs, self.max_image_bytes)
@@ -244,6 +273,22 @@ class AuditConfig(BaseModel):
         return list(self.findings) if self.targets == "findings" else self.targets
 
 
+def aggregate_config(group_by: Any = (), findings: Any = DEFAULT_FINDINGS) -> AggregateConfig:
+    """`auditing.AggregateConfig` of a grouping and a findings vocabulary, parsed as `AuditConfig` parses
+    its `group_by` and `findings` (comma-separated strings too): the one place run settings become it.
+
+    >>> aggregate_config("site,site+scanner").group_by
+    ('site', 'site+scanner')
+    """
+    return AggregateConfig(
+        group_by=TypeAdapter(Groupings).validate_python(group_by),
+        findings=TypeAdapter(Findings).validate_python(findings),
+    )
+
+
+IDENTITY_FIELDS = tuple(
+    name for name, field in AuditConfig.model_fields.items() if field.json_schema_extra == IDENTITY
+)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 

@@ -7,7 +7,7 @@ the settings the run id was started with, or shards would be cut differently and
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow.compute as pc
@@ -53,6 +53,21 @@ class RunPlan:
         return [index for index in range(self.n_shards) if index not in self.done]
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """How an attempt runs, recorded in run.json: the Dask settings, the Prefect flow run, where the
+    cohorts came from, and a first look's selection (None for the whole manifest)."""
+
+    dask: dict[str, Any] | None
+    flow_run_id: str | None
+    groupings_from: str
+    selection: dict[str, Any] | None = None
+
+    def record_fields(self) -> dict[str, Any]:
+        """The `storage.RunRecord` fields it fills."""
+        return asdict(self)
+
+
 def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
@@ -78,7 +93,7 @@ def plan_run(
     config: AuditConfig,
     manifest: Manifest,
     fingerprint: str,
-    extra: dict[str, Any],
+    context: RunContext,
 ) -> RunPlan:
     """Check a rerun is compatible, list done shards, write the manifest errors part and a 'running' run.json.
 
@@ -94,8 +109,9 @@ def plan_run(
         check_compatible(previous, config, fingerprint, run_id)
     n_shards = len(shard(manifest.items, config.shard_size))
     attempt = (previous or {}).get("attempt", 0) + 1
-    rows = [record.to_row() for record in manifest.errors]
-    write_part(store, "errors", run_id, MANIFEST_PART, rows or table_schema("errors").empty_table())
+    write_part(
+        store, "errors", run_id, MANIFEST_PART, manifest.errors or table_schema("errors").empty_table()
+    )
     record = run_record(
         run_id,
         config,
@@ -104,7 +120,7 @@ def plan_run(
         status="running",
         attempt=attempt,
         started_at=now_iso(),
-        **extra,
+        **context.record_fields(),
     )
     write_run(store, run_id, record)
     return RunPlan(run_id, fingerprint, n_shards, frozenset(done), attempt)

@@ -1,21 +1,21 @@
-"""Rows of the answers and tokens tables from an `Explanation` and its manifest item (pure functions).
+"""Records of the answers and tokens tables from an `Explanation` and its manifest item (pure functions).
 
-Columns follow `storage.tables` exactly; docs/outputs.md documents them. Shares are of the positive
-part of the raw relevance (no other normalisation).
+They are `storage.records`' typed records (docs/outputs.md documents their fields); storage turns them
+into Parquet rows when it writes a part. Shares are of the positive part of the raw relevance (no other
+normalisation).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from explainer.explanation import Explanation
 from explainer.targets import Target
-from storage import REGION_NAMES, ManifestItem
+from storage import REGION_NAMES, AnswerRecord, ManifestItem, TokenRecord
 from vocabulary.map_stats import normalised_entropy, peak_cell, pointing_hit, top_fraction_mass
 from vocabulary.names import ANSWER, TOKEN, WORD
 from vocabulary.regions import Grid, box_region, cell_means, mass_share, mass_shares, standard_regions
@@ -94,19 +94,24 @@ def _positive_sum(values: np.ndarray) -> float:
     return float(np.clip(values, 0, None).sum())
 
 
-def target_fields(target: Target, explanation: Explanation) -> dict[str, Any]:
-    """target_text, word, token_id and token_position of one target."""
+@dataclass(frozen=True)
+class TargetText:
+    """What names one target in the tables: its text, its answer word, and for a token its id and position."""
+
+    target_text: str
+    word: str | None = None
+    token_id: int | None = None
+    token_position: int | None = None
+
+
+def target_text(target: Target, explanation: Explanation) -> TargetText:
+    """The text, word, token id and position of one target."""
     if target.kind == ANSWER:
-        return {"target_text": explanation.answer, "word": None, "token_id": None, "token_position": None}
+        return TargetText(explanation.answer)
     if target.kind == WORD:
-        return {"target_text": target.label, "word": target.label, "token_id": None, "token_position": None}
+        return TargetText(target.label, target.label)
     token = next(token for token in explanation.tokens if token.position == target.positions[0])
-    return {
-        "target_text": token.text,
-        "word": token.word,
-        "token_id": token.id,
-        "token_position": token.position,
-    }
+    return TargetText(token.text, token.word, token.id, token.position)
 
 
 @dataclass(frozen=True)
@@ -139,14 +144,14 @@ def _study_shares(explanation: Explanation) -> np.ndarray:
     return np.divide(masses, totals, out=np.zeros_like(masses), where=totals > 0)
 
 
-def token_rows(
+def token_records(
     item_id: str,
     explanation: Explanation,
     *,
     roi: np.ndarray | None = None,
     roles: list[ImageRole] | None = None,
-) -> list[dict[str, Any]]:
-    """One tokens row per (target, image). `roi` (cell weights) applies to image 0, the item's first
+) -> list[TokenRecord]:
+    """One tokens record per (target, image). `roi` (cell weights) applies to image 0, the item's first
     image; `roles` (one per image) say where each image came from (default: one plain image each).
 
     `explain_seconds` is the item's explanation time split evenly over its targets: they share one
@@ -156,7 +161,7 @@ def token_rows(
     per_target_seconds = explanation.timings.get("explain_seconds", 0.0) / max(n_targets, 1)
     roles = roles or [ImageRole(group=index) for index in range(len(explanation.image_maps))]
     shares = _study_shares(explanation) if explanation.image_maps else None
-    rows = []
+    records = []
     for image_index, image_maps in enumerate(explanation.image_maps):  # [n_targets, rows, cols]
         grid = tuple(image_maps.shape[1:])
         regions = table_regions(grid)
@@ -168,43 +173,45 @@ def token_rows(
             image_mass, text_mass = _positive_sum(cell_map), _positive_sum(text_relevance)
             peak_row, peak_col = peak_cell(cell_map)
             roi_here = roi if image_index == 0 else None
-            rows.append(
-                {
-                    "item_id": item_id,
-                    "image_index": image_index,
-                    "image_group": role.group,
-                    "image_label": role.label,
-                    "slice_index": role.slice_index,
-                    "n_slices": role.n_slices,
-                    "study_share": float(shares[target_index, image_index]),
-                    "outside_body_share": mass_share(cell_map, outside) if outside is not None else None,
-                    "outside_body_cells": float(outside.mean()) if outside is not None else None,
-                    "target_kind": target.kind,
-                    **target_fields(target, explanation),
-                    "method": explanation.method,
-                    "grid_h": grid[0],
-                    "grid_w": grid[1],
-                    "image_relevance": cell_map.ravel().astype(np.float32),
-                    "text_relevance": np.asarray(text_relevance, dtype=np.float32),
-                    "image_mass": image_mass,
-                    "text_mass": text_mass,
-                    "image_share": image_mass / (image_mass + text_mass)
-                    if image_mass + text_mass > 0
-                    else None,
-                    "region_shares": mass_shares(cell_map, regions),
-                    "entropy": normalised_entropy(cell_map),
-                    "top10_mass": top_fraction_mass(cell_map),
-                    "peak_row": peak_row,
-                    "peak_col": peak_col,
-                    "roi_share": mass_share(cell_map, roi_here) if roi_here is not None else None,
-                    "roi_hit": pointing_hit(cell_map, roi_here) if roi_here is not None else None,
-                    "explain_seconds": per_target_seconds,
-                }
+            named = target_text(target, explanation)
+            records.append(
+                TokenRecord(
+                    item_id=item_id,
+                    image_index=image_index,
+                    image_group=role.group,
+                    image_label=role.label,
+                    slice_index=role.slice_index,
+                    n_slices=role.n_slices,
+                    study_share=float(shares[target_index, image_index]),
+                    outside_body_share=mass_share(cell_map, outside) if outside is not None else None,
+                    outside_body_cells=float(outside.mean()) if outside is not None else None,
+                    target_kind=target.kind,
+                    target_text=named.target_text,
+                    word=named.word,
+                    token_id=named.token_id,
+                    token_position=named.token_position,
+                    method=explanation.method,
+                    grid_h=grid[0],
+                    grid_w=grid[1],
+                    image_relevance=cell_map.ravel().astype(np.float32),
+                    text_relevance=np.asarray(text_relevance, dtype=np.float32),
+                    image_mass=image_mass,
+                    text_mass=text_mass,
+                    image_share=image_mass / (image_mass + text_mass) if image_mass + text_mass > 0 else None,
+                    region_shares=mass_shares(cell_map, regions),
+                    entropy=normalised_entropy(cell_map),
+                    top10_mass=top_fraction_mass(cell_map),
+                    peak_row=peak_row,
+                    peak_col=peak_col,
+                    roi_share=mass_share(cell_map, roi_here) if roi_here is not None else None,
+                    roi_hit=pointing_hit(cell_map, roi_here) if roi_here is not None else None,
+                    explain_seconds=per_target_seconds,
+                )
             )
-    return rows
+    return records
 
 
-def answer_row(
+def answer_record(
     item: ManifestItem,
     *,
     model_id: str,
@@ -212,37 +219,39 @@ def answer_row(
     method: str,
     image_size: tuple[int, int] | None = None,
     explanation: Explanation | None = None,
-) -> dict[str, Any]:
-    """The answers row of an item: `status` "ok" with an explanation, "error" without one."""
-    row: dict[str, Any] = {
-        "item_id": item.item_id,
-        "row_number": item.row_number,
-        "image_uri": item.image_uri,
-        "image_uris": list(item.image_uris),
-        "image_labels": list(item.image_labels) if item.image_labels is not None else None,
-        "question": item.question,
-        "status": "error",
-        "image_width": image_size[0] if image_size else None,
-        "image_height": image_size[1] if image_size else None,
-        "roi_box": list(item.roi_box) if item.roi_box is not None else None,
-        "model_id": model_id,
-        "model_revision": model_revision,
-        "method": method,
-        "metadata": dict(item.metadata),
-    }
-    if explanation is not None:
-        row.update(
-            status="ok",
-            answer=explanation.answer,
-            n_targets=len(explanation.targets),
-            n_images=len(explanation.images),
-            answer_source="given" if item.answer is not None else "generated",
-            prompt_tokens=list(explanation.prompt_tokens),
-            prompt_token_special=[role in TEMPLATE_ROLES for role in explanation.prompt_token_roles],
-            generate_seconds=explanation.timings.get("generate_seconds"),
-            explain_seconds=explanation.timings.get("explain_seconds"),
-        )
-    return row
+) -> AnswerRecord:
+    """The answers record of an item: `status` "ok" with an explanation, "error" without one."""
+    answered = (
+        {
+            "answer": explanation.answer,
+            "n_targets": len(explanation.targets),
+            "n_images": len(explanation.images),
+            "answer_source": "given" if item.answer is not None else "generated",
+            "prompt_tokens": list(explanation.prompt_tokens),
+            "prompt_token_special": [role in TEMPLATE_ROLES for role in explanation.prompt_token_roles],
+            "generate_seconds": explanation.timings.get("generate_seconds"),
+            "explain_seconds": explanation.timings.get("explain_seconds"),
+        }
+        if explanation is not None
+        else {}
+    )
+    return AnswerRecord(
+        item_id=item.item_id,
+        row_number=item.row_number,
+        image_uri=item.image_uri,
+        image_uris=list(item.image_uris),
+        image_labels=list(item.image_labels) if item.image_labels is not None else None,
+        question=item.question,
+        status="ok" if explanation is not None else "error",
+        image_width=image_size[0] if image_size else None,
+        image_height=image_size[1] if image_size else None,
+        roi_box=list(item.roi_box) if item.roi_box is not None else None,
+        model_id=model_id,
+        model_revision=model_revision,
+        method=method,
+        metadata=dict(item.metadata),
+        **answered,
+    )
 
 
 def overlay_targets(

@@ -9,7 +9,6 @@ exactly the shards that did not commit.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -17,15 +16,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.tasks import exponential_backoff
 
-from auditing import AggregateConfig
 from auditing import aggregate_run as audit_aggregate_run
 from auditing import build_report as audit_build_report
 from auditing.report.summary import FLAG_FIELDS, plain, run_markdown
-from storage import FlagRecord, Manifest, join_uri, read_manifest, write_run
-from tasks import cache, ledger
+from storage import FlagRecord, Manifest, join_uri, read_manifest
+from tasks import cache, ledger, run_summary
 from tasks.config import AuditConfig
 from tasks.retry import retry_condition
-from tasks.shards import ShardJob, ShardSummary
+from tasks.run_summary import RunStart, RunSummary
+from tasks.shards import ShardFailure, ShardJob, ShardSummary
 from vocabulary.names import ITEM_SCOPE
 
 STORAGE_IO = {
@@ -46,11 +45,11 @@ def load_manifest(config: AuditConfig) -> Manifest:
 
 @task(name="plan-run", **STORAGE_IO)
 def plan_run(
-    config: AuditConfig, run_id: str, manifest: Manifest, fingerprint: str, extra: dict[str, Any]
+    config: AuditConfig, run_id: str, manifest: Manifest, fingerprint: str, context: ledger.RunContext
 ) -> ledger.RunPlan:
     """Done shards from the store; manifest errors part and a 'running' run.json written."""
     store = cache.output_store(config.out, config.endpoint_url, config.region)
-    return ledger.plan_run(store, run_id, config, manifest, fingerprint, extra)
+    return ledger.plan_run(store, run_id, config, manifest, fingerprint, context)
 
 
 @task(
@@ -67,14 +66,18 @@ def explain_shard_task(job: ShardJob) -> ShardSummary:
     return explain_shard(job)
 
 
-@task(name="count-outputs", **STORAGE_IO)
-def count_outputs(config: AuditConfig, run_id: str) -> dict[str, int]:
-    return ledger.count_outputs(cache.output_store(config.out, config.endpoint_url, config.region), run_id)
-
-
-@task(name="write-run-json", **STORAGE_IO)
-def write_run_json(config: AuditConfig, run_id: str, record: dict[str, Any]) -> str:
-    return write_run(cache.output_store(config.out, config.endpoint_url, config.region), run_id, record)
+@task(name="record-attempt", **STORAGE_IO)
+def record_attempt(
+    config: AuditConfig,
+    plan: ledger.RunPlan,
+    audited: Manifest,
+    context: ledger.RunContext,
+    started: RunStart,
+    shards: list[ShardSummary | ShardFailure],
+) -> RunSummary:
+    """Counts from the committed parts, the attempt's final run.json written; returns the run's summary."""
+    store = cache.output_store(config.out, config.endpoint_url, config.region)
+    return run_summary.record_attempt(store, config, plan, audited, context, started, shards)
 
 
 @task(name="describe-failures", **STORAGE_IO)
@@ -91,11 +94,17 @@ def aggregate_run(config: AuditConfig, run_id: str) -> list[FlagRecord]:
     result = audit_aggregate_run(
         config.out,
         run_id,
-        AggregateConfig(group_by=config.group_by, findings=config.findings),
+        config.aggregate_config(),
         endpoint_url=config.endpoint_url,
     )
     get_run_logger().info("run %s: %d flags raised", run_id, len(result.flags))
     return result.flags
+
+
+@task(name="judge-run", cache_policy=NO_CACHE)
+def judge_run(summary: RunSummary, flags: list[FlagRecord], config: AuditConfig) -> RunSummary:
+    """The summary with the flags' verdict and the run's gate."""
+    return run_summary.judge(summary, flags, config)
 
 
 def artifact_key(run_id: str) -> str:
@@ -107,15 +116,16 @@ FLAG_EVENT = "vlm-audit.flag.raised"
 
 
 @task(name="publish-results", cache_policy=NO_CACHE)
-def publish_results(
-    config: AuditConfig, run_id: str, flags: list[FlagRecord], counts: dict[str, Any], report: str | None
-) -> None:
+def publish_results(summary: RunSummary, flags: list[FlagRecord]) -> None:
     """What Prefect users see and automations react to: a Markdown artifact with the verdict, the flag
     table and the report's link; a table artifact of every flag; one `vlm-audit.flag.raised` event
     per cohort flag (resource: the run; payload: the flag)."""
+    run_id, report = summary.run_id, summary.report
     key = artifact_key(run_id)
     create_markdown_artifact(
-        markdown=run_markdown(run_id, flags, counts, report), key=key, description=f"vlm-audit run {run_id}"
+        markdown=run_markdown(run_id, flags, summary.counts, report),
+        key=key,
+        description=f"vlm-audit run {run_id}",
     )
     create_table_artifact(
         table=[{field: plain(flag)[field] for field in ("title", "scope", *FLAG_FIELDS)} for flag in flags],
@@ -125,7 +135,7 @@ def publish_results(
     resource = {
         "prefect.resource.id": f"vlm-audit.run.{run_id}",
         "prefect.resource.name": run_id,
-        "vlm-audit.out": config.out,
+        "vlm-audit.out": summary.out,
     }
     for flag in flags:
         if flag.scope != ITEM_SCOPE:

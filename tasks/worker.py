@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
 
 from PIL import Image
 
@@ -30,11 +29,14 @@ from explainer.explanation import Explanation
 from explainer.generation import GenerationError
 from explainer.overlay import heatmap_overlay
 from storage import (
+    AnswerRecord,
     ErrorRecord,
+    FaithfulnessRecord,
     ManifestItem,
     ObjectStore,
     StoreCache,
     StudyImage,
+    TokenRecord,
     decode_image,
     overlay_folder,
     overlay_key,
@@ -48,14 +50,14 @@ from tasks.faithfulness_sample import check_item
 from tasks.records import (
     ImageRole,
     RoiError,
-    answer_row,
+    answer_record,
     body_fractions,
     check_roi_box,
     overlay_images,
     overlay_targets,
     profile_strips,
     roi_weights,
-    token_rows,
+    token_records,
 )
 from tasks.retry import is_environmental, with_backoff
 from tasks.shards import ItemDeferred, ShardJob, ShardSummary, WorkerInfo
@@ -66,18 +68,18 @@ __all__ = ["ItemOutcome", "ShardJob", "explain_item", "explain_items", "explain_
 
 @dataclass
 class ItemOutcome:
-    """What one item produced: its answers row, tokens rows, error rows and faithfulness rows (and the
-    seconds its faithfulness check took: a stage of its own in the run's timings)."""
+    """What one item produced: its answers record, tokens records, error records and faithfulness records (and
+    the seconds its faithfulness check took: a stage of its own in the run's timings)."""
 
-    answer: dict[str, Any]
-    tokens: list[dict[str, Any]] = field(default_factory=list)
+    answer: AnswerRecord
+    tokens: list[TokenRecord] = field(default_factory=list)
     errors: list[ErrorRecord] = field(default_factory=list)
-    faithfulness: list[dict[str, Any]] = field(default_factory=list)
+    faithfulness: list[FaithfulnessRecord] = field(default_factory=list)
     faithfulness_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return self.answer["status"] == "ok"
+        return self.answer.status == "ok"
 
 
 def load_study(
@@ -193,7 +195,7 @@ def explain_items(
     ) -> ItemOutcome:
         error_type = exc.error_type if isinstance(exc, RoiError) else type(exc).__name__
         record = ErrorRecord(item.item_id, item.row_number, item.image_uri, stage, error_type, str(exc))
-        return ItemOutcome(answer_row(item, image_size=size, **identity), errors=[record])
+        return ItemOutcome(answer_record(item, image_size=size, **identity), errors=[record])
 
     outcomes: dict[int, ItemOutcome] = {}
     loaded: dict[int, tuple[list[StudyImage], Image.Image | None]] = {}
@@ -245,8 +247,8 @@ def explain_items(
             roi = roi_weights(item, size, explanation.grid, mask) if explanation.targets else None
             roles = image_roles(study, explanation.grid)
             outcome = ItemOutcome(
-                answer_row(item, image_size=size, explanation=explanation, **identity),
-                token_rows(item.item_id, explanation, roi=roi, roles=roles),
+                answer_record(item, image_size=size, explanation=explanation, **identity),
+                token_records(item.item_id, explanation, roi=roi, roles=roles),
             )
         except Exception as exc:
             outcomes[index] = failed(item, "image" if isinstance(exc, RoiError) else "explain", exc, size)
@@ -396,7 +398,10 @@ def explain_shard(job: ShardJob) -> ShardSummary:
     loaded = cache.get_loaded(config.model, config.device, revision=config.model_revision, dtype=config.dtype)
     load_seconds = loaded.load_seconds if cache.model_load_count() > loads_before else 0.0
 
-    answers, tokens, errors, faithfulness = [], [], [], []
+    answers: list[AnswerRecord] = []
+    tokens: list[TokenRecord] = []
+    errors: list[ErrorRecord] = []
+    faithfulness: list[FaithfulnessRecord] = []
     generate_seconds = explain_seconds = faithfulness_seconds = 0.0
     with OverlayWriter(store, job.run_id) as overlay_writer:
         for first in range(0, len(items), config.batch_size):
@@ -419,25 +424,27 @@ def explain_shard(job: ShardJob) -> ShardSummary:
                 answers.append(outcome.answer)
                 tokens.extend(outcome.tokens)
                 faithfulness.extend(outcome.faithfulness)
-                errors.extend(record.to_row() for record in outcome.errors)
-                generate_seconds += outcome.answer.get("generate_seconds") or 0.0
-                explain_seconds += outcome.answer.get("explain_seconds") or 0.0
+                errors.extend(outcome.errors)
+                generate_seconds += outcome.answer.generate_seconds or 0.0
+                explain_seconds += outcome.answer.explain_seconds or 0.0
                 faithfulness_seconds += outcome.faithfulness_seconds
         writing = time.perf_counter()
         overlays, overlay_errors = overlay_writer.results()
         overlay_writer.remove_stale(items)  # before the commit: a committed shard keeps no older overlays
-    errors.extend(record.to_row() for record in overlay_errors)
+    errors.extend(overlay_errors)
     parts = [("tokens", tokens), ("errors", errors), ("answers", answers)]  # answers last: the commit marker
     if config.faithfulness_sample:
         parts.insert(0, ("faithfulness", faithfulness))
-    for table, rows in parts:
+    for table, records in parts:
         # an empty part is written too: it replaces whatever a crashed attempt left under this name
         with_backoff(
-            lambda table=table, rows=rows: write_part(store, table, job.run_id, job.shard_index, rows),
+            lambda table=table, records=records: write_part(
+                store, table, job.run_id, job.shard_index, records
+            ),
             what=f"{table} part {job.shard_index}",
         )
     finished = time.perf_counter()
-    n_ok = sum(row["status"] == "ok" for row in answers)
+    n_ok = sum(answer.status == "ok" for answer in answers)
     return ShardSummary(
         shard=job.shard_index,
         items=len(items),

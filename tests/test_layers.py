@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +45,17 @@ def test_a_package_loads_none_of_the_layers_it_must_not_know(module):
     )
     assert module.split(".")[0] in loaded  # the probe really imported something
     assert not loaded & set(FORBIDDEN[module]), f"{module} loads {sorted(loaded & set(FORBIDDEN[module]))}"
+
+
+# the flow is wiring: it calls tasks, which call auditing; it imports no auditing module itself
+DIRECT_IMPORTS_FORBIDDEN = {"flows/audit.py": ("auditing",)}
+
+
+@pytest.mark.parametrize("path", sorted(DIRECT_IMPORTS_FORBIDDEN))
+def test_a_module_names_none_of_the_packages_it_must_not_import_itself(path):
+    root = Path(__file__).resolve().parents[1]
+    tree = ast.parse((root / path).read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    packages = {name.split(".")[0] for name in imported}
+    assert not packages & set(DIRECT_IMPORTS_FORBIDDEN[path]), f"{path} imports {sorted(packages)}"

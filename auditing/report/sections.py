@@ -106,7 +106,7 @@ class TimingRow:
 def timing_rows(timings: dict[str, Any]) -> list[TimingRow]:
     """The run's total time, then parts that add up to it (the last: other, not attributed).
 
-    From run.json timings (`flows.audit._timings`): the wall-clock time before, during and after the
+    From run.json timings (`tasks.run_summary.attempt_timings`): the wall-clock time before, during and after the
     shards; within the shards the stage sums when the shards ran one after another, else the shards'
     wall clock and the stage sums beside it, said to be summed over the workers. Older runs recorded
     only the stage sums: they add up when they fit in the total, else they are shown beside it.

@@ -25,8 +25,8 @@ def test_local_run_writes_every_table_and_resumes_without_duplicates(tmp_path, m
     manifest = local_dataset(tmp_path / "data", 5)
     out = str(tmp_path / "out")
     first = audit(fast_config(manifest, out, model=model_dir, shard_size=2))
-    run_id = first["run_id"]
-    assert first["counts"]["shards"] == 3 and first["counts"]["shards_skipped"] == 0
+    run_id = first.run_id
+    assert first.counts["shards"] == 3 and first.counts["shards_skipped"] == 0
 
     answers = read_table(out, "answers", run_id).to_pandas()
     assert sorted(answers.item_id) == [f"item-{i:03d}" for i in range(5)]
@@ -58,8 +58,8 @@ def test_local_run_writes_every_table_and_resumes_without_duplicates(tmp_path, m
 
     before = _part_mtimes(out, run_id)
     second = audit(fast_config(manifest, out, model=model_dir, shard_size=2))
-    assert second["run_id"] == run_id  # derived from manifest content + settings
-    assert second["counts"]["shards_skipped"] == 3 and second["counts"]["ok"] == 5
+    assert second.run_id == run_id  # derived from manifest content + settings
+    assert second.counts["shards_skipped"] == 3 and second.counts["ok"] == 5
     assert _part_mtimes(out, run_id) == before  # nothing recomputed or rewritten
     assert read_table(out, "answers", run_id).num_rows == 5
     assert read_run(open_store(out), run_id)["attempt"] == 2
@@ -68,13 +68,13 @@ def test_local_run_writes_every_table_and_resumes_without_duplicates(tmp_path, m
 def test_rerun_redoes_only_uncommitted_shards(tmp_path, model_dir):
     manifest = local_dataset(tmp_path / "data", 4)
     out = str(tmp_path / "out")
-    run_id = audit(fast_config(manifest, out, model=model_dir, shard_size=2), run_id="partial")["run_id"]
+    run_id = audit(fast_config(manifest, out, model=model_dir, shard_size=2), run_id="partial").run_id
     store = open_store(out)
     store.delete("answers/run_id=partial/part-00001.parquet")  # as if killed before shard 1 committed
     assert completed_shards(store, run_id) == {0}
     before = _part_mtimes(out, run_id)
     result = audit(fast_config(manifest, out, model=model_dir, shard_size=2), run_id="partial")
-    assert result["counts"]["shards_skipped"] == 1 and result["counts"]["shards_done"] == 2
+    assert result.counts["shards_skipped"] == 1 and result.counts["shards_done"] == 2
     assert _part_mtimes(out, run_id)["part-00000.parquet"] == before["part-00000.parquet"]
     answers = read_table(out, "answers", run_id).to_pandas()
     assert sorted(answers.item_id) == [f"item-{i:03d}" for i in range(4)]
@@ -93,7 +93,7 @@ def test_rerun_with_other_settings_is_refused(tmp_path, model_dir):
 
 
 def test_recorded_timings_split_the_total_into_wall_clock_parts():
-    from flows.audit import _timings
+    from tasks.run_summary import attempt_timings
     from tasks.shards import ShardSummary, WorkerInfo
 
     def shard(index: int, start: float, end: float, pid: int) -> ShardSummary:
@@ -113,8 +113,8 @@ def test_recorded_timings_split_the_total_into_wall_clock_parts():
             worker=WorkerInfo("h", pid, 1),
         )
 
-    # the flow started at 100 and calls _timings at 120: shards ran 104-110 and 110-117, one worker
-    timings = _timings([shard(0, 104.0, 110.0, 1), shard(1, 110.0, 117.0, 1)], 20.0, now=120.0)
+    # the flow started at 100 and calls attempt_timings at 120: shards ran 104-110 and 110-117, one worker
+    timings = attempt_timings([shard(0, 104.0, 110.0, 1), shard(1, 110.0, 117.0, 1)], 20.0, now=120.0)
     assert (
         timings["before_shards_seconds"],
         timings["shards_wall_seconds"],
@@ -127,7 +127,9 @@ def test_recorded_timings_split_the_total_into_wall_clock_parts():
     assert timings["workers"] == 1 and timings["shard_seconds"] == 13.0 and timings["explain_seconds"] == 4.0
     assert timings["faithfulness_seconds"] == 1.0  # the sample's checks: a stage of their own
     # two workers in parallel, one with a clock 30 s ahead: the parts never exceed the total
-    skewed = _timings([shard(0, 104.0, 110.0, 1), shard(1, 135.0, 147.0, 2)], 20.0, now=120.0)
+    skewed = attempt_timings([shard(0, 104.0, 110.0, 1), shard(1, 135.0, 147.0, 2)], 20.0, now=120.0)
     parts = skewed["before_shards_seconds"] + skewed["shards_wall_seconds"] + skewed["after_shards_seconds"]
     assert skewed["workers"] == 2 and parts <= 20.0
-    assert "shards_wall_seconds" not in _timings([], 3.0, now=120.0)  # nothing ran: all of it is unattributed
+    assert "shards_wall_seconds" not in attempt_timings(
+        [], 3.0, now=120.0
+    )  # nothing ran: all of it is unattributed

@@ -38,7 +38,7 @@ def test_every_bad_row_and_image_is_an_error_row_and_the_rest_completes(tmp_path
 
     result = audit(fast_config(data / "manifest.csv", out, model=model_dir, shard_size=3))
 
-    counts = result["counts"]
+    counts = result.counts
     assert (counts["manifest_rows"], counts["items"], counts["manifest_errors"]) == (10, 7, 3)
     assert (counts["ok"], counts["failed"], counts["errors"]) == (2, 5, 8)
     errors = {row["item_id"] or row["row_number"]: row for row in read_table(out, "errors").to_pylist()}
@@ -56,7 +56,7 @@ def test_every_bad_row_and_image_is_an_error_row_and_the_rest_completes(tmp_path
     answers = read_table(out, "answers").to_pandas().set_index("item_id")
     assert sorted(answers.index) == sorted(["good-0", "good-1", *bad_images])  # each valid item exactly once
     assert set(answers.loc[["good-0", "good-1"], "status"]) == {"ok"}
-    assert not os.path.exists(os.path.join(out, "overlays", f"run_id={result['run_id']}", "huge"))
+    assert not os.path.exists(os.path.join(out, "overlays", f"run_id={result.run_id}", "huge"))
     assert not any(".." in path for path, _dirs, _files in os.walk(out))
 
 
@@ -106,7 +106,7 @@ def test_a_local_manifest_cannot_reach_outside_its_folder_or_hang_the_run(tmp_pa
 
     result = audit(fast_config(data / "manifest.csv", out, model=model_dir))
 
-    assert (result["counts"]["ok"], result["counts"]["failed"]) == (1, 4)
+    assert (result.counts["ok"], result.counts["failed"]) == (1, 4)
     errors = {row["item_id"]: row for row in read_table(out, "errors").to_pylist()}
     assert {item: (row["stage"], row["error_type"]) for item, row in errors.items()} == {
         "climbs": ("image", "InputNotAllowed"),
@@ -116,5 +116,5 @@ def test_a_local_manifest_cannot_reach_outside_its_folder_or_hang_the_run(tmp_pa
     }
     assert errors["climbs"]["image_uri"] == str(tmp_path / "outside.png")
     assert f"outside the manifest's store {data}" in errors["climbs"]["message"]
-    overlays = os.listdir(os.path.join(out, "overlays", f"run_id={result['run_id']}"))
+    overlays = os.listdir(os.path.join(out, "overlays", f"run_id={result.run_id}"))
     assert overlays == ["good"]  # nothing read from outside was rendered or stored

@@ -25,10 +25,10 @@ def test_two_worker_processes_load_the_model_once_each_and_respect_gpu_resources
 
     result = audit(fast_config(manifest, out, model=model_dir, shard_size=1), dask=dask)
 
-    assert result["counts"]["ok"] == 6 and result["counts"]["shards_done"] == 6
-    answers = read_table(out, "answers", result["run_id"]).to_pandas()
+    assert result.counts["ok"] == 6 and result.counts["shards_done"] == 6
+    answers = read_table(out, "answers", result.run_id).to_pandas()
     assert sorted(answers.item_id) == [f"item-{i:03d}" for i in range(6)]
-    record = read_run(open_store(out), result["run_id"])
+    record = read_run(open_store(out), result.run_id)
     assert record["dask"] == {**dask, "cluster_class": "distributed.LocalCluster"}
     workers = record["workers"]
     pids = {int(worker["worker"].rsplit(":", 1)[1]) for worker in workers}
@@ -62,18 +62,16 @@ def test_batched_shards_on_two_worker_processes_give_the_rows_of_one_item_at_a_t
 
     result = audit(config, dask={"n_workers": 2})
 
-    assert result["counts"]["ok"] == 6 and result["counts"]["shards_done"] == 2
-    workers = read_run(open_store(out), result["run_id"])["workers"]
+    assert result.counts["ok"] == 6 and result.counts["shards_done"] == 2
+    workers = read_run(open_store(out), result.run_id)["workers"]
     assert os.getpid() not in {int(worker["worker"].rsplit(":", 1)[1]) for worker in workers}
     manifest = read_manifest(manifest_path)
     single = config.model_copy(update={"batch_size": 1, "out": str(tmp_path / "single")})
     for shard in range(2):  # the same shards one item at a time, in this process
-        explain_shard(ShardJob(result["run_id"], shard, manifest_fingerprint(manifest), single))
+        explain_shard(ShardJob(result.run_id, shard, manifest_fingerprint(manifest), single))
     for table in ("answers", "tokens"):
-        batched = read_table(out, table, result["run_id"]).to_pandas().sort_values("item_id", kind="stable")
-        alone = (
-            read_table(single.out, table, result["run_id"]).to_pandas().sort_values("item_id", kind="stable")
-        )
+        batched = read_table(out, table, result.run_id).to_pandas().sort_values("item_id", kind="stable")
+        alone = read_table(single.out, table, result.run_id).to_pandas().sort_values("item_id", kind="stable")
         assert list(batched.item_id) == list(alone.item_id)
         if table == "answers":
             assert list(batched.answer) == list(alone.answer)

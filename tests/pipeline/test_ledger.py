@@ -19,7 +19,15 @@ from storage import (
 )
 from tasks import retry
 from tasks.config import AuditConfig
-from tasks.ledger import RunConflict, check_compatible, count_outputs, plan_run, run_record, worker_report
+from tasks.ledger import (
+    RunConflict,
+    RunContext,
+    check_compatible,
+    count_outputs,
+    plan_run,
+    run_record,
+    worker_report,
+)
 from tasks.retry import is_transient, retry_condition, with_backoff
 from tasks.shards import ShardSummary, WorkerInfo
 from tests.storage.rows import answer_row, token_row
@@ -46,16 +54,19 @@ def test_counts_come_from_committed_shards_only(tmp_path):
     }
 
 
+CONTEXT = RunContext(dask=None, flow_run_id=None, groupings_from="settings")
+
+
 def test_plan_writes_manifest_errors_and_a_running_record_and_refuses_other_settings(tmp_path):
     store = LocalStore(str(tmp_path))
-    plan = plan_run(store, "r", _config(), MANIFEST, "f" * 64, {"flow_run_id": "x"})
+    plan = plan_run(store, "r", _config(), MANIFEST, "f" * 64, RunContext(None, "x", "settings"))
     assert (plan.n_shards, plan.pending, plan.attempt) == (2, [0, 1], 1)
     assert store.exists("errors/run_id=r/part-manifest.parquet")
     write_part(store, "answers", "r", 1, [answer_row("a2")])
-    again = plan_run(store, "r", _config(), MANIFEST, "f" * 64, {})
+    again = plan_run(store, "r", _config(), MANIFEST, "f" * 64, CONTEXT)
     assert (again.pending, again.attempt) == ([0], 2)
     with pytest.raises(RunConflict, match=r"max_new_tokens=8 \(was 32\).*drop --run-id"):
-        plan_run(store, "r", _config(max_new_tokens=8), MANIFEST, "f" * 64, {})
+        plan_run(store, "r", _config(max_new_tokens=8), MANIFEST, "f" * 64, CONTEXT)
     previous = run_record("r", _config(), MANIFEST, "f" * 64, status="running", attempt=1, started_at="t")
     with pytest.raises(RunConflict, match="manifest_fingerprint"):
         check_compatible(previous, _config(), "0" * 64, "r")

@@ -11,7 +11,7 @@ from PIL import Image
 from explainer.explanation import AnswerToken, Explanation
 from explainer.targets import Target
 from storage import REGION_NAMES, ManifestItem, to_arrow
-from tasks.records import RoiError, answer_row, mask_weights, overlay_targets, roi_weights, token_rows
+from tasks.records import RoiError, answer_record, mask_weights, overlay_targets, roi_weights, token_records
 from vocabulary.regions import cell_overlap
 
 
@@ -62,39 +62,37 @@ def _explanation() -> Explanation:
 def test_token_rows_fit_the_schema_and_carry_masses_and_shares():
     explanation = _explanation()
     roi = roi_weights(_item(roi_box=(0, 0, 10, 10)), (40, 40), (4, 4))  # exactly cell (0, 0)
-    rows = token_rows("a1", explanation, roi=roi)
+    rows = token_records("a1", explanation, roi=roi)
     table = to_arrow("tokens", rows)  # raises SchemaError on any column mismatch
     assert table.num_rows == 4
     answer = rows[3]
-    assert (
-        answer["target_kind"] == "answer" and answer["target_text"] == "right lung" and answer["word"] is None
-    )
-    assert rows[0]["token_id"] == 7 and rows[0]["token_position"] == 10 and rows[0]["word"] == "right"
-    assert rows[2]["target_kind"] == "word" and rows[2]["token_id"] is None
-    assert answer["image_mass"] == pytest.approx(4.0) and answer["text_mass"] == pytest.approx(1.0)
-    assert answer["image_share"] == pytest.approx(0.8)
-    assert list(answer["region_shares"]) == list(REGION_NAMES)
-    assert answer["region_shares"]["q_top_left"] == pytest.approx(0.75)
-    assert answer["region_shares"]["q_bottom_right"] == pytest.approx(0.25)
-    assert (answer["peak_row"], answer["peak_col"]) == (0, 0) and answer["roi_hit"] is True
-    assert answer["roi_share"] == pytest.approx(0.75)
-    assert len(answer["image_relevance"]) == 16 and answer["image_relevance"][5] == -5.0  # raw, not clipped
-    assert answer["explain_seconds"] == pytest.approx(0.1)
+    assert answer.target_kind == "answer" and answer.target_text == "right lung" and answer.word is None
+    assert rows[0].token_id == 7 and rows[0].token_position == 10 and rows[0].word == "right"
+    assert rows[2].target_kind == "word" and rows[2].token_id is None
+    assert answer.image_mass == pytest.approx(4.0) and answer.text_mass == pytest.approx(1.0)
+    assert answer.image_share == pytest.approx(0.8)
+    assert list(answer.region_shares) == list(REGION_NAMES)
+    assert answer.region_shares["q_top_left"] == pytest.approx(0.75)
+    assert answer.region_shares["q_bottom_right"] == pytest.approx(0.25)
+    assert (answer.peak_row, answer.peak_col) == (0, 0) and answer.roi_hit is True
+    assert answer.roi_share == pytest.approx(0.75)
+    assert len(answer.image_relevance) == 16 and answer.image_relevance[5] == -5.0  # raw, not clipped
+    assert answer.explain_seconds == pytest.approx(0.1)
 
 
 def test_without_roi_the_roi_columns_are_null():
-    rows = token_rows("a1", _explanation())
-    assert all(row["roi_share"] is None and row["roi_hit"] is None for row in rows)
+    rows = token_records("a1", _explanation())
+    assert all(row.roi_share is None and row.roi_hit is None for row in rows)
 
 
 def test_answer_rows_for_ok_and_failed_items_fit_the_schema():
     item = _item(roi_box=(1.0, 2.0, 3.0, 4.0))
     identity = {"model_id": "tiny", "model_revision": "sha256:x", "method": "chefer"}
-    ok = answer_row(item, image_size=(40, 30), explanation=_explanation(), **identity)
-    failed = answer_row(item, **identity)
+    ok = answer_record(item, image_size=(40, 30), explanation=_explanation(), **identity)
+    failed = answer_record(item, **identity)
     table = to_arrow("answers", [ok, failed])
     assert table.column("status").to_pylist() == ["ok", "error"]
-    assert ok["prompt_token_special"] == [True, False, False] and ok["n_targets"] == 4
+    assert ok.prompt_token_special == [True, False, False] and ok.n_targets == 4
     assert table.column("answer").to_pylist()[1] is None and table.column("n_targets").to_pylist()[1] is None
     assert table.column("metadata").to_pylist()[0] == [("site", "north")]
 

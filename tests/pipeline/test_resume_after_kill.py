@@ -65,8 +65,8 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, model_dir, pref
 
     result = audit(fast_config(manifest, out, model=model_dir, shard_size=SHARD_SIZE), run_id=RUN_ID)
 
-    assert result["counts"]["shards_skipped"] == len(done_before)
-    assert result["counts"]["shards_done"] == N_ITEMS // SHARD_SIZE
+    assert result.counts["shards_skipped"] == len(done_before)
+    assert result.counts["shards_done"] == N_ITEMS // SHARD_SIZE
     answers = read_table(str(out), "answers", RUN_ID).to_pandas()
     assert sorted(answers.item_id) == [f"item-{i:03d}" for i in range(N_ITEMS)]  # each item exactly once
     tokens = read_table(str(out), "tokens", RUN_ID).to_pandas()

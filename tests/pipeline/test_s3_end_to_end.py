@@ -40,8 +40,8 @@ def test_audit_reads_and_writes_s3_over_http(s3_bucket, s3_env, model_dir):
             endpoint_url=s3_env.endpoint_url,
         )
     )
-    run_id = result["run_id"]
-    assert result["counts"]["ok"] == 3
+    run_id = result.run_id
+    assert result.counts["ok"] == 3
 
     answers = read_table(out, "answers", run_id)  # pyarrow over S3, hive run_id column
     assert sorted(answers.column("item_id").to_pylist()) == ["s3-0", "s3-1", "s3-2"]
@@ -52,7 +52,7 @@ def test_audit_reads_and_writes_s3_over_http(s3_bucket, s3_env, model_dir):
     [(n_tokens, n_items, run_ids)] = con.sql(
         f"SELECT count(*), count(DISTINCT item_id), list(DISTINCT run_id) FROM {parquet_source(out, 'tokens')}"
     ).fetchall()
-    assert n_items == 3 and n_tokens == result["counts"]["targets"] and run_ids == [run_id]
+    assert n_items == 3 and n_tokens == result.counts["targets"] and run_ids == [run_id]
     joined = con.sql(
         f"SELECT a.metadata['site'] AS site, count(*) FROM {parquet_source(out, 'answers')} a "
         f"JOIN {parquet_source(out, 'tokens')} t USING (run_id, item_id) WHERE t.target_kind = 'answer' GROUP BY ALL"
@@ -104,8 +104,8 @@ def test_an_s3_manifest_reads_only_its_bucket_and_allowed_prefixes(s3_bucket, s3
         )
     )
 
-    run_id = result["run_id"]
-    assert (result["counts"]["ok"], result["counts"]["failed"]) == (2, 5)
+    run_id = result.run_id
+    assert (result.counts["ok"], result.counts["failed"]) == (2, 5)
     errors = {row["item_id"]: row for row in read_table(out, "errors", run_id).to_pylist()}
     assert {item: (row["stage"], row["error_type"]) for item, row in errors.items()} == {
         "local": ("image", "InputNotAllowed"),

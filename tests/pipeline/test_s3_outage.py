@@ -106,8 +106,8 @@ def test_a_short_outage_is_absorbed_by_the_retries_inside_the_run(tmp_path, outa
     monkeypatch.setattr(StoreCache, "read_uri", observed_read)
     result = audit(config)
     assert len(failures) >= 2 and outage.up  # reads failed during the outage and were retried
-    assert result["counts"]["ok"] == 4 and result["counts"]["errors"] == 0
-    assert result["counts"]["shards_failed"] == result["counts"]["shards_deferred"] == 0
+    assert result.counts["ok"] == 4 and result.counts["errors"] == 0
+    assert result.counts["shards_failed"] == result.counts["shards_deferred"] == 0
 
 
 def test_a_long_outage_commits_nothing_and_the_rerun_after_it_completes(
@@ -134,9 +134,9 @@ def test_a_long_outage_commits_nothing_and_the_rerun_after_it_completes(
 
     outage.start()
     result = audit(config)  # the rerun after the outage: the same run id, every item now read
-    assert result["run_id"] == record["run_id"]
-    assert result["counts"]["ok"] == 4 and result["counts"]["errors"] == 0
-    answers = read_table(str(out), "answers", run_id=result["run_id"])
+    assert result.run_id == record["run_id"]
+    assert result.counts["ok"] == 4 and result.counts["errors"] == 0
+    answers = read_table(str(out), "answers", run_id=result.run_id)
     assert sorted(answers.column("item_id").to_pylist()) == ["i0", "i1", "i2", "i3"]
     rerun = json.loads((run_folder / "run.json").read_text())
     assert (rerun["status"], rerun["attempt"]) == ("completed", 2)
