@@ -26,7 +26,7 @@ from explainer.batching import ExplainOptions, ExplainRequest, explain_requests
 from explainer.explanation import Explanation
 from explainer.loading import ModelInfo, check_vision_language_model, load_pretrained, model_info
 from explainer.memory import DEFAULT_MAX_CHUNK_BYTES
-from explainer.methods import ATTENTION_PATHS, get_method
+from explainer.methods import get_method
 from explainer.methods.base import ExplainBatch, ExplainContext
 from explainer.targets import Target, distinct_targets
 
@@ -58,8 +58,7 @@ class Explainer:
         attention: str = "auto",
     ) -> None:
         check_vision_language_model(model)
-        if attention not in ATTENTION_PATHS:
-            raise ValueError(f"attention {attention!r} is not one of {', '.join(ATTENTION_PATHS)}")
+        memory.check_attention(attention)
         with relevance_mode(model):  # raises AttentionUnavailable with the fix; leaves the model as it was
             pass
         self.model = model

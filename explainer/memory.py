@@ -118,6 +118,12 @@ def device_memory_bytes(device: torch.device) -> int | None:
     return None
 
 
+def check_attention(attention: str) -> None:
+    """Raise `ValueError` unless `attention` is one of `ATTENTION_PATHS`."""
+    if attention not in ATTENTION_PATHS:
+        raise ValueError(f"attention {attention!r} is not one of {', '.join(ATTENTION_PATHS)}")
+
+
 def attention_path(
     model: nn.Module, seq_len: int, attention: str, max_chunk_bytes: int, batch: int = 1
 ) -> str:
@@ -128,8 +134,7 @@ def attention_path(
     sequence at a time). A path that cannot fit in the device's memory at all raises
     `RelevanceMemoryError` saying how long the sequence is, what it would need, what to change.
     """
-    if attention not in ATTENTION_PATHS:
-        raise ValueError(f"attention {attention!r} is not one of {', '.join(ATTENTION_PATHS)}")
+    check_attention(attention)
     eager = batch * eager_attention_bytes(model, seq_len)
     if attention == "auto":
         attention = "eager" if eager <= max_chunk_bytes else "blockwise"
