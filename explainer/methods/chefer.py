@@ -83,15 +83,20 @@ def _eager_rows(batch: ExplainBatch, targets: Sequence[Sequence[Target]]) -> lis
             gradients = torch.autograd.grad(  # each [K, B, heads, L, L]
                 chunk_slots, maps, grad_outputs=basis, is_grads_batched=True, retain_graph=True
             )
-            for b, item_targets in enumerate(targets):
-                n = min(len(item_targets), first + chunk) - first
-                if n > 0:
-                    cams = [  # Ā_l [n, L, L]
-                        gradient_weighted_attention(g[:n, b : b + 1], a[b : b + 1].detach())
-                        for g, a in zip(gradients, maps, strict=True)
-                    ]
-                    rows[b].append(propagate_rows(starts[b][first : first + n], cams)[:, : lengths[b]])
-            del gradients
+            counts = [
+                (b, min(len(item_targets), first + chunk) - first) for b, item_targets in enumerate(targets)
+            ]
+            counts = [(b, n) for b, n in counts if n > 0]  # the sequences with targets in this chunk
+            cams = [  # Ā_l [n, L, L] per layer, per sequence
+                [
+                    gradient_weighted_attention(g[:n, b : b + 1], a[b : b + 1].detach())
+                    for g, a in zip(gradients, maps, strict=True)
+                ]
+                for b, n in counts
+            ]
+            del gradients  # before propagating: the peak is the gradients and Ā, not the rows
+            for (b, n), item_cams in zip(counts, cams, strict=True):
+                rows[b].append(propagate_rows(starts[b][first : first + n], item_cams)[:, : lengths[b]])
     return [torch.cat(item_rows) for item_rows in rows]
 
 
