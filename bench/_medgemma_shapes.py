@@ -57,14 +57,9 @@ from bench.long_prompt_memory import (
     synchronize,
 )
 from explainer import Explainer
-from explainer.engine import (
-    ExplainRequest,
-    RelevanceMemoryError,
-    blockwise_bytes,
-    device_memory_bytes,
-    eager_attention_bytes,
-)
+from explainer.engine import ExplainRequest
 from explainer.generation import build_prompt, full_sequence, generate_answers
+from explainer.memory import RelevanceMemoryError, blockwise_bytes, device_memory_bytes, eager_attention_bytes
 from explainer.targets import Target
 from phantom.build import random_gemma3
 

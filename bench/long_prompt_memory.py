@@ -7,7 +7,7 @@ grow linearly in L. For each prompt length both paths explain the same targets o
 and inputs, each measurement in a fresh process of this script: its peak memory beyond what the
 model and inputs hold (CPU: peak resident set size minus the resident set size once they were
 built; CUDA: the allocator's peak minus its level then) and its wall time. The eager path is
-skipped where `explainer.engine.eager_attention_bytes` says it cannot fit in the machine's memory.
+skipped where `explainer.memory.eager_attention_bytes` says it cannot fit in the machine's memory.
 At the shortest length both paths also run alternately in one process: their time ratio (median
 of `--pairs` pairs) and the largest difference between their rows.
 
@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._memory import _rss_bytes
 from bench.explain_speed import MEDGEMMA  # google/medgemma-1.5-4b-it's sizes, random weights
 from explainer import Explainer
-from explainer.engine import (
+from explainer.memory import (
     DEFAULT_MAX_CHUNK_BYTES,
     blockwise_bytes,
     device_memory_bytes,

@@ -31,8 +31,9 @@ from typing import Any
 import torch
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from explainer.memory import DEFAULT_BLOCK_ROWS
+
 IMPLEMENTATION = "vlm_audit_blockwise"
-DEFAULT_BLOCK_ROWS = 256
 
 
 @dataclass

@@ -67,6 +67,14 @@ def target_scores(
     return torch.stack(columns, dim=-1)
 
 
+def distinct_targets(targets: Sequence[Target]) -> tuple[list[Target], list[int]]:
+    """Targets with distinct positions (computed once), and where each of `targets` finds its row."""
+    distinct: dict[tuple[int, ...], int] = {}
+    for target in targets:
+        distinct.setdefault(target.positions, len(distinct))
+    return [Target(positions) for positions in distinct], [distinct[target.positions] for target in targets]
+
+
 def start_rows(targets: Sequence[Target], seq_len: int) -> torch.Tensor:
     """One-hot rows e_{p-1}, summed over each target's positions: [T, L] float32."""
     rows = torch.zeros(len(targets), seq_len)

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from explainer import memory
 from explainer._capture import AttentionRecorder
 from explainer._forward import embed_inputs, forward_embeddings
-from explainer._sequence import SequenceLayout
-from explainer.blockwise import DEFAULT_BLOCK_ROWS, LayerAttention, RelevanceTap, tapping
+from explainer._sequence import SequenceLayout, pad_sequences
+from explainer.blockwise import LayerAttention, RelevanceTap, tapping
 from explainer.targets import Target, logit_rows, target_scores
 
 
@@ -33,16 +34,8 @@ class ExplainContext:
         return self.attention == "blockwise"
 
     def block_rows(self) -> int:
-        """Query rows per attention block: at most `DEFAULT_BLOCK_ROWS`, and within the memory budget
-        (a block's scores, probabilities and their gradients are ≈ 8 float32 values per head and key).
-
-        Without the row bound a sequence of a few thousand tokens is one block: every layer then
-        computes full L×L scores (sliding layers too) and, on CPU, each layer's block-sized
-        temporaries fragment the heap (`explainer.runtime.keep_freed_memory`), so memory grows with
-        L²; 256-row blocks were as fast or faster there (docs/performance.md, "Long prompts")."""
-        heads = self.model.config.get_text_config().num_attention_heads
-        budget = self.max_chunk_bytes // (32 * heads * self.layout.seq_len)
-        return max(1, min(self.layout.seq_len, DEFAULT_BLOCK_ROWS, budget))
+        """Query rows per attention block (`explainer.memory.block_rows`)."""
+        return memory.block_rows(self.model, self.layout.seq_len, self.max_chunk_bytes)
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -62,11 +55,10 @@ class ExplainContext:
         self.logits(self.embeddings(), rows=torch.empty(0, dtype=torch.long))
 
     def copies_per_forward(self, extra_bytes_per_copy: int = 0) -> int:
-        """Perturbed copies of the sequence per forward within the memory budget (activations of one
-        copy ≈ 16 × L × hidden values, plus `extra_bytes_per_copy`), at most 64."""
-        hidden = self.model.config.get_text_config().hidden_size
-        per_copy = 16 * self.layout.seq_len * hidden * self.model.dtype.itemsize + extra_bytes_per_copy
-        return max(1, min(64, self.max_chunk_bytes // per_copy))
+        """Perturbed copies of the sequence per forward (`explainer.memory.copies_per_forward`)."""
+        return memory.copies_per_forward(
+            self.model, self.layout.seq_len, self.max_chunk_bytes, extra_bytes_per_copy
+        )
 
     def variant_scores(
         self,
@@ -162,6 +154,47 @@ class ExplainContext:
             yield [LayerAttention(attention) for attention in maps]
 
 
+@dataclass
+class ExplainBatch:
+    """Several sequences explained together: each one's context, all of them sharing one relevance
+    mode (one recorder) on one attention path."""
+
+    contexts: list[ExplainContext]
+
+    def __post_init__(self) -> None:
+        if len({(id(context.recorder), context.attention) for context in self.contexts}) != 1:
+            raise ValueError("the contexts of a batch must share one relevance mode and attention path")
+
+    @property
+    def model(self) -> nn.Module:
+        return self.contexts[0].model
+
+    @property
+    def blockwise(self) -> bool:
+        return self.contexts[0].blockwise
+
+    @property
+    def max_chunk_bytes(self) -> int:
+        return self.contexts[0].max_chunk_bytes
+
+    @property
+    def lengths(self) -> list[int]:
+        return [context.layout.seq_len for context in self.contexts]
+
+    def padded_inputs(self) -> Mapping[str, torch.Tensor]:
+        """The sequences as one batch [B, max L], right-padded (`pad_sequences`): every real position
+        keeps its index and attends no pad, so each sequence's computation is the one it has alone."""
+        if len(self.contexts) == 1:
+            return self.contexts[0].inputs
+        pad = self.model.config.get_text_config().pad_token_id
+        return pad_sequences([context.inputs for context in self.contexts], pad, "right")
+
+    def recording(self) -> AbstractContextManager[list[torch.Tensor]]:
+        """Record the attention maps of the forwards run inside (`ExplainContext.recording`): [B, heads, L, L]
+        per layer for a batch forward."""
+        return self.contexts[0].recording()
+
+
 class RelevanceMethod(ABC):
     """Maps targets of one sequence to relevance rows over its positions (registered by name in
     `explainer.methods.METHODS`)."""
@@ -169,3 +202,13 @@ class RelevanceMethod(ABC):
     @abstractmethod
     def relevance(self, context: ExplainContext, targets: Sequence[Target]) -> torch.Tensor:
         """Relevance of every position for every target: [T, L] float32 on CPU."""
+
+    def relevance_batch(self, batch: ExplainBatch, targets: Sequence[Sequence[Target]]) -> list[torch.Tensor]:
+        """`relevance` of every sequence of `batch` for its targets: [T_b, L_b] float32 on CPU each.
+
+        One sequence at a time here; a method that can share forwards between sequences overrides it
+        with the same rows (`Chefer`)."""
+        return [
+            self.relevance(context, item_targets)
+            for context, item_targets in zip(batch.contexts, targets, strict=True)
+        ]

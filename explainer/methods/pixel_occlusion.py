@@ -16,6 +16,7 @@ from itertools import pairwise
 
 import torch
 
+from explainer import memory
 from explainer._forward import image_features
 from explainer.methods.base import ExplainContext, RelevanceMethod
 from explainer.targets import Target, logit_rows, target_scores
@@ -25,13 +26,6 @@ def cell_blocks(size: int, cells: int) -> list[slice]:
     """The pixel ranges of `cells` equal cells along an axis of `size` pixels (edges rounded)."""
     edges = [round(index * size / cells) for index in range(cells + 1)]
     return [slice(start, end) for start, end in pairwise(edges)]
-
-
-def vision_bytes_per_image(model) -> int:
-    """Activation memory of one image through the vision tower (≈ 16 × patches × width values)."""
-    vision = model.config.vision_config
-    patches = (vision.image_size // vision.patch_size) ** 2
-    return 16 * patches * vision.hidden_size * model.dtype.itemsize
 
 
 class PixelOcclusion(RelevanceMethod):
@@ -67,8 +61,9 @@ class PixelOcclusion(RelevanceMethod):
                     batch[copy, runs[cells[index][0]]] = features[copy]
                 return batch
 
+            per_image = memory.vision_bytes_per_image(context.model)
             occluded = context.variant_scores(
-                len(cells), build, scores, rows, extra_bytes_per_copy=vision_bytes_per_image(context.model)
+                len(cells), build, scores, rows, extra_bytes_per_copy=per_image
             )  # [n_images × cells, T]
             positions = context.layout.image_positions
             relevance[:, positions] = (reference - occluded).T.float().cpu()

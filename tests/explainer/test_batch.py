@@ -95,7 +95,7 @@ def test_a_failing_batch_is_redone_item_by_item_and_only_the_failing_item_errs(
         return no_batch() if len(inputs["input_ids"]) > 1 else generate(**inputs)
 
     monkeypatch.setattr(explainer.model, "generate", generate_one)
-    monkeypatch.setattr(explainer, "_chefer_batch", no_batch)
+    monkeypatch.setattr(explainer, "relevance_batch", no_batch)
     relevance, calls = explainer.relevance, []
 
     def second_fails(*args, **kwargs):

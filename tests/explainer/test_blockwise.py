@@ -8,7 +8,7 @@ from transformers.masking_utils import and_masks, causal_mask_function, sdpa_mas
 
 from explainer import Explainer, blockwise
 from explainer.blockwise import DEFAULT_BLOCK_ROWS, MaskDescription, RelevanceTap, register, tapping
-from explainer.engine import RelevanceMemoryError, eager_attention_bytes
+from explainer.memory import RelevanceMemoryError, eager_attention_bytes
 from explainer.targets import Target
 from phantom.build import TinyGemma3Spec
 from tests.models import TinyVLM, random_image
