@@ -246,8 +246,8 @@ def _audit_hook(name: str, args: argparse.Namespace) -> int:
         config = aggregate_config(group_by, getattr(args, "findings", DEFAULT_FINDINGS))
         result = aggregate_run(args.out, args.run_id, config, endpoint_url=endpoint_url)
         print(f"run {args.run_id}: {len(result.cohort_stats)} cohort rows, {len(result.flags)} flags")
-        for message in result.flags["message"]:
-            print(f"  FLAG {message}")
+        for flag in result.flags:
+            print(f"  FLAG {flag.message}")
         return EXIT_OK
     print(build_report(args.out, args.run_id, endpoint_url=endpoint_url))
     return EXIT_OK
