@@ -53,9 +53,6 @@ class AggregateConfig:
     thresholds: FlagThresholds = field(default_factory=FlagThresholds)
     cluster_seed: int | None = None  # the strategy clustering's seed; None: derived from the run id
 
-    def with_groups(self) -> StatsConfig:
-        return StatsConfig(**{**self.stats.__dict__, "group_by": self.group_by})
-
 
 @dataclass
 class Aggregate:
@@ -90,16 +87,16 @@ def aggregate(
     trust flags say which cohorts' maps disagree with the references. The share rules leave out maps
     that carry no evidence (flat maps; sampled items whose references found none).
     """
-    stats_config = config.with_groups()
+    stats_config = config.stats
     thresholds = config.thresholds
     targets = join_targets(tokens, answers, findings=config.findings)
     items = item_level(targets, stats_config.common_grid)
-    stats, regions = cohort_stats(items, stats_config)
+    stats, regions = cohort_stats(items, config.group_by, stats_config)
     comparisons = _concat(
         [cohort_vs_rest(items, g, resamples=stats_config.resamples) for g in config.group_by]
     )
     method = str(tokens["method"].iloc[0]) if len(tokens) else "unknown"
-    studies = cohort_studies(study_items(targets), stats_config, thresholds)
+    studies = cohort_studies(study_items(targets), config.group_by, stats_config, thresholds)
     trust, sample, no_evidence = pd.DataFrame(), pd.DataFrame(), set()
     if faithfulness is not None and len(faithfulness):
         sample = faithfulness_items(faithfulness, answers, config.findings)

@@ -22,13 +22,9 @@ MISSING = "(missing)"  # the label of a missing metadata value
 
 @dataclass(frozen=True)
 class StatsConfig:
-    """How cohorts are formed and summarised.
+    """How cohorts are summarised: the common grid of their mean maps, the bootstrap's resamples,
+    confidence level and seed (what they are grouped by is `AggregateConfig.group_by`)."""
 
-    `group_by` names manifest metadata columns; "site+scanner" groups by both at once. Every
-    audit also gets the whole-run cohort ("all", "all").
-    """
-
-    group_by: tuple[str, ...] = ()
     common_grid: tuple[int, int] = (16, 16)
     resamples: int = 1000
     level: float = 0.95
@@ -85,11 +81,16 @@ def cohorts(items: pd.DataFrame, group_by: Sequence[str]) -> Iterator[tuple[str,
             yield grouping, cohort_label(values), rows
 
 
-def cohort_stats(items: pd.DataFrame, config: StatsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per (run, grouping, cohort, target class): a summary row and region-share rows (long format)."""
+def cohort_stats(
+    items: pd.DataFrame, group_by: Sequence[str], config: StatsConfig
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per (run, grouping, cohort, target class): a summary row and region-share rows (long format).
+
+    `group_by` names manifest metadata columns; "site+scanner" groups by both at once. Every audit also
+    gets the whole-run cohort ("all", "all")."""
     summaries, regions = [], []
     for (run_id, target), run_items in items.groupby(["run_id", "target_class"], sort=True):
-        for grouping, cohort, rows in cohorts(run_items, config.group_by):
+        for grouping, cohort, rows in cohorts(run_items, group_by):
             key = {"run_id": run_id, "grouping": grouping, "cohort": cohort, "target_class": target}
             maps = np.stack(list(rows["mass_map"]))
             summary = {

@@ -31,7 +31,9 @@ SELECT run_id,
        model_id,
        model_revision,
        config ->> 'method'                                                      AS method,
-       array_to_string(CAST(config -> 'group_by' AS VARCHAR[]), ',')            AS group_by,
+       -- runs written before the aggregation settings were nested kept group_by at the top
+       array_to_string(CAST(coalesce(config -> 'aggregation' -> 'group_by', config -> 'group_by')
+                            AS VARCHAR[]), ',')                                AS group_by,
        code_version,
        schema_version,
        try_cast(counts ->> 'items' AS BIGINT)                                   AS n_items,

@@ -16,6 +16,8 @@ at the prior (prior share below `prior_floor`), which the `auditing.rules.prior`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -91,13 +93,15 @@ def study_items(targets: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def cohort_studies(items: pd.DataFrame, config: StatsConfig, thresholds: FlagThresholds) -> pd.DataFrame:
-    """Per (run, grouping, cohort, target class): the `cohort_studies` table's rows."""
+def cohort_studies(
+    items: pd.DataFrame, group_by: Sequence[str], config: StatsConfig, thresholds: FlagThresholds
+) -> pd.DataFrame:
+    """Per (run, grouping, cohort, target class) of `group_by`: the `cohort_studies` table's rows."""
     if items.empty:
         return pd.DataFrame()
     summaries = []
     for (run_id, target), run_items in items.groupby(["run_id", "target_class"], sort=True):
-        for grouping, cohort, rows in cohorts(run_items, config.group_by):
+        for grouping, cohort, rows in cohorts(run_items, group_by):
             volumes = rows[rows["slice_position"].notna()]
             longitudinal = rows[rows["prior_share"].notna()]
             summary = {"run_id": run_id, "grouping": grouping, "cohort": cohort, "target_class": target}

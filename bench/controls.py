@@ -70,13 +70,13 @@ def write_cases(folder: Path, control: str, n: int, seed: int) -> Path:
 
 def audit_control(control: str, n: int, seed: int, work: Path) -> dict:
     from flows.audit import audit
-    from tasks.config import AuditConfig
+    from tasks.config import AggregationSettings, AuditConfig
 
     manifest = write_cases(work / control / "data", control, n, seed)
     out = work / control / "out"
     config = AuditConfig(
         manifest=str(manifest), out=str(out), model=str(getattr(phantom, CONTROLS[control])), targets="answer",
-        overlays="none", max_new_tokens=8, faithfulness_sample=n, report=False,
+        overlays="none", max_new_tokens=8, faithfulness_sample=n, aggregation=AggregationSettings(report=False),
     )  # fmt: skip
     started = time.perf_counter()
     run_id = audit(config).run_id

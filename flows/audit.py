@@ -166,8 +166,8 @@ def audit(
     if context.groupings_from != "settings":
         logger.warning(
             "no group_by given: cohorts by %s",
-            ", ".join(config.group_by)
-            if config.group_by
+            ", ".join(config.aggregation.group_by)
+            if config.aggregation.group_by
             else "nothing (no metadata column with 2-12 values); only whole-run statistics",
         )
     if checked.outside.items:  # said once here; each such item also becomes an error row
@@ -211,7 +211,7 @@ def audit(
         if config.aggregate:  # a run without answers too: its report tabulates the failures
             flags = steps.aggregate_run(config, run_id)
             summary = steps.judge_run(summary, flags, config)
-            if config.report:
+            if config.aggregation.report:
                 summary = replace(summary, report=steps.build_report(config, run_id))
             steps.publish_results(summary, flags)
         if summary.nothing_answered:

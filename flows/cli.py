@@ -21,15 +21,15 @@ from pydantic import ValidationError
 from auditing.gate import FAIL_ON_CHOICES
 from flows import api_watch
 from flows.options import add_field_options, given_fields, settings_error
-from tasks.config import AuditConfig, DaskSettings
+from tasks.config import AggregationSettings, AuditConfig, DaskSettings
 from tasks.run_summary import RunSummary
 
 EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE, EXIT_FLAGGED, EXIT_API_LOST = 0, 1, 2, 3, 4
-# every AuditConfig field is an option of `run` and `demo`, but for the manifest (positional, or the
-# demo's own),
-# the output root (`--out`), and the gate (`--fail-on-flags`, whose value may be left out)
-RUN_FIELDS = [name for name in AuditConfig.model_fields if name not in ("manifest", "out", "fail_on_flags")]
-AGGREGATE_FIELDS = ["group_by", "findings", "endpoint_url"]
+# every AuditConfig field (and every field of its aggregation settings) is an option of `run` and `demo`,
+# but for the manifest (positional, or the demo's own), the output root (`--out`), and the gate
+# (`--fail-on-flags`, whose value may be left out)
+RUN_FIELDS = [name for name in AuditConfig.model_fields if name not in ("manifest", "out", "aggregation")]
+AGGREGATION_FIELDS = [name for name in AggregationSettings.model_fields if name != "fail_on_flags"]
 DASK_ALIASES = {"n_workers": "--dask-workers", "resources": "--dask-resource"}
 
 
@@ -40,10 +40,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         const="model",
         choices=[choice for choice in FAIL_ON_CHOICES if choice != "never"],
         default=argparse.SUPPRESS,
-        help=AuditConfig.model_fields["fail_on_flags"].description
+        help=AggregationSettings.model_fields["fail_on_flags"].description
         + "; with no value: 'model' (default: never)",
     )
     add_field_options(parser, AuditConfig, RUN_FIELDS)
+    add_field_options(parser, AggregationSettings, AGGREGATION_FIELDS)
     parser.add_argument("--run-id", help="default: derived from the manifest's content and these settings")
     dask = parser.add_argument_group("Dask", "run the shards on a Dask cluster instead of in this process")
     add_field_options(dask, DaskSettings, DaskSettings.model_fields, prefix="dask_", aliases=DASK_ALIASES)
@@ -88,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=f"{text} from its Parquet outputs (no model needed)")
         sub.add_argument("out", help=AuditConfig.model_fields["out"].description)
         sub.add_argument("run_id")
-        add_field_options(sub, AuditConfig, AGGREGATE_FIELDS if name == "aggregate" else ["endpoint_url"])
+        if name == "aggregate":
+            add_field_options(sub, AggregationSettings, ["group_by"])
+            add_field_options(sub, AuditConfig, ["findings"])
+        add_field_options(sub, AuditConfig, ["endpoint_url"])
     views = commands.add_parser(
         "views",
         help="create or refresh the dashboard views over every run in a DuckDB file (no model needed)",
@@ -101,7 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def audit_config(args: argparse.Namespace, manifest: str, out: str) -> AuditConfig:
     """The run's settings from parsed `run`/`demo` arguments (validated: a bad value raises here)."""
-    return AuditConfig(**{**given_fields(args, AuditConfig), "manifest": manifest, "out": out})
+    aggregation = AggregationSettings(**given_fields(args, AggregationSettings))  # its errors name the option
+    return AuditConfig(
+        **{**given_fields(args, AuditConfig), "manifest": manifest, "out": out, "aggregation": aggregation}
+    )
 
 
 def dask_settings(args: argparse.Namespace) -> DaskSettings | None:
@@ -259,10 +266,7 @@ def stored_grouping(out: str, run_id: str, endpoint_url: str | None) -> list[str
     from storage import ObjectNotFound, open_store, read_run, read_table
 
     try:
-        return list(
-            (read_run(open_store(out, endpoint_url=endpoint_url), run_id).get("config") or {}).get("group_by")
-            or []
-        )
+        config = read_run(open_store(out, endpoint_url=endpoint_url), run_id).get("config") or {}
     except ObjectNotFound:
         if read_table(out, "answers", run_id=run_id, endpoint_url=endpoint_url).num_rows:
             return []
@@ -270,6 +274,8 @@ def stored_grouping(out: str, run_id: str, endpoint_url: str | None) -> list[str
             f"no run {run_id!r} under {out}: neither runs/run_id={run_id}/run.json nor answers parts exist; "
             "check the output root and the run id"
         ) from None
+    # runs written before the aggregation settings were nested kept group_by at the top of the config
+    return list((config.get("aggregation") or {}).get("group_by", config.get("group_by")) or [])
 
 
 def _demo_studies(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -73,6 +74,34 @@ def default_model() -> str:
     from phantom import MODEL_PATH
 
     return str(MODEL_PATH)
+
+
+class AggregationSettings(BaseModel):
+    """The settings of what runs after the shards (`AuditConfig.aggregation`): the cohorts, the report
+    and the gate. None of them changes a row the audit writes, so none is part of the run's identity."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    group_by: Groupings = Field(
+        (), description="manifest metadata columns that form cohorts, comma-separated ('site+scanner': both)"
+    )
+    report: bool = Field(True, description="build the HTML report after aggregating")
+    fail_on_flags: FailOn = Field(
+        "never",
+        description="fail the run (CLI exit code 3, a Failed 'Flagged' flow run) on model-level flags "
+        "(cohort, cluster, trust): 'model'; on any item flag too: 'items'; 'never': a report only",
+    )
+    max_item_flag_rate: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="fail the run when more than this share of the audited items has an item flag (and on "
+        "model-level flags); item flags are a worklist, so an archive's gate wants a rate, not 'items'",
+    )
+
+    def aggregate_config(self, findings: Sequence[str] | None) -> AggregateConfig:
+        """`auditing.AggregateConfig` of these cohorts and a findings vocabulary."""
+        return AggregateConfig(group_by=self.group_by, findings=findings)
 
 
 class AuditConfig(BaseModel):
@@ -211,22 +240,11 @@ class AuditConfig(BaseModel):
         "ones (CT and MRI studies) only so",
         json_schema_extra=IDENTITY,
     )
-    group_by: Groupings = Field(
-        (), description="manifest metadata columns that form cohorts, comma-separated ('site+scanner': both)"
-    )
     aggregate: bool = Field(True, description="compute cohort statistics and flags after the audit")
-    report: bool = Field(True, description="build the HTML report after aggregating")
-    fail_on_flags: FailOn = Field(
-        "never",
-        description="fail the run (CLI exit code 3, a Failed 'Flagged' flow run) on model-level flags "
-        "(cohort, cluster, trust): 'model'; on any item flag too: 'items'; 'never': a report only",
-    )
-    max_item_flag_rate: float | None = Field(
-        None,
-        ge=0,
-        le=1,
-        description="fail the run when more than this share of the audited items has an item flag (and on "
-        "model-level flags); item flags are a worklist, so an archive's gate wants a rate, not 'items'",
+    aggregation: AggregationSettings = Field(
+        default_factory=AggregationSettings,
+        description="what the aggregation after the audit groups by, whether it builds the report, and the "
+        "gate on its flags",
     )
 
     @field_validator("device")
@@ -262,7 +280,7 @@ class AuditConfig(BaseModel):
 
     def aggregate_config(self) -> AggregateConfig:
         """What the run's aggregation groups by and which answer words are findings."""
-        return aggregate_config(self.group_by, self.findings)
+        return self.aggregation.aggregate_config(self.findings)
 
     def input_scope(self) -> InputScope:
         """Where this run reads the manifest's images and masks from, and how large they may be."""
@@ -275,15 +293,13 @@ class AuditConfig(BaseModel):
 
 def aggregate_config(group_by: Any = (), findings: Any = DEFAULT_FINDINGS) -> AggregateConfig:
     """`auditing.AggregateConfig` of a grouping and a findings vocabulary, parsed as `AuditConfig` parses
-    its `group_by` and `findings` (comma-separated strings too): the one place run settings become it.
+    them (comma-separated strings too), for `vlm-audit aggregate`.
 
     >>> aggregate_config("site,site+scanner").group_by
     ('site', 'site+scanner')
     """
-    return AggregateConfig(
-        group_by=TypeAdapter(Groupings).validate_python(group_by),
-        findings=TypeAdapter(Findings).validate_python(findings),
-    )
+    findings = TypeAdapter(Findings).validate_python(findings)
+    return AggregationSettings(group_by=group_by).aggregate_config(findings)
 
 
 IDENTITY_FIELDS = tuple(

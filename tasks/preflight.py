@@ -137,12 +137,13 @@ class CheckedRun:
 def check_run(config: AuditConfig, manifest: Manifest, run_id: str | None = None) -> CheckedRun:
     """The pre-flight checks on a read manifest (cohort columns, model), then the run's grouping (the
     manifest's natural columns when none is given), fingerprint, run id and audited items."""
-    check_groupings(manifest, config.group_by)
+    check_groupings(manifest, config.aggregation.group_by)
     check_model_available(config.model, config.model_revision, config.allow_download)
     groupings_from = "settings"
-    if not config.group_by and config.aggregate:  # cohorts by default: the manifest's natural columns
-        config = config.model_copy(update={"group_by": automatic_groupings(manifest)})
-        groupings_from = "manifest columns with few values" if config.group_by else "none found"
+    if not config.aggregation.group_by and config.aggregate:  # cohorts by default: the natural columns
+        aggregation = config.aggregation.model_copy(update={"group_by": automatic_groupings(manifest)})
+        config = config.model_copy(update={"aggregation": aggregation})
+        groupings_from = "manifest columns with few values" if aggregation.group_by else "none found"
     fingerprint = manifest_fingerprint(manifest)
     audited = select_items(manifest, config.limit, config.sample, seed=fingerprint)
     return CheckedRun(
@@ -230,7 +231,7 @@ def preview_run(config: AuditConfig, run_id: str | None = None) -> RunPreview:
         shards=n_shards,
         shards_done=frozenset(i for i in completed_shards(store, checked.run_id) if i < n_shards),
         previous_status=previous,
-        group_by=tuple(checked.config.group_by),
+        group_by=tuple(checked.config.aggregation.group_by),
         groupings_from=checked.groupings_from,
         faithfulness_items=min(config.faithfulness_sample, len(checked.audited.items)),
         shard_size=config.shard_size,

@@ -152,7 +152,7 @@ def record_attempt(
     return RunSummary(
         run_id=plan.run_id,
         out=config.out,
-        group_by=tuple(config.group_by),
+        group_by=tuple(config.aggregation.group_by),
         groupings_from=context.groupings_from,
         selection=context.selection,
         run_json=write_run(store, plan.run_id, record),
@@ -170,5 +170,10 @@ def judge(summary: RunSummary, flags: list[FlagRecord], config: AuditConfig) -> 
         flags=len(flags),
         verdict=verdict(flags),
         cohort_flags=tuple(flag for flag in flags if flag.scope != ITEM_SCOPE),
-        gate=gate(flags, summary.counts["ok"], config.fail_on_flags, config.max_item_flag_rate),
+        gate=gate(
+            flags,
+            summary.counts["ok"],
+            config.aggregation.fail_on_flags,
+            config.aggregation.max_item_flag_rate,
+        ),
     )

@@ -45,7 +45,7 @@ def test_run_arguments_become_the_run_settings():
         findings=("nodule", "effusion"),
         targets="all",
         endpoint_url="http://minio:9000",
-        report=False,
+        aggregation=config.AggregationSettings(report=False),
         dtype="bfloat16",
     )  # every option not given keeps the setting's own default
     assert cli.dask_settings(args) == config.DaskSettings(n_workers=2, resources={"GPU": 1.0})
@@ -60,7 +60,10 @@ def test_run_arguments_become_the_run_settings():
 def test_every_run_setting_is_an_option_with_its_description_choices_and_default():
     run = cli.build_parser()._subparsers._group_actions[0].choices["run"]
     options = {action.dest: action for action in run._actions}
-    for name, field in config.AuditConfig.model_fields.items():
+    settings = {**config.AuditConfig.model_fields, **config.AggregationSettings.model_fields}
+    for name, field in settings.items():
+        if name == "aggregation":  # its own fields are the options
+            continue
         action = options[name]
         assert field.description.split(" (")[0] in action.help.replace("%%", "%"), name
         if name not in ("manifest", "out", "model") and not isinstance(field.default, bool | None):
@@ -354,3 +357,13 @@ def test_a_run_in_which_every_item_failed_says_why_in_a_few_lines(tmp_path, mode
     # the outputs stay readable: aggregation and the report work on a run without answers
     assert cli.main(["aggregate", str(tmp_path / "out"), run_id]) == cli.EXIT_OK
     assert "0 flags" in capsys.readouterr().out
+
+
+def test_aggregate_reads_the_grouping_of_runs_written_before_the_settings_were_nested(tmp_path):
+    from storage import open_store, write_run
+
+    store = open_store(str(tmp_path))
+    write_run(store, "old", {"run_id": "old", "config": {"group_by": ["site"]}})
+    write_run(store, "new", {"run_id": "new", "config": {"aggregation": {"group_by": ["scanner"]}}})
+    assert cli.stored_grouping(str(tmp_path), "old", None) == ["site"]
+    assert cli.stored_grouping(str(tmp_path), "new", None) == ["scanner"]

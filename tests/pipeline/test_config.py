@@ -64,7 +64,12 @@ def test_what_a_run_may_read_is_part_of_its_identity_and_where_it_runs_is_not():
     manifest = parse_manifest(MANIFEST, "/data/batch-07.csv")
     run_id = derive_run_id(manifest, _config())
     assert set(_config().identity()) == set(IDENTITY_FIELDS)
-    assert derive_run_id(manifest, _config(device="cpu", fail_on_flags="model")) == run_id
+    assert (
+        derive_run_id(
+            manifest, _config(device="cpu", aggregation={"fail_on_flags": "model", "group_by": "site"})
+        )
+        == run_id
+    )
     assert derive_run_id(manifest, _config(allowed_inputs="s3://other")) != run_id
     assert derive_run_id(manifest, _config(max_image_bytes=1024)) != run_id
     assert derive_run_id(manifest, _config(max_question_tokens=64)) != run_id

@@ -70,7 +70,7 @@ def test_without_group_by_the_audit_groups_by_the_manifests_columns_and_aggregat
     run_id = next(line.split()[1].rstrip(":") for line in printed.splitlines() if line.startswith("run "))
     record = read_run(open_store(out), run_id)
     assert (
-        record["config"]["group_by"] == ["site"]
+        record["config"]["aggregation"]["group_by"] == ["site"]
         and record["groupings_from"] == "manifest columns with few values"
     )
 
