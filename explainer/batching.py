@@ -66,7 +66,7 @@ class Item:
     prompt: Prompt | None = None
     path: str = "eager"
     answer_ids: torch.Tensor | None = None
-    answer_text: str = ""
+    answer_text: str = ""  # decoded, outer whitespace stripped (`answer_tokens`)
     tokens: list[AnswerToken] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     inputs: dict[str, torch.Tensor] | None = None
@@ -247,7 +247,7 @@ def _explanation(explainer: Explainer, item: Item, options: ExplainOptions) -> E
     labels = item.request.image_labels
     return Explanation(
         question=item.request.question,
-        answer=item.answer_text.strip(),
+        answer=item.answer_text,
         tokens=item.tokens,
         targets=item.targets,
         image_maps=[relevance[:, run].reshape(-1, rows, cols).numpy() for run in layout.image_token_runs],

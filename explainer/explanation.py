@@ -19,12 +19,15 @@ from vocabulary.regions import mass_shares, standard_regions
 
 @dataclass(frozen=True)
 class AnswerToken:
-    """One generated token: id, decoded text, position in the full sequence, answer word (or None)."""
+    """One generated token: id, decoded text, position in the full sequence, answer word (or None), and
+    its [start, end) characters in `Explanation.answer` (None where not known; clipped to the answer, so
+    a token of the stripped outer whitespace is empty)."""
 
     id: int
     text: str
     position: int
     word: str | None
+    span: tuple[int, int] | None = None
 
 
 @dataclass

@@ -76,17 +76,30 @@ def span_roles(
 
 
 def answer_tokens(tokenizer, answer_ids: torch.Tensor, prompt_length: int) -> tuple[str, list[AnswerToken]]:
-    """The decoded answer and its tokens, each with its position in the full sequence and its word."""
-    answer_text, spans = token_char_spans(tokenizer, answer_ids.tolist())
+    """The decoded answer, outer whitespace stripped, and its tokens, each with its position in the full
+    sequence, its word and its character span in that stripped answer (what mentions are read from)."""
+    decoded, spans = token_char_spans(tokenizer, answer_ids.tolist())
     token_words: list[str | None] = [None] * len(spans)
-    for word in words_of(answer_text, spans):
+    for word in words_of(decoded, spans):
         for index in word.token_indices:
             token_words[index] = token_words[index] or word.text
+    answer = decoded.strip()
+    lead = len(decoded) - len(decoded.lstrip())
     tokens = [
-        AnswerToken(int(token_id), answer_text[start:end], prompt_length + index, token_words[index])
+        AnswerToken(
+            int(token_id),
+            decoded[start:end],
+            prompt_length + index,
+            token_words[index],
+            (_clip(start - lead, len(answer)), _clip(end - lead, len(answer))),
+        )
         for index, (token_id, (start, end)) in enumerate(zip(answer_ids.tolist(), spans, strict=True))
     ]
-    return answer_text, tokens
+    return answer, tokens
+
+
+def _clip(offset: int, length: int) -> int:
+    return min(max(offset, 0), length)
 
 
 def prompt_roles(tokenizer, prompt: Prompt, text_positions: torch.Tensor) -> tuple[list[str], list[str]]:
