@@ -130,6 +130,7 @@ def format_summary(summary: RunSummary) -> str:
         f"shards were already done; {summary.timings['total_seconds']:.1f} s",
         f"  answers   {where('answers')}/*.parquet",
         f"  tokens    {where('tokens')}/*.parquet",
+        f"  mentions  {where('mentions')}/*.parquet",
         f"  errors    {where('errors')}/*.parquet",
         f"  overlays  {where('overlays')}/<item_id>/<target>.png",
         f"  run.json  {summary.run_json}",

@@ -16,9 +16,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from vocabulary.names import COHORT_SCOPE, FLAG_SCOPES, REGION_NAMES, TARGET_KINDS
+from vocabulary.names import ASSERTIONS, COHORT_SCOPE, FLAG_SCOPES, REGION_NAMES, SIDES, TARGET_KINDS
 
-STAGES = ("manifest", "image", "generate", "explain", "write")
+STAGES = ("manifest", "image", "generate", "explain", "mentions", "write")
 ANSWER_STATUSES = ("ok", "error")
 RUN_STATUSES = ("running", "completed", "failed")
 REGION_SHARES_TYPE = pa.struct([(name, pa.float32()) for name in REGION_NAMES])
@@ -240,6 +240,43 @@ class TokenRecord(Record):
 
 
 @dataclass(frozen=True)
+class MentionRecord(Record):
+    """One finding an answer mentions (`auditing.mentions.read_mentions`): how it is asserted, where, and
+    the answer tokens that name it."""
+
+    item_id: str = column(_STRING, "joins to answers", required=True)
+    mention: int | None = column(pa.int16(), "the mention's order in the answer, from 0")
+    finding: str | None = column(
+        _STRING, "canonical finding name (`auditing/mentions/rules/findings.json`: synonyms map to it)"
+    )
+    assertion: str | None = column(_STRING, "`present`, `absent` or `uncertain`", allowed=ASSERTIONS)
+    side: str | None = column(
+        _STRING, "the patient side the mention names: `right`, `left`, `bilateral`, or null", allowed=SIDES
+    )
+    zone: str | None = column(
+        _STRING, "the zone or lobe it names (`upper zone`, `lower lobe`, `lingula`, ...), or null"
+    )
+    sentence: str | None = column(_STRING, "the sentence of the answer it is in")
+    start: int | None = column(
+        pa.int32(), "first character of the mention's phrase in `answers.answer` (0-based)"
+    )
+    end: int | None = column(pa.int32(), "one past its last character")
+    finding_positions: list[int] | None = column(
+        pa.list_(pa.int32()),
+        "sequence positions (as `tokens.token_position`) of the answer tokens whose characters overlap the "
+        "finding words; empty when the finding comes from the question",
+    )
+    side_positions: list[int] | None = column(
+        pa.list_(pa.int32()),
+        "sequence positions of the answer tokens that overlap the side word; empty where the answer names none",
+    )
+    from_question: bool | None = column(
+        pa.bool_(),
+        'true when the answer names no finding ("yes", "left lower zone") and it was taken from the question',
+    )
+
+
+@dataclass(frozen=True)
 class ErrorRecord(Record):
     """Why one row or item produced no answer: one failed manifest row or item, at one pipeline stage."""
 
@@ -247,7 +284,10 @@ class ErrorRecord(Record):
     row_number: int | None = column(pa.int64(), "manifest row (1-based)")
     image_uri: str | None = column(_STRING, "resolved image URI when known")
     stage: str = column(
-        _STRING, "`manifest`, `image`, `generate`, `explain` or `write`", allowed=STAGES, default="manifest"
+        _STRING,
+        "`manifest`, `image`, `generate`, `explain`, `mentions` (reading the answer's findings) or `write`",
+        allowed=STAGES,
+        default="manifest",
     )
     error_type: str = column(
         _STRING, "exception class name or a manifest code (a short CamelCase name)", default=""

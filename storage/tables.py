@@ -23,6 +23,7 @@ from storage.records import (
     ErrorRecord,
     FaithfulnessRecord,
     FlagRecord,
+    MentionRecord,
     Record,
     TokenRecord,
     allowed_values,
@@ -30,7 +31,8 @@ from storage.records import (
 )
 
 # 4: typed records (storage/records.py), answer-aware off_anatomy, the clusters table and cluster flags
-SCHEMA_VERSION = "4"
+# 5: the mentions table (and the errors stage `mentions`): later steps read answers through it
+SCHEMA_VERSION = "5"
 RECORDS: dict[str, type[Record]] = {
     "answers": AnswerRecord,
     "tokens": TokenRecord,
@@ -38,6 +40,7 @@ RECORDS: dict[str, type[Record]] = {
     "flags": FlagRecord,
     "faithfulness": FaithfulnessRecord,
     "clusters": ClusterRecord,
+    "mentions": MentionRecord,
 }
 SCHEMAS: dict[str, pa.Schema] = {
     **{table: arrow_schema(record) for table, record in RECORDS.items()},

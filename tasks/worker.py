@@ -4,7 +4,9 @@
 becomes an errors row (stage, error type, message) and the shard goes on. It raises only when the
 shard as a whole cannot proceed (model not loadable, output store unwritable), which a rerun retries.
 Items go through the model `config.batch_size` at a time (`explain_items`), each with the outcome it
-gets alone. Write order: overlays, tokens part, errors part, answers part last (the commit marker).
+gets alone. Every answer, generated or logged, is also read into its finding mentions. Write order:
+overlays, faithfulness part (when sampled), tokens, mentions and errors parts, answers part last (the
+commit marker).
 Overlays are PNG-encoded and stored on a background thread (`OverlayWriter`), so the model does not
 wait for compression or storage; the shard waits for them before writing its parts.
 """
@@ -33,6 +35,7 @@ from storage import (
     ErrorRecord,
     FaithfulnessRecord,
     ManifestItem,
+    MentionRecord,
     ObjectStore,
     StoreCache,
     StudyImage,
@@ -47,6 +50,7 @@ from tasks import cache
 from tasks.cache import get_explainer
 from tasks.config import AuditConfig
 from tasks.faithfulness_sample import check_item
+from tasks.mentions import read_item_mentions
 from tasks.records import (
     ImageRole,
     RoiError,
@@ -68,11 +72,13 @@ __all__ = ["ItemOutcome", "ShardJob", "explain_item", "explain_items", "explain_
 
 @dataclass
 class ItemOutcome:
-    """What one item produced: its answers record, tokens records, error records and faithfulness records (and
-    the seconds its faithfulness check took: a stage of its own in the run's timings)."""
+    """What one item produced: its answers record, tokens records, mentions records, error records and
+    faithfulness records (and the seconds its faithfulness check took: a stage of its own in the run's
+    timings)."""
 
     answer: AnswerRecord
     tokens: list[TokenRecord] = field(default_factory=list)
+    mentions: list[MentionRecord] = field(default_factory=list)
     errors: list[ErrorRecord] = field(default_factory=list)
     faithfulness: list[FaithfulnessRecord] = field(default_factory=list)
     faithfulness_seconds: float = 0.0
@@ -253,6 +259,10 @@ def explain_items(
         except Exception as exc:
             outcomes[index] = failed(item, "image" if isinstance(exc, RoiError) else "explain", exc, size)
             continue
+        try:
+            outcome.mentions = read_item_mentions(item.item_id, explanation)
+        except Exception as exc:  # the item keeps its explanation; the answer it could not read is recorded
+            outcome.errors.append(ErrorRecord.from_exception(exc, stage="mentions", item=item))
         if item.item_id in checked_items:
             checking = time.perf_counter()
             try:
@@ -400,6 +410,7 @@ def explain_shard(job: ShardJob) -> ShardSummary:
 
     answers: list[AnswerRecord] = []
     tokens: list[TokenRecord] = []
+    mentions: list[MentionRecord] = []
     errors: list[ErrorRecord] = []
     faithfulness: list[FaithfulnessRecord] = []
     generate_seconds = explain_seconds = faithfulness_seconds = 0.0
@@ -423,6 +434,7 @@ def explain_shard(job: ShardJob) -> ShardSummary:
             ):
                 answers.append(outcome.answer)
                 tokens.extend(outcome.tokens)
+                mentions.extend(outcome.mentions)
                 faithfulness.extend(outcome.faithfulness)
                 errors.extend(outcome.errors)
                 generate_seconds += outcome.answer.generate_seconds or 0.0
@@ -432,7 +444,8 @@ def explain_shard(job: ShardJob) -> ShardSummary:
         overlays, overlay_errors = overlay_writer.results()
         overlay_writer.remove_stale(items)  # before the commit: a committed shard keeps no older overlays
     errors.extend(overlay_errors)
-    parts = [("tokens", tokens), ("errors", errors), ("answers", answers)]  # answers last: the commit marker
+    # answers last: the commit marker
+    parts = [("tokens", tokens), ("mentions", mentions), ("errors", errors), ("answers", answers)]
     if config.faithfulness_sample:
         parts.insert(0, ("faithfulness", faithfulness))
     for table, records in parts:

@@ -1,4 +1,4 @@
-"""The names every layer shares: regions, target kinds, methods and flag scopes.
+"""The names every layer shares: regions, target kinds, methods, flag scopes and how answers assert.
 
 One source: the explainer's methods and regions, storage's schemas, auditing's rules, the report and
 the SQL views take these names from here, so a new region or method is named once. A leaf module: it
@@ -82,3 +82,10 @@ ATTENTION_PATHS = ("auto", "eager", "blockwise")
 ITEM_SCOPE, COHORT_SCOPE, CLUSTER_SCOPE = "item", "cohort", "cluster"
 FLAG_SCOPES = (COHORT_SCOPE, CLUSTER_SCOPE, ITEM_SCOPE)
 MODEL_SCOPES = (COHORT_SCOPE, CLUSTER_SCOPE)
+
+# how an answer asserts a finding it mentions, and the patient side it names (auditing.mentions reads
+# them; the mentions table stores them)
+PRESENT, ABSENT, UNCERTAIN = "present", "absent", "uncertain"
+ASSERTIONS = (PRESENT, ABSENT, UNCERTAIN)
+RIGHT, LEFT, BILATERAL = "right", "left", "bilateral"
+SIDES = (RIGHT, LEFT, BILATERAL)

@@ -5,12 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from vocabulary import names
+
+# the types spell out vocabulary.names' values (a Literal cannot be built from a tuple); a test checks
 Assertion = Literal["present", "absent", "uncertain"]
 Side = Literal["right", "left", "bilateral"]
 CharSpan = tuple[int, int]  # [start, end) characters of the ORIGINAL answer string
 
-ASSERTIONS: tuple[Assertion, ...] = ("present", "absent", "uncertain")
-SIDES: tuple[Side, ...] = ("right", "left", "bilateral")
+ASSERTIONS: tuple[Assertion, ...] = names.ASSERTIONS
+SIDES: tuple[Side, ...] = names.SIDES
 
 
 @dataclass(frozen=True)

@@ -162,7 +162,7 @@ def test_shard_continues_past_bad_items_and_commits_answers_last(
     assert cache.model_load_count() == loads and summary.model_load_seconds == 0.0
     assert (summary.items, summary.ok, summary.failed, summary.error_rows) == (3, 2, 1, 1)
     parts = [key.split("/")[0] for key in written if key.endswith(".parquet")]
-    assert parts == ["tokens", "errors", "answers"]  # the answers part is the commit marker
+    assert parts == ["tokens", "mentions", "errors", "answers"]  # the answers part is the commit marker
     assert all(key.startswith("overlays/") for key in written[: summary.overlays])
     errors = read_table(config.out, "errors", "r1").to_pylist()
     assert [(row["item_id"], row["stage"], row["error_type"]) for row in errors] == [
@@ -391,6 +391,83 @@ def test_logged_answers_are_explained_as_given_and_the_answers_table_says_which(
     assert answers.loc["item-000", "answer"] == "right upper zone"
     assert list(answers["answer_source"]) == ["given", "generated"]
     assert len(generated) == 1  # only item-001's answer was generated
+
+
+# logged answers in MedGemma's styles, in the characters the shipped phantom's tokenizer spells back
+LOGGED = {
+    "opener": (
+        "on the chest radiograph provided there is no clear evidence of a nodule",
+        "Is there a nodule?",
+    ),
+    "located": ("yes there is a nodule in the right upper zone", "Is there a nodule?"),
+    "bare": ("yes", "Is there a nodule?"),
+}
+
+
+def test_logged_and_generated_answers_are_read_into_mentions_that_point_at_their_tokens(tmp_path):
+    from phantom import MODEL_PATH, sample
+
+    (tmp_path / "images").mkdir()
+    rows = []
+    for index, case in enumerate(sample(len(LOGGED) + 1, 20_031, tasks=("presence",))):
+        case.image.save(tmp_path / f"images/{index}.png")
+        rows.append(
+            {"item_id": f"generated-{index}", "image": f"images/{index}.png", "question": case.question}
+        )
+    for row, (name, (answer, question)) in zip(rows, LOGGED.items(), strict=False):
+        row.update(item_id=name, question=question, answer=answer)
+    rows[-1]["answer"] = ""  # the last item's answer is generated
+    manifest_path = tmp_path / "manifest.csv"
+    manifest_path.write_bytes(manifest_bytes(rows))
+    manifest = read_manifest(str(manifest_path))
+    out = str(tmp_path / "out")
+    config = AuditConfig(
+        manifest=str(manifest_path), out=out, model=str(MODEL_PATH), max_new_tokens=4, targets="all"
+    )
+    assert explain_shard(ShardJob("r1", 0, manifest_fingerprint(manifest), config)).ok == 4
+
+    rows = read_table(out, "mentions", run_id="r1").to_pylist()
+    mentions = {row["item_id"]: row for row in rows if row["item_id"] in LOGGED}
+    assert len(mentions) == sum(row["item_id"] in LOGGED for row in rows)  # one mention each
+    pick = ("finding", "assertion", "side", "zone", "from_question")
+    assert [mentions["opener"][key] for key in pick] == ["nodule", "absent", None, None, False]
+    assert [mentions["located"][key] for key in pick] == ["nodule", "present", "right", "upper zone", False]
+    assert [mentions["bare"][key] for key in pick] == ["nodule", "present", None, None, True]
+    assert mentions["bare"]["finding_positions"] == [] == mentions["opener"]["side_positions"]
+
+    tokens = read_table(out, "tokens", run_id="r1").to_pandas()
+    tokens = tokens[tokens.target_kind == "token"]
+    text_at = {(row.item_id, row.token_position): row.target_text for row in tokens.itertuples()}
+
+    def spelled(item_id: str, positions: list[int]) -> str:
+        return "".join(text_at[(item_id, position)] for position in positions).strip()
+
+    assert spelled("opener", mentions["opener"]["finding_positions"]) == "nodule"
+    assert spelled("located", mentions["located"]["finding_positions"]) == "nodule"
+    assert spelled("located", mentions["located"]["side_positions"]) == "right"
+
+    from auditing.mentions import read_mentions
+
+    answers = read_table(out, "answers", run_id="r1").to_pandas().set_index("item_id")
+    generated = answers.loc["generated-3"]
+    assert generated.answer_source == "generated"  # read like the logged ones
+    expected = [(m.finding, m.assertion) for m in read_mentions(generated.answer, generated.question)]
+    assert [(row["finding"], row["assertion"]) for row in rows if row["item_id"] == "generated-3"] == expected
+
+
+def test_an_answer_that_cannot_be_read_keeps_its_explanation_and_gets_a_mentions_error(
+    tmp_path, config, explainer, monkeypatch
+):
+    import tasks.worker
+
+    def unreadable(*_args):
+        raise ValueError("the rules could not be loaded")
+
+    monkeypatch.setattr(tasks.worker, "read_item_mentions", unreadable)
+    outcome = explain_item(explainer, _item(tmp_path, "a.png", png_bytes()), config, StoreCache())
+    assert outcome.ok and outcome.tokens and not outcome.mentions
+    [error] = outcome.errors
+    assert (error.stage, error.error_type) == ("mentions", "ValueError")
 
 
 def _phantom_manifest(folder: Path, n: int, seed: int) -> str:

@@ -72,7 +72,7 @@ def test_parquet_metadata_names_versions(out):
     _, store = out
     write_part(store, "tokens", "r1", 3, [token_row()])
     metadata = pq.read_metadata(io.BytesIO(store.read_bytes("tokens/run_id=r1/part-00003.parquet"))).metadata
-    assert metadata[b"vlm_audit.schema_version"] == SCHEMA_VERSION.encode() == b"4"
+    assert metadata[b"vlm_audit.schema_version"] == SCHEMA_VERSION.encode() == b"5"
     assert metadata[b"vlm_audit.code_version"] == version("vlm-audit").encode()
     assert metadata[b"vlm_audit.run_id"] == b"r1" and metadata[b"vlm_audit.table"] == b"tokens"
 
