@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.integrate import trapezoid  # numpy's own is np.trapz before 2.0, np.trapezoid after
 from torch import nn
 
 from explainer._capture import language_layers
@@ -51,12 +52,12 @@ class RemovalCurves:
     @property
     def morf_auc(self) -> float:
         """Mean log-probability along the MoRF curve (lower = more faithful)."""
-        return float(np.trapezoid(self.most_relevant_first, self.fractions))
+        return float(trapezoid(self.most_relevant_first, self.fractions))
 
     @property
     def lerf_auc(self) -> float:
         """Mean log-probability along the LeRF curve (higher = more faithful)."""
-        return float(np.trapezoid(self.least_relevant_first, self.fractions))
+        return float(trapezoid(self.least_relevant_first, self.fractions))
 
     @property
     def auc_gap(self) -> float:
