@@ -79,13 +79,15 @@ def aggregate(
     answers: pd.DataFrame,
     config: AggregateConfig,
     faithfulness: pd.DataFrame | None = None,
+    mentions: pd.DataFrame | None = None,
 ) -> Aggregate:
     """Cohort statistics, cohort-vs-rest comparisons and flags from the tokens and answers tables.
 
     The explanation method of the run's maps raises the map-based flags; where a faithfulness sample
     exists, the same shortcut rules run on each method's sample maps (the references included), and
     trust flags say which cohorts' maps disagree with the references. The share rules leave out maps
-    that carry no evidence (flat maps; sampled items whose references found none).
+    that carry no evidence (flat maps; sampled items whose references found none). The `mentions`
+    table says which answers assert only absences (`off_anatomy`).
     """
     stats_config = config.stats
     thresholds = config.thresholds
@@ -137,6 +139,7 @@ def aggregate(
         uniform_lung_shares=uniform_lung_shares(items),
         metadata_columns=tuple(metadata_columns(answers)),
         resamples=stats_config.resamples,
+        mentions=mentions if mentions is not None else pd.DataFrame(),
     )
     return Aggregate(
         items,
@@ -212,7 +215,8 @@ def aggregate_run(
     tokens = read_table(out_uri, "tokens", run_id=run_id, endpoint_url=endpoint_url).to_pandas()
     answers = read_table(out_uri, "answers", run_id=run_id, endpoint_url=endpoint_url).to_pandas()
     faithfulness = read_table(out_uri, "faithfulness", run_id=run_id, endpoint_url=endpoint_url).to_pandas()
-    result = aggregate(tokens, answers, config, faithfulness)
+    mentions = read_table(out_uri, "mentions", run_id=run_id, endpoint_url=endpoint_url).to_pandas()
+    result = aggregate(tokens, answers, config, faithfulness, mentions)
     store = open_store(out_uri, endpoint_url=endpoint_url)
     write_json(store, run_json_key(run_id, AGGREGATE_JSON), aggregate_record(config))
     for table, frame in (

@@ -53,6 +53,8 @@ class RuleInputs:
         str, ...
     ] = ()  # the manifest's columns among the items' (cluster messages name them)
     resamples: int = DEFAULT_RESAMPLES  # bootstrap resamples of a rule's own comparisons
+    # the mentions table's rows (with run_id): what each answer asserts, finding by finding
+    mentions: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 class Rule(ABC):

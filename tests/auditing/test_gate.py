@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from auditing import AggregateConfig, StatsConfig, aggregate
@@ -12,6 +13,7 @@ from storage import FlagRecord
 from tests.auditing.synthetic import GRID, answer_row, lung_map, token_row
 from tests.auditing.test_statistics import tables
 from vocabulary.names import CLUSTER_SCOPE, COHORT_SCOPE, ITEM_SCOPE
+from vocabulary.regions import lung_zones, mass_share
 
 
 def _flags(model: int, items: int) -> list[FlagRecord]:
@@ -84,3 +86,36 @@ def test_off_anatomy_leaves_diffuse_answers_of_absence_alone_but_not_those_that_
     assert flagged == {"no-outside", "yes-outside"}
     absence = off[off["item_id"].str.startswith("no-")]
     assert (absence["threshold"] < 0.35).all() and "answer of absence" in absence["message"].iloc[0]
+
+
+def _between_thresholds_map() -> np.ndarray:
+    """A map holding 32% of its mass in the lung zones: below the 35% an answer of presence needs, above
+    half of what a uniform map puts there (the bound for an answer of absence)."""
+    lungs = sum(lung_zones(GRID).values())
+    inside, outside = lungs / lungs.sum(), (1 - lungs) / (1 - lungs).sum()
+    share_in, share_out = mass_share(inside, lungs), mass_share(outside, lungs)  # cells straddle the edge
+    weight = (0.32 - share_out) / (share_in - share_out)
+    return (weight * inside + (1 - weight) * outside).astype(np.float32)
+
+
+def test_off_anatomy_reads_absence_from_the_mentions_not_from_the_first_word():
+    sentence = "Based on the chest X-ray provided, there is no clear evidence of a nodule."
+    answers = [answer_row(f"free-{k}", "east", answer=sentence) for k in range(3)]
+    tokens = [token_row(f"free-{k}", _between_thresholds_map()) for k in range(3)]
+    answers, tokens = tables(answers, tokens)
+    config = AggregateConfig(stats=StatsConfig(resamples=50))
+    mentions = pd.DataFrame(
+        {
+            "run_id": answers["run_id"],
+            "item_id": answers["item_id"],
+            "finding": "nodule",
+            "assertion": ["absent", "absent", "present"],  # free-2 also names a finding as present
+        }
+    )
+
+    def flagged(mentions: pd.DataFrame | None) -> set[str]:
+        flags = aggregate(tokens, answers, config, mentions=mentions).flag_table
+        return set(flags.loc[flags["rule"] == OFF_ANATOMY_RULE, "item_id"])
+
+    assert flagged(mentions) == {"free-2"}  # only absences: judged against a uniform map's lung share
+    assert flagged(None) == {"free-0", "free-1", "free-2"}  # no mentions: "Based" is no word of absence
