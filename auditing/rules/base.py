@@ -31,27 +31,23 @@ class RuleInputs:
     (an empty frame: a rule raises nothing on one)."""
 
     method: str  # the explanation method of the run's maps
-    items: pd.DataFrame = field(
-        default_factory=pd.DataFrame
-    )  # one row per (item, target class): `auditing.cohorts.item_level`
+    # one row per (item, target class): `auditing.cohorts.item_level`
+    items: pd.DataFrame = field(default_factory=pd.DataFrame)
     stats: pd.DataFrame = field(default_factory=pd.DataFrame)  # cohort_stats
     studies: pd.DataFrame = field(default_factory=pd.DataFrame)  # cohort_studies
-    trust: pd.DataFrame = field(
-        default_factory=pd.DataFrame
-    )  # cohort_trust (empty without a faithfulness sample)
+    # cohort_trust (empty without a faithfulness sample)
+    trust: pd.DataFrame = field(default_factory=pd.DataFrame)
     # border and corner shares, cohort against rest, of every method's maps that carry evidence
     # (`cohort_vs_rest` rows with a `method` column: the run's method and each sampled one)
     share_comparisons: pd.DataFrame = field(default_factory=pd.DataFrame)
-    strategy_items: pd.DataFrame = field(
-        default_factory=pd.DataFrame
-    )  # the whole-answer maps that were clustered (`strategy_items`)
+    # the whole-answer maps that were clustered (`strategy_items`)
+    strategy_items: pd.DataFrame = field(default_factory=pd.DataFrame)
     clusters: pd.DataFrame = field(default_factory=pd.DataFrame)  # their clusters (CLUSTER_COLUMNS)
     # each region's share under a uniform map over the run's grids, and the lung zones' per grid
     uniform_shares: Mapping[str, float] = field(default_factory=dict)
     uniform_lung_shares: Mapping[tuple[int, int], float] = field(default_factory=dict)
-    metadata_columns: tuple[
-        str, ...
-    ] = ()  # the manifest's columns among the items' (cluster messages name them)
+    # the manifest's columns among the items' (cluster messages name them)
+    metadata_columns: tuple[str, ...] = ()
     resamples: int = DEFAULT_RESAMPLES  # bootstrap resamples of a rule's own comparisons
     # the mentions table's rows (with run_id): what each answer asserts, finding by finding
     mentions: pd.DataFrame = field(default_factory=pd.DataFrame)
